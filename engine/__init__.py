@@ -1,0 +1,1 @@
+"""igan.engine: the InfinityGAN generator, the seamless tiled renderer and its sinks."""
