@@ -1,0 +1,275 @@
+"""The InfinityGAN generator: mapping network, structure synthesizer (SS), padding-free
+texture synthesizer (TS), exactly as the official code computes them
+(shared/docs/official-generator.md, sections 3-5).
+
+Module and parameter names mirror the official ones, so official state dicts load by key.
+Buffers the official model carries but never uses (blur kernels, the ToRGB upsample
+kernels, `const_z`, `noises.noise_*`) are not registered here; the checkpoint loader
+checks and drops them.
+
+Speed structure: everything that depends only on the style (modulation, demodulation,
+the equalized-lr scales) is folded into per-image weights once by `prepare()`; the
+per-tile work `synthesize()` then runs plain valid convolutions on those weights.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import ops
+from .config import GeneratorConfig
+
+
+class PixelNorm(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(torch.mean(x * x, dim=1, keepdim=True) + 1e-8)
+
+
+class EqualLinear(nn.Module):
+    """Linear layer with the equalized learning rate applied at run time."""
+
+    def __init__(self, in_dim: int, out_dim: int, *, bias_init: float = 0.0, lr_mul: float = 1.0,
+                 activate: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim) / lr_mul)
+        self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init)))
+        self.scale = lr_mul / math.sqrt(in_dim)
+        self.lr_mul = lr_mul
+        self.activate = activate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activate:
+            out = F.linear(x, self.weight * self.scale) + self.bias * self.lr_mul
+            return F.leaky_relu(out, ops.LRELU_SLOPE) * ops.SQRT2
+        return F.linear(x, self.weight * self.scale, self.bias * self.lr_mul)
+
+
+class ModulatedConv2d(nn.Module):
+    """StyleGAN2 modulated conv; `fold(style)` gives the per-image effective weights."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, style_dim: int, *,
+                 demodulate: bool = True, upsample: bool = False):
+        super().__init__()
+        if upsample and kernel != 3:
+            raise ValueError("the padding-free upsampling conv is 3x3")
+        self.weight = nn.Parameter(torch.randn(1, out_ch, in_ch, kernel, kernel))
+        self.modulation = EqualLinear(style_dim, in_ch, bias_init=1.0)
+        self.scale = 1.0 / math.sqrt(in_ch * kernel * kernel)
+        self.demodulate = demodulate
+        self.upsample = upsample
+
+    def fold(self, style: torch.Tensor) -> torch.Tensor:
+        """style [B, style_dim] -> folded weights [B, out, in, k, k] (official op order)."""
+        s = self.modulation(style)
+        w = self.scale * self.weight * s[:, None, :, None, None]
+        if self.demodulate:
+            w = w * torch.rsqrt(w.pow(2).sum([2, 3, 4]) + 1e-8)[:, :, None, None, None]
+        return w
+
+    def run(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """x [N, in, H, W] with one image's folded weights w [out, in, k, k]."""
+        return ops.upconv2d(x, w) if self.upsample else ops.conv2d_valid(x, w)
+
+
+class NoiseInjection(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+
+class FusedLeakyReLU(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+
+class StyledConv(nn.Module):
+    """Modulated conv -> noise (scalar strength) -> bias -> leaky ReLU * sqrt(2)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, style_dim: int, *,
+                 upsample: bool = False, use_noise: bool = True):
+        super().__init__()
+        self.conv = ModulatedConv2d(in_ch, out_ch, kernel, style_dim, upsample=upsample)
+        self.noise = NoiseInjection() if use_noise else None
+        self.activate = FusedLeakyReLU(out_ch)
+
+    def run(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        x = self.conv.run(x, w)
+        if self.noise is not None and noise is not None:
+            x.add_(self.noise.weight.to(x.dtype) * noise)
+        return ops.bias_lrelu_(x, self.activate.bias.to(x.dtype))
+
+
+class ToRGB(nn.Module):
+    """1x1 modulated conv (no demodulation) + bias + the upsampled, cropped skip."""
+
+    def __init__(self, in_ch: int, style_dim: int):
+        super().__init__()
+        self.conv = ModulatedConv2d(in_ch, 3, 1, style_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+
+    def run(self, x: torch.Tensor, w: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        rgb = ops.conv2d_valid(x, w) + self.bias.to(x.dtype)
+        if skip is not None:
+            rgb = rgb + ops.crop_to(ops.upsample_linear(skip), rgb.shape[2], rgb.shape[3])
+        return rgb
+
+
+class ConditionalBlock(nn.Module):
+    """One SS layer (the official name, kept for the state-dict keys)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, style_dim: int):
+        super().__init__()
+        self.conv = StyledConv(in_ch, out_ch, kernel, style_dim, use_noise=False)
+
+
+class ImplicitFunction(nn.Module):
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__()
+        c = cfg.local_latent_dim
+        self.conv_stack = nn.ModuleList(
+            ConditionalBlock(c + cfg.coord_num_dir, c, cfg.ss_kernel, cfg.global_latent_dim)
+            for _ in range(cfg.ss_n_layers))
+
+
+class StructureSynthesizer(nn.Module):
+    """Valid (2r+1)^2 modulated convs over [z_l, coords], conditioned on the raw z_g."""
+
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__()
+        self.implicit_model = ImplicitFunction(cfg)
+        self.radius = cfg.ss_unfold_radius
+
+    @property
+    def layers(self) -> list[StyledConv]:
+        return [block.conv for block in self.implicit_model.conv_stack]
+
+    def run(self, weights: list[torch.Tensor], z_local: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        h = z_local
+        for l, (layer, w) in enumerate(zip(self.layers, weights)):
+            r = l * self.radius
+            c = coords[:, :, r:coords.shape[2] - r, r:coords.shape[3] - r]
+            h = layer.run(torch.cat([h, c.expand(h.shape[0], -1, -1, -1)], 1), w, None)
+        return h
+
+
+class TextureSynthesizer(nn.Module):
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__()
+        d = cfg.global_latent_dim
+        self.mapping = nn.Sequential(
+            PixelNorm(), *[EqualLinear(d, d, lr_mul=cfg.lr_mlp, activate=True) for _ in range(cfg.n_mlp)])
+        self.convs = nn.ModuleList()
+        self.to_rgbs = nn.ModuleList()
+        c_in = cfg.local_latent_dim
+        for c_out in cfg.stage_channels:
+            self.convs.append(StyledConv(c_in, c_out, 3, d, upsample=True))
+            self.convs.append(StyledConv(c_out, c_out, 3, d))
+            self.to_rgbs.append(ToRGB(c_out, d))
+            c_in = c_out
+
+    def run(self, conv_w: list[torch.Tensor], rgb_w: list[torch.Tensor], x: torch.Tensor,
+            noises: list[torch.Tensor | None]) -> torch.Tensor:
+        rgb = None
+        for i, conv in enumerate(self.convs):
+            x = conv.run(x, conv_w[i], noises[i])
+            if i % 2 == 1:
+                rgb = self.to_rgbs[i // 2].run(x, rgb_w[i // 2], rgb)
+        return rgb
+
+
+@dataclass
+class Prepared:
+    """Per-image folded weights: everything of a forward pass that depends on the style."""
+
+    ss: list[torch.Tensor]  # [out, in, k, k] per SS layer
+    convs: list[torch.Tensor]  # [out, in, 3, 3] per TS conv
+    rgbs: list[torch.Tensor]  # [3, in, 1, 1] per ToRGB
+
+    def to(self, device=None, dtype=None) -> "Prepared":
+        def mv(ts):
+            return [t.to(device=device, dtype=dtype) for t in ts]
+        return Prepared(mv(self.ss), mv(self.convs), mv(self.rgbs))
+
+
+class Generator(nn.Module):
+    """InfinityGAN generator. `prepare` once per image, then `synthesize` any latent window."""
+
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__()
+        self.config = cfg
+        self.structure_synthesizer = StructureSynthesizer(cfg) if cfg.use_ss else None
+        self.texture_synthesizer = TextureSynthesizer(cfg)
+
+    def mapping(self, z_global: torch.Tensor) -> torch.Tensor:
+        """z_g [B, D] -> w [B, D]."""
+        return self.texture_synthesizer.mapping(z_global)
+
+    def prepare(self, z_global: torch.Tensor, styles: torch.Tensor | None = None) -> Prepared:
+        """Fold one image's styles into the weights.
+
+        z_global: [D] or [1, D], the raw z_g (the SS is conditioned on it directly).
+        styles: optional W ([D] / [1, D]) or W+ ([n_latent, D] / [1, n_latent, D]) for the TS;
+        by default w = mapping(z_g) in every slot.
+        """
+        cfg = self.config
+        z = z_global.reshape(1, -1)
+        if z.shape[1] != cfg.global_latent_dim:
+            raise ValueError(f"z_global has {z.shape[1]} values, the model expects {cfg.global_latent_dim}")
+        if styles is None:
+            slots = self.mapping(z).expand(cfg.n_latent, -1)
+        else:
+            slots = styles.reshape(-1, cfg.global_latent_dim)
+            if slots.shape[0] == 1:
+                slots = slots.expand(cfg.n_latent, -1)
+            if slots.shape[0] != cfg.n_latent:
+                raise ValueError(f"styles must be [D] or [{cfg.n_latent}, D], got {tuple(styles.shape)}")
+        ts = self.texture_synthesizer
+        ss = [] if self.structure_synthesizer is None else [
+            layer.conv.fold(z)[0] for layer in self.structure_synthesizer.layers]
+        convs = [conv.conv.fold(slots[i:i + 1])[0] for i, conv in enumerate(ts.convs)]
+        rgbs = [rgb.conv.fold(slots[cfg.torgb_slot(k)][None])[0] for k, rgb in enumerate(ts.to_rgbs)]
+        return Prepared(ss, convs, rgbs)
+
+    def synthesize(self, prepared: Prepared, local_latent: torch.Tensor, coords: torch.Tensor | None,
+                   noises: list[torch.Tensor | None]) -> torch.Tensor:
+        """One image's latent window(s) -> RGB.
+
+        local_latent [N, C, Hz, Wz]; coords [N or 1, ncoord, Hz, Wz] (None without SS);
+        noises: one [N, 1, h_i, w_i] tensor (or None for no noise) per TS conv.
+        Returns [N, 3, 2^U (Hz - 2 halo - 5) + 5, ...].
+        """
+        cfg = self.config
+        if len(noises) != cfg.num_convs:
+            raise ValueError(f"expected {cfg.num_convs} noise maps, got {len(noises)}")
+        x = local_latent
+        if self.structure_synthesizer is not None:
+            if coords is None:
+                raise ValueError("this model has a structure synthesizer: coords are required")
+            x = self.structure_synthesizer.run(prepared.ss, x, coords.to(x.dtype))
+        return self.texture_synthesizer.run(prepared.convs, prepared.rgbs, x, noises)
+
+    def forward(self, global_latent: torch.Tensor, local_latent: torch.Tensor,
+                coords: torch.Tensor | None = None, noises: list[torch.Tensor | None] | None = None,
+                styles: torch.Tensor | None = None) -> torch.Tensor:
+        """Official-style batch forward: sample b uses global_latent[b] (slot 0 of a
+        [B, K, D] tensor, as the official model does in eval), local_latent[b], coords
+        (default: the official test grid of the window) and noises (default: none)."""
+        from .latent import official_coords  # local import: latent imports this module's config only
+
+        z = global_latent[:, 0] if global_latent.dim() == 3 else global_latent
+        b = z.shape[0]
+        if coords is None and self.structure_synthesizer is not None:
+            coords = official_coords(self.config, local_latent.shape[2], local_latent.shape[3])[None]
+        noises = noises if noises is not None else [None] * self.config.num_convs
+        outs = []
+        for k in range(b):
+            prepared = self.prepare(z[k], None if styles is None else styles[k])
+            c = None if coords is None else coords[k:k + 1] if coords.shape[0] == b else coords
+            nk = [None if n is None else n[k:k + 1] for n in noises]
+            outs.append(self.synthesize(prepared, local_latent[k:k + 1], c, nk))
+        return torch.cat(outs)
