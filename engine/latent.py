@@ -1,0 +1,281 @@
+"""The latent field of the infinite canvas: every random value is a pure function of
+(seed, what, position), computed per window with a counter-based generator.
+
+Normal values come from a 32-bit hash chain over (seed, stream, channel, row, column)
+followed by a Box-Muller transform whose log and cosine are evaluated with fixed
+polynomials in float32 (+, *, / and sqrt only, all correctly rounded in IEEE 754), so the
+bits are the same on CPU and GPU, for any window, in any order. All integer arithmetic
+stays below 2^63 in int64 (32x16-bit partial products), so nothing relies on overflow.
+
+Coordinates follow the official scheme (official-generator.md, section 6): channel 0 is
+tanh of the vertical position around the canvas horizon, channels 1-2 the cos/sin of the
+horizontal position with the official period (139 cells for the default config).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .config import GeneratorConfig
+from .geometry import layer_steps, ts_sizes
+
+MASK32 = 0xFFFFFFFF
+STREAM_GLOBAL = 1
+STREAM_LOCAL = 2
+STREAM_NOISE = 16  # + layer index
+_SALT = 0x1C6A9D3B
+_OUT2 = 0x68E31DA4
+
+
+def _mul32(x, c: int):
+    """(x * c) mod 2^32 for 0 <= x < 2^32, without leaving int64 (or for Python ints)."""
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & MASK32
+
+
+def _mix32(x):
+    """A 32-bit bijective integer hash (two multiply-xorshift rounds)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x21F0AAAD)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x735A2D97)
+    return x ^ (x >> 15)
+
+
+def _key(seed: int, stream: int) -> int:
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer in [0, 2^63), got {seed!r}")
+    h = _mix32(_SALT ^ (seed & MASK32))
+    h = _mix32(h ^ (seed >> 32))
+    return _mix32(h ^ stream)
+
+
+def _log_unit(u: torch.Tensor) -> torch.Tensor:
+    """log(u) for u in (0, 1] (normal floats), float32, from +, *, / only."""
+    bits = u.view(torch.int32)
+    e = (bits >> 23) - 127
+    m = ((bits & 0x7FFFFF) | 0x3F800000).view(torch.float32)  # mantissa in [1, 2)
+    big = m > 1.4142135
+    m = torch.where(big, m * 0.5, m)
+    e = e + big.to(torch.int32)
+    f = m - 1.0
+    s = f / (f + 2.0)
+    s2 = s * s
+    poly = s2 * (1 / 3 + s2 * (1 / 5 + s2 * (1 / 7 + s2 * (1 / 9 + s2 * (1 / 11)))))
+    return e.to(torch.float32) * 0.6931472 + (2.0 * s + 2.0 * s * poly)
+
+
+def _cos_turn(b: torch.Tensor) -> torch.Tensor:
+    """cos(2 pi b / 2^32) for 32-bit integers b, float32, from +, * only."""
+    quadrant = b >> 30
+    a = ((b >> 8) & 0x3FFFFF).to(torch.float32) * (math.pi / 2 / 2**22)  # in [0, pi/2)
+    a2 = a * a
+    c = 1.0 + a2 * (-1 / 2 + a2 * (1 / 24 + a2 * (-1 / 720 + a2 * (1 / 40320 + a2 * (
+        -1 / 3628800 + a2 * (1 / 479001600 + a2 * (-1 / 87178291200)))))))
+    s = a * (1.0 + a2 * (-1 / 6 + a2 * (1 / 120 + a2 * (-1 / 5040 + a2 * (1 / 362880 + a2 * (
+        -1 / 39916800 + a2 * (1 / 6227020800 + a2 * (-1 / 1307674368000))))))))
+    return torch.where(quadrant == 0, c, torch.where(quadrant == 1, -s, torch.where(quadrant == 2, -c, s)))
+
+
+def _mul32_(x: torch.Tensor, c: int, tmp: torch.Tensor) -> None:
+    """In-place _mul32 on an int64 tensor (tmp: scratch of the same shape)."""
+    torch.mul(x, c >> 16, out=tmp)
+    tmp.bitwise_and_(0xFFFF).bitwise_left_shift_(16)
+    x.mul_(c & 0xFFFF).add_(tmp).bitwise_and_(MASK32)
+
+
+def _mix32_(x: torch.Tensor, tmp: torch.Tensor) -> None:
+    """In-place _mix32 (the same function, without temporaries)."""
+    for shift, mul in ((16, 0x21F0AAAD), (15, 0x735A2D97)):
+        x.bitwise_xor_(torch.bitwise_right_shift(x, shift, out=tmp))
+        _mul32_(x, mul, tmp)
+    x.bitwise_xor_(torch.bitwise_right_shift(x, 15, out=tmp))
+
+
+_CHUNK = 1 << 16  # elements per step: keeps the int64 temporaries in cache
+
+
+def hash_normal(seed: int, stream: int, channels: torch.Tensor, rows: torch.Tensor,
+                cols: torch.Tensor) -> torch.Tensor:
+    """N(0, 1) float32 values [C, R, W] at int64 indices channels [C] x rows [R] x cols [W].
+
+    Rows and columns may be negative (|index| < 2^31); the value at an index never
+    depends on the other indices asked for at the same time.
+    """
+    c, r, w = channels.numel(), rows.numel(), cols.numel()
+    h_rows = _mix32(_mix32(channels.reshape(c, 1) ^ _key(seed, stream)) ^ (rows.reshape(1, r) & MASK32))
+    h_rows = h_rows.reshape(c * r, 1)
+    cols = cols.reshape(1, w) & MASK32
+    out = torch.empty(c * r, w, dtype=torch.float32, device=channels.device)
+    step = max(1, _CHUNK // max(1, w))
+    for a in range(0, c * r, step):
+        h = h_rows[a:a + step] ^ cols
+        tmp = torch.empty_like(h)
+        _mix32_(h, tmp)
+        u = ((h >> 8) + 1).to(torch.float32).mul_(2.0**-24)  # (0, 1]
+        radius = _log_unit(u).mul_(-2.0).sqrt_()
+        _mix32_(h.bitwise_xor_(_OUT2), tmp)
+        out[a:a + step] = radius * _cos_turn(h)
+    return out.reshape(c, r, w)
+
+
+def _arange(start: int, n: int, device) -> torch.Tensor:
+    return torch.arange(start, start + n, dtype=torch.int64, device=device)
+
+
+# ---- coordinates -------------------------------------------------------------------------
+def horizontal_period(cfg: GeneratorConfig) -> int:
+    """Columns per turn of the horizontal coordinate: round(ss_size / occupy_ratio) - 1."""
+    ss_size = cfg.ts_input_size + 2 * cfg.ss_halo
+    return int(round(ss_size / cfg.coord_hori_occupy_ratio)) - 1
+
+
+def coordinate_rows(cfg: GeneratorConfig, rows: range, horizon_cell: float) -> torch.Tensor:
+    """tanh of the vertical coordinate of z_l rows: tanh(cut * 2 (i - horizon) / (N + V - 1))."""
+    d = cfg.ts_input_size + cfg.coord_vert_sample_size - 1
+    return torch.tensor([math.tanh(cfg.coord_vert_cut_pt * 2.0 * (i - horizon_cell) / d) for i in rows],
+                        dtype=torch.float32)
+
+
+def coordinate_cols(cfg: GeneratorConfig, cols: range) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the horizontal angle pi (2 j / P - 1) of z_l columns (periodic in P)."""
+    p = horizontal_period(cfg)
+    ang = [math.pi * (2.0 * (j % p) / p - 1.0) for j in cols]
+    return (torch.tensor([math.cos(a) for a in ang], dtype=torch.float32),
+            torch.tensor([math.sin(a) for a in ang], dtype=torch.float32))
+
+
+def canvas_coords(cfg: GeneratorConfig, r0: int, c0: int, n_h: int, n_w: int,
+                  horizon_cell: float) -> torch.Tensor:
+    """[3, n_h, n_w] coordinates of the z_l cells [r0, r0+n_h) x [c0, c0+n_w)."""
+    vert = coordinate_rows(cfg, range(r0, r0 + n_h), horizon_cell)
+    cos, sin = coordinate_cols(cfg, range(c0, c0 + n_w))
+    return torch.stack([vert[:, None].expand(n_h, n_w), cos[None].expand(n_h, n_w),
+                        sin[None].expand(n_h, n_w)])
+
+
+def official_coords(cfg: GeneratorConfig, n_h: int, n_w: int) -> torch.Tensor:
+    """The official test-time grid of an n_h x n_w z_l: vertical centre on the middle row,
+    horizontal angle -pi at column 0 (official-generator.md 6.2)."""
+    return canvas_coords(cfg, 0, 0, n_h, n_w, (n_h - 1) / 2)
+
+
+# ---- fields ---------------------------------------------------------------------------------
+class Field:
+    """Where the inputs of a latent window come from: `window()` is shared, subclasses say
+    how one tensor of one window is made."""
+
+    config: GeneratorConfig
+
+    def global_latent(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def styles(self) -> torch.Tensor | None:
+        """Explicit W / W+ styles for the TS, or None for mapping(z_g)."""
+        return None
+
+    def local_latent(self, r0: int, c0: int, n_h: int, n_w: int, device) -> torch.Tensor:
+        raise NotImplementedError
+
+    def noise(self, layer: int, r0: int, c0: int, n_h: int, n_w: int, device) -> torch.Tensor:
+        raise NotImplementedError
+
+    def coords(self, r0: int, c0: int, n_h: int, n_w: int, device) -> torch.Tensor:
+        raise NotImplementedError
+
+    def window(self, r0: int, c0: int, n_h: int, n_w: int, device="cpu"):
+        """Inputs of the z_l window [r0, r0+n_h) x [c0, c0+n_w): (z_l [C, n_h, n_w],
+        coords [ncoord, n_h, n_w] or None, noises [[1, h_i, w_i] per TS conv])."""
+        cfg = self.config
+        halo = cfg.ss_halo
+        z = self.local_latent(r0, c0, n_h, n_w, device)
+        coords = self.coords(r0, c0, n_h, n_w, device) if cfg.use_ss else None
+        hs, ws = ts_sizes(cfg, n_h - 2 * halo), ts_sizes(cfg, n_w - 2 * halo)
+        noises = [self.noise(i, step * r0, step * c0, h, w, device)
+                  for i, (step, h, w) in enumerate(zip(layer_steps(cfg), hs, ws))]
+        return z, coords, noises
+
+
+class LatentField(Field):
+    """The seeded infinite canvas. `horizon` is the canvas pixel row where the vertical
+    coordinate is 0 (a property of the canvas, so separately rendered windows join)."""
+
+    def __init__(self, config: GeneratorConfig, seed: int, *, horizon: float = 0.0, style_index: int = 0):
+        _key(seed, 0)  # validates the seed
+        self.config = config
+        self.seed = seed
+        self.horizon = float(horizon)
+        self.style_index = style_index
+
+    @property
+    def horizon_cell(self) -> float:
+        cfg = self.config
+        return (self.horizon - 2) / cfg.upscale + 2 + cfg.ss_halo
+
+    def global_latent(self) -> torch.Tensor:
+        d = self.config.global_latent_dim
+        return hash_normal(self.seed, STREAM_GLOBAL, _arange(0, d, "cpu"),
+                           _arange(self.style_index, 1, "cpu"), _arange(0, 1, "cpu")).reshape(d)
+
+    def local_latent(self, r0, c0, n_h, n_w, device="cpu"):
+        c = _arange(0, self.config.local_latent_dim, device)
+        return hash_normal(self.seed, STREAM_LOCAL, c, _arange(r0, n_h, device), _arange(c0, n_w, device))
+
+    def noise(self, layer, r0, c0, n_h, n_w, device="cpu"):
+        return hash_normal(self.seed, STREAM_NOISE + layer, _arange(0, 1, device), _arange(r0, n_h, device),
+                           _arange(c0, n_w, device))
+
+    def coords(self, r0, c0, n_h, n_w, device="cpu"):
+        return canvas_coords(self.config, r0, c0, n_h, n_w, self.horizon_cell).to(device)
+
+
+class TensorField(Field):
+    """A field made of explicit tensors (official latents, inverted latents, ...).
+
+    local_latent [C, H, W] covers z_l cells from `origin` (row, col); noises[i] [1, h_i, w_i]
+    covers layer-i grid positions from step_i * origin; coords [ncoord, H, W] matches
+    local_latent (default: the seeded canvas coordinates with `horizon`).
+    """
+
+    def __init__(self, config: GeneratorConfig, global_latent: torch.Tensor, local_latent: torch.Tensor,
+                 noises: list[torch.Tensor], coords: torch.Tensor | None = None, *,
+                 origin: tuple[int, int] = (0, 0), styles: torch.Tensor | None = None, horizon: float = 0.0):
+        if len(noises) != config.num_convs:
+            raise ValueError(f"expected {config.num_convs} noise maps, got {len(noises)}")
+        self.config = config
+        self._z_g = global_latent.reshape(-1)
+        self._z_l = local_latent.reshape(local_latent.shape[-3:])
+        self._noises = [n.reshape(n.shape[-2:]) for n in noises]
+        self._coords = coords if coords is None else coords.reshape(coords.shape[-3:])
+        self._styles = styles
+        self.origin = origin
+        self._canvas = LatentField(config, 0, horizon=horizon)
+
+    def global_latent(self):
+        return self._z_g
+
+    def styles(self):
+        return self._styles
+
+    @staticmethod
+    def _slice(t, name, r0, c0, n_h, n_w, origin):
+        r, c = r0 - origin[0], c0 - origin[1]
+        if r < 0 or c < 0 or r + n_h > t.shape[-2] or c + n_w > t.shape[-1]:
+            raise ValueError(
+                f"{name} window rows [{r0}, {r0 + n_h}) cols [{c0}, {c0 + n_w}) is outside the given "
+                f"tensor, which covers rows [{origin[0]}, {origin[0] + t.shape[-2]}) cols "
+                f"[{origin[1]}, {origin[1] + t.shape[-1]})")
+        return t[..., r:r + n_h, c:c + n_w]
+
+    def local_latent(self, r0, c0, n_h, n_w, device="cpu"):
+        return self._slice(self._z_l, "local_latent", r0, c0, n_h, n_w, self.origin).to(device)
+
+    def noise(self, layer, r0, c0, n_h, n_w, device="cpu"):
+        step = layer_steps(self.config)[layer]
+        origin = (step * self.origin[0], step * self.origin[1])
+        return self._slice(self._noises[layer], f"noise {layer}", r0, c0, n_h, n_w, origin)[None].to(device)
+
+    def coords(self, r0, c0, n_h, n_w, device="cpu"):
+        if self._coords is None:
+            return self._canvas.coords(r0, c0, n_h, n_w, device)
+        return self._slice(self._coords, "coords", r0, c0, n_h, n_w, self.origin).to(device)
