@@ -1,0 +1,224 @@
+"""Loading and saving generator weights.
+
+Two formats:
+- Official InfinityGAN checkpoints (`best_fid.pth.tar`, a torch pickle whose `g_ema` entry
+  is the generator state dict). Loaded with `torch.load(weights_only=True)` and an allow
+  list for the few numpy objects the official trainer stores (`best_fid` is a numpy
+  float64), so loading never runs code from the file. Keys and shapes are checked strictly
+  against the official layout of the config (given, or inferred from the shapes).
+- Our own: one `.safetensors` file whose metadata holds the JSON config.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import PRESETS, GeneratorConfig, from_name
+from .model import EqualLinear, Generator
+
+FORMAT_NAME = "igan"
+FORMAT_VERSION = "1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used, with the reason in the message."""
+
+
+def _numpy_safe_globals() -> list:
+    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    allowed = [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, (np.dtype, "numpy.dtype")]
+    allowed += [getattr(np.dtypes, n) for n in ("Float64DType", "Float32DType", "Int64DType", "Int32DType")
+                if hasattr(np, "dtypes")]
+    return allowed
+
+
+# ---- official layout ---------------------------------------------------------------------------
+def official_shapes(cfg: GeneratorConfig) -> dict[str, tuple[int, ...]]:
+    """Every key of the official generator's state dict for `cfg`, with its shape: our
+    parameters plus the buffers (and the unused constant input) the official model holds."""
+    shapes = {k: tuple(v.shape) for k, v in Generator(cfg).to("meta").state_dict().items()}
+    ts = "texture_synthesizer"
+    shapes[f"{ts}.const_z.input"] = (1, cfg.local_latent_dim, 4, 4)
+    for i in range(0, cfg.num_convs, 2):
+        shapes[f"{ts}.convs.{i}.conv.blur.kernel"] = (3, 3)
+    for k in range(cfg.num_stages):
+        shapes[f"{ts}.to_rgbs.{k}.upsample.kernel"] = (3, 3)
+    for i in range(cfg.num_convs):
+        side = 2 ** ((i + 5) // 2)
+        shapes[f"{ts}.noises.noise_{i}"] = (1, 1, side, side)
+    return shapes
+
+
+def _ignored(key: str) -> bool:
+    """Official entries that never influence the output."""
+    return (key.endswith((".blur.kernel", ".upsample.kernel")) or ".noises.noise_" in key
+            or key.endswith("const_z.input"))
+
+
+def _describe(keys, limit=8) -> str:
+    keys = sorted(keys)
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def check_state_dict(state: dict, expected: dict[str, tuple], source: str, config_name: str) -> None:
+    """Raise CheckpointError listing missing, unexpected and mis-shaped keys."""
+    missing = set(expected) - set(state)
+    unexpected = set(state) - set(expected)
+    misshaped = {k: (tuple(state[k].shape), expected[k]) for k in set(state) & set(expected)
+                 if tuple(state[k].shape) != tuple(expected[k])}
+    if not (missing or unexpected or misshaped):
+        return
+    lines = [f"checkpoint {source} does not match model config {config_name!r}:"]
+    if missing:
+        lines.append(f"  missing keys ({len(missing)}): {_describe(missing)}")
+    if unexpected:
+        lines.append(f"  unexpected keys ({len(unexpected)}): {_describe(unexpected)}")
+    if misshaped:
+        items = [f"{k} {got} (expected {want})" for k, (got, want) in sorted(misshaped.items())]
+        lines.append(f"  mis-shaped keys ({len(items)}): " + "; ".join(items[:8])
+                     + (f" (+{len(items) - 8} more)" if len(items) > 8 else ""))
+    raise CheckpointError("\n".join(lines))
+
+
+def infer_config(state: dict) -> GeneratorConfig:
+    """The architecture an official state dict was built with, from its shapes; named after
+    the first preset with that architecture."""
+    ts = "texture_synthesizer"
+    if f"{ts}.convs.0.conv.weight" not in state:
+        raise CheckpointError("not an InfinityGAN generator state dict (no texture_synthesizer.convs.0)")
+    num_convs = len({m.group(1) for k in state if (m := re.match(rf"{ts}\.convs\.(\d+)\.conv\.weight$", k))})
+    channels = tuple(int(state[f"{ts}.convs.{i}.conv.weight"].shape[1]) for i in range(1, num_convs, 2))
+    local_dim = int(state[f"{ts}.convs.0.conv.weight"].shape[2])
+    style_dim = int(state[f"{ts}.convs.0.conv.modulation.weight"].shape[1])
+    n_mlp = len({k for k in state if re.match(rf"{ts}\.mapping\.\d+\.weight$", k)})
+    ss_layers = sorted({int(m.group(1)) for k in state
+                        if (m := re.match(r"structure_synthesizer\.implicit_model\.conv_stack\.(\d+)\.", k))})
+    base = dict(patch_size=6 * 2 ** (num_convs // 2) + 5, ts_input_size=11, global_latent_dim=style_dim,
+                local_latent_dim=local_dim, n_mlp=n_mlp, channels=channels)
+    if ss_layers:
+        w = state["structure_synthesizer.implicit_model.conv_stack.0.conv.conv.weight"]
+        base.update(use_ss=True, ss_n_layers=len(ss_layers), ss_unfold_radius=(int(w.shape[-1]) - 1) // 2,
+                    coord_num_dir=int(w.shape[2]) - local_dim)
+    else:
+        base.update(use_ss=False, coord_num_dir=0)
+    try:
+        cfg = GeneratorConfig(name="custom", **base)
+    except ValueError as e:
+        raise CheckpointError(f"cannot infer the model config from the state dict: {e}") from e
+    for preset in PRESETS.values():
+        if preset.architecture() == cfg.architecture():
+            return preset
+    return cfg
+
+
+def _load_torch_file(path: Path) -> dict:
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).split("\n")[-1].strip() or str(e)
+        raise CheckpointError(
+            f"refusing to load {str(path)!r}: it holds objects outside igan's allow list, and loading "
+            f"never runs code from a checkpoint ({first[:300]})") from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"cannot read {str(path)!r}: not a torch checkpoint, or truncated ({e})") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{str(path)!r} holds a {type(obj).__name__}, not a checkpoint dict")
+    return obj
+
+
+def load_official(path: str | os.PathLike, config: str | GeneratorConfig | None = None) -> Generator:
+    """Build a Generator from an official checkpoint (its `g_ema`, or a bare state dict)."""
+    path = Path(path)
+    obj = _load_torch_file(path)
+    state = obj.get("g_ema", obj)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{str(path)!r} has no generator state dict under 'g_ema'")
+    state = {k: v for k, v in state.items() if "tmp_var" not in k}  # as the official loader does
+    cfg = from_name(config) if isinstance(config, str) else config or infer_config(state)
+    check_state_dict(state, official_shapes(cfg), repr(str(path)), cfg.name)
+    model = Generator(cfg)
+    model.load_state_dict({k: v for k, v in state.items() if not _ignored(k)}, strict=True)
+    return model.eval()
+
+
+# ---- our format --------------------------------------------------------------------------------
+def save(model: Generator, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """Write weights + config as one safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": model.config.to_json()}
+    meta.update(metadata or {})
+    tmp = path.with_name(f".{path.name}.igan-tmp-{os.getpid()}")
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp), meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_igan(path: str | os.PathLike) -> Generator:
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT_NAME:
+                raise CheckpointError(f"{str(path)!r} is a safetensors file but not an igan model "
+                                      f"(metadata format {meta.get('format')!r})")
+            if meta.get("format_version") != FORMAT_VERSION:
+                raise CheckpointError(f"{str(path)!r} has igan format version {meta.get('format_version')!r}; "
+                                      f"this igan reads version {FORMAT_VERSION}")
+            cfg = GeneratorConfig.from_json(meta["config"])
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, json.JSONDecodeError, KeyError) as e:
+        raise CheckpointError(f"cannot read igan model {str(path)!r}: {e}") from e
+    model = Generator(cfg)
+    check_state_dict(state, {k: tuple(v.shape) for k, v in model.state_dict().items()},
+                     repr(str(path)), cfg.name)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def load(path: str | os.PathLike | None = None, config: str | None = None) -> Generator:
+    """Any checkpoint igan reads: None -> the embedded default model; `.safetensors` -> ours;
+    anything else -> an official torch checkpoint (`config` names its preset if needed)."""
+    if path is None:
+        from .embedded import embedded_model
+        return embedded_model()
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist" if not path.exists()
+                              else f"checkpoint {str(path)!r} is not a file")
+    if path.suffix == ".safetensors":
+        if config is not None:
+            raise CheckpointError("--config is for official checkpoints; igan models carry their config")
+        return load_igan(path)
+    return load_official(path, config)
+
+
+def init_deterministic(model: Generator, seed: int) -> Generator:
+    """Re-initialise every weight matrix with the counter-based normal generator (official
+    init: randn, divided by lr_mul for equalized-lr linears), so a random model is the same
+    on every machine and torch version."""
+    from .latent import hash_normal
+
+    lr_mul = {f"{name}.weight": m.lr_mul for name, m in model.named_modules() if isinstance(m, EqualLinear)}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("weight") and p.dim() >= 2:
+                idx = torch.arange(p.numel())
+                values = hash_normal(seed, zlib.crc32(name.encode()), idx[:1], idx[:1], idx)
+                p.copy_(values.reshape(p.shape) / lr_mul.get(name, 1.0))
+    return model
