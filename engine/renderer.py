@@ -1,0 +1,106 @@
+"""The renderer: plan -> latent windows -> runner -> uint8 tiles -> sink.
+
+Single-process executor: batches of tiles run one after another on one device while the
+sink's writer thread compresses finished bands in the background.
+"""
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .latent import Field
+from .planner import Plan, Tile
+from .runner import TorchRunner, to_uint8
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@dataclass
+class RenderStats:
+    width: int
+    height: int
+    tiles: int
+    tile_width: int
+    tile_height: int
+    seconds: float
+    work_ratio: float
+    peak_rss: int
+    peak_device: int | None
+    tflops: float  # achieved, counting the FLOPs actually executed
+
+    @property
+    def megapixels(self) -> float:
+        return self.width * self.height / 1e6
+
+    @property
+    def mp_per_s(self) -> float:
+        return self.megapixels / self.seconds if self.seconds > 0 else float("inf")
+
+    def summary(self) -> str:
+        mem = f"peak RSS {self.peak_rss / 2**30:.2f} GiB"
+        if self.peak_device is not None:
+            mem += f", peak device memory {self.peak_device / 2**30:.2f} GiB"
+        return (f"{self.width}x{self.height} px ({self.megapixels:.1f} MP) in {self.seconds:.1f} s: "
+                f"{self.mp_per_s:.2f} MP/s, {self.tflops * 1e3:.1f} GFLOP/s, {self.tiles} tiles of "
+                f"{self.tile_width}x{self.tile_height}, work ratio {self.work_ratio:.2f}, {mem}")
+
+
+class Renderer:
+    """Renders windows of a field's canvas with one runner."""
+
+    def __init__(self, runner: TorchRunner):
+        self.runner = runner
+
+    def tiles(self, field: Field, plan: Plan, batch: int = 1) -> Iterator[tuple[Tile, torch.Tensor]]:
+        """Yield (tile, float32 RGB [3, h, w] on the host) in row-major order."""
+        if field.config.architecture() != self.runner.config.architecture():
+            raise ValueError("the field and the model have different configs")
+        prepared = self.runner.prepare(field)
+        todo = list(plan.tiles)
+        for i in range(0, len(todo), batch):
+            group = todo[i:i + batch]
+            inputs = self.runner.inputs(field, [(t.cell_row, t.cell_col) for t in group],
+                                        plan.latent_height, plan.latent_width)
+            rgb = self.runner.run(prepared, inputs)
+            for t, img in zip(group, rgb):
+                yield t, img[:, t.offset_y:t.offset_y + t.height, t.offset_x:t.offset_x + t.width]
+
+    def render_array(self, field: Field, plan: Plan, batch: int = 1, *, uint8: bool = False) -> np.ndarray:
+        """The whole window in memory as [H, W, 3] (float32 in [-1, 1]-ish, or uint8): for
+        tests and small images; `render` streams instead."""
+        w = plan.window
+        out = np.empty((w.height, w.width, 3), np.uint8 if uint8 else np.float32)
+        for t, img in self.tiles(field, plan, batch):
+            img = to_uint8(img) if uint8 else img
+            out[t.y:t.y + t.height, t.x:t.x + t.width] = img.permute(1, 2, 0).numpy()
+        return out
+
+    def render(self, field: Field, plan: Plan, sink, *, batch: int = 1, progress: bool = True) -> RenderStats:
+        """Stream every tile of `plan` into `sink` (an open igan.engine.sinks.Sink; this
+        closes it on success and aborts it on error)."""
+        if self.runner.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.runner.device)
+        start = time.perf_counter()
+        done_px = 0
+        bar = tqdm(total=len(plan.tiles), unit="tile", desc="igan-render", disable=not progress,
+                   file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+        with sink, bar:
+            for tile, img in self.tiles(field, plan, batch):
+                sink.write(tile.x, tile.y, to_uint8(img).permute(1, 2, 0).numpy())
+                done_px += tile.width * tile.height
+                bar.update(1)
+                bar.set_postfix_str(f"{done_px / 1e6 / (time.perf_counter() - start):.2f} MP/s", refresh=False)
+        seconds = time.perf_counter() - start
+        return RenderStats(plan.window.width, plan.window.height, len(plan.tiles), plan.tile_width,
+                           plan.tile_height, seconds, plan.work_ratio, peak_rss_bytes(),
+                           self.runner.peak_memory(), plan.flops / seconds / 1e12)

@@ -1,0 +1,100 @@
+"""Model runners: own the device, the precision and the speed of a forward pass.
+
+`TorchRunner` is the reference backend (any device). Backends share one interface:
+`prepare(field)` folds one image's styles into the weights once; `run(prepared, batch)`
+turns a batch of latent windows into float32 RGB on the host.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from .determinism import reproducible_cpu_convs
+from .latent import Field
+from .model import Generator, Prepared
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """'auto'/None -> cuda if available else cpu; checks that a CUDA device exists."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {device!r} (use cpu, cuda, cuda:N or auto)") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise ValueError(f"unsupported device {device!r} (use cpu, cuda, cuda:N or auto)")
+    return dev
+
+
+@dataclass
+class Batch:
+    """Inputs of a batch of latent windows of one image, on the runner's device."""
+
+    local_latent: torch.Tensor  # [N, C, Hz, Wz]
+    coords: torch.Tensor | None  # [N, ncoord, Hz, Wz]
+    noises: list[torch.Tensor]  # [N, 1, h_i, w_i] per TS conv
+
+
+class TorchRunner:
+    name = "torch"
+
+    def __init__(self, model: Generator, device="cpu", precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+        self.device = resolve_device(device)
+        self.dtype = PRECISIONS[precision]
+        if self.device.type == "cpu" and self.dtype == torch.float16:
+            raise ValueError("precision fp16 is not supported on CPU (use fp32 or bf16)")
+        self.model = model.to(self.device).eval().requires_grad_(False)
+        self.config = model.config
+
+    def _context(self):
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        if self.device.type == "cpu":
+            stack.enter_context(reproducible_cpu_convs())
+        return stack
+
+    def prepare(self, field: Field) -> Prepared:
+        with self._context():
+            z = field.global_latent().to(self.device, torch.float32)
+            styles = field.styles()
+            styles = None if styles is None else styles.to(self.device, torch.float32)
+            return self.model.prepare(z, styles).to(dtype=self.dtype)
+
+    def inputs(self, field: Field, windows: list[tuple[int, int]], n_h: int, n_w: int) -> Batch:
+        """Gather the inputs of z_l windows (first cell (row, col), shared size n_h x n_w)."""
+        parts = [field.window(r, c, n_h, n_w, self.device) for r, c in windows]
+        z = torch.stack([p[0] for p in parts])
+        coords = None if parts[0][1] is None else torch.stack([p[1] for p in parts])
+        noises = [torch.stack([p[2][i] for p in parts]) for i in range(self.config.num_convs)]
+        return Batch(z, coords, noises)
+
+    def run(self, prepared: Prepared, batch: Batch) -> torch.Tensor:
+        """float32 RGB [N, 3, H, W] on the host."""
+        with self._context():
+            cast = self.dtype
+            out = self.model.synthesize(
+                prepared, batch.local_latent.to(cast), None if batch.coords is None else batch.coords.to(cast),
+                [n.to(cast) for n in batch.noises])
+            return out.to("cpu", torch.float32)
+
+    def peak_memory(self) -> int | None:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device)
+        return None
+
+
+def to_uint8(rgb: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float -> uint8 with round-half-up: floor((clamp(x) + 1) * 127.5 + 0.5)."""
+    return ((rgb.clamp(-1.0, 1.0) + 1.0) * 127.5 + 0.5).floor_().to(torch.uint8)
