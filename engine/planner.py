@@ -89,6 +89,13 @@ def _axis(cfg: GeneratorConfig, start: int, size: int, tile: int):
     return tile, starts, n_z, [(w[0], w[2]) for w in windows]
 
 
+def _balanced(size: int, tile: int) -> int:
+    """The smallest multiple of 16 that covers `size` in as few tiles as `tile` does, so the
+    last tile is not mostly wasted work."""
+    n = divup(size, tile)
+    return divup(divup(size, n), TILE_ALIGN) * TILE_ALIGN
+
+
 def check_tile(tile: int) -> int:
     if not isinstance(tile, int) or isinstance(tile, bool) or tile < TILE_ALIGN or tile % TILE_ALIGN:
         raise ValueError(f"tile must be a positive multiple of {TILE_ALIGN} pixels, got {tile!r}")
@@ -119,15 +126,18 @@ def tile_for_budget(cfg: GeneratorConfig, budget_bytes: int, batch: int = 1, ite
 
 def plan(cfg: GeneratorConfig, window: Window, *, tile: int | None = None, batch: int = 1,
          memory_budget: int | None = None, itemsize: int = 4) -> Plan:
-    """Cut `window` into tiles: of `tile` pixels if given, else the largest that fits
-    `memory_budget` bytes (default 2 GiB) at this batch size."""
+    """Cut `window` into tiles: of `tile` pixels if given, else of the largest size that fits
+    `memory_budget` bytes (default 2 GiB) at this batch size, shrunk per axis to split the
+    window evenly."""
     check_positive("batch", batch)
     if tile is None:
         largest = divup(max(window.width, window.height), TILE_ALIGN) * TILE_ALIGN
         tile = tile_for_budget(cfg, memory_budget or 2 << 30, batch, itemsize, largest)
-    check_tile(tile)
-    th, ys, n_h, rows = _axis(cfg, window.y0, window.height, tile)
-    tw, xs, n_w, cols = _axis(cfg, window.x0, window.width, tile)
+        tile_h, tile_w = _balanced(window.height, tile), _balanced(window.width, tile)
+    else:
+        tile_h = tile_w = check_tile(tile)
+    th, ys, n_h, rows = _axis(cfg, window.y0, window.height, tile_h)
+    tw, xs, n_w, cols = _axis(cfg, window.x0, window.width, tile_w)
     tiles = []
     for r, (y, (cr, oy)) in enumerate(zip(ys, rows)):
         for c, (x, (cc, ox)) in enumerate(zip(xs, cols)):
