@@ -15,7 +15,7 @@ import torch.nn.functional as F
 SQRT2 = math.sqrt(2.0)
 LRELU_SLOPE = 0.2
 # Scratch budget of one CPU conv call (its im2col buffer); larger convs run in row bands.
-_CPU_BAND_BYTES = 48 << 20
+_CPU_BAND_BYTES = 8 << 20
 
 
 def conv2d_valid(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -63,6 +63,9 @@ class RenderStats:
                 f"{self.tile_width}x{self.tile_height}, work ratio {self.work_ratio:.2f}, {mem}")
 
 
+_BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} tiles [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]"
+
+
 class Renderer:
     """Renders windows of a field's canvas with one runner."""
 
@@ -101,7 +104,7 @@ class Renderer:
         start = time.perf_counter()
         done_px = 0
         bar = tqdm(total=len(plan.tiles), unit="tile", desc="igan-render", disable=not progress,
-                   file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+                   file=sys.stderr, dynamic_ncols=True, smoothing=0.1, bar_format=_BAR)
         with sink, bar:
             for tile, img in self.tiles(field, plan, batch):
                 sink.write(tile.x, tile.y, to_uint8(img).permute(1, 2, 0).numpy())
