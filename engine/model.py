@@ -22,6 +22,7 @@ from torch import nn
 
 from . import ops
 from .config import GeneratorConfig
+from .latent import official_coords
 
 
 class PixelNorm(nn.Module):
@@ -259,8 +260,6 @@ class Generator(nn.Module):
         """Official-style batch forward: sample b uses global_latent[b] (slot 0 of a
         [B, K, D] tensor, as the official model does in eval), local_latent[b], coords
         (default: the official test grid of the window) and noises (default: none)."""
-        from .latent import official_coords  # local import: latent imports this module's config only
-
         z = global_latent[:, 0] if global_latent.dim() == 3 else global_latent
         b = z.shape[0]
         if coords is None and self.structure_synthesizer is not None:

@@ -63,6 +63,11 @@ class TorchRunner:
         stack.enter_context(torch.inference_mode())
         if self.device.type == "cpu":
             stack.enter_context(reproducible_cpu_convs())
+        elif self.dtype == torch.float32:
+            # fp32 means fp32: no TF32 (official outputs were computed without it), and the
+            # same cuDNN algorithm on every run.
+            stack.enter_context(torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True,
+                                                           allow_tf32=False))
         return stack
 
     def prepare(self, field: Field) -> Prepared:
