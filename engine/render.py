@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "cache-sized tiles run fastest; 60%% of free memory on GPU)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--backend", default="torch", choices=["torch"], help="model runner (default torch)")
+    p.add_argument("--backend", default="torch", choices=["torch", "triton"],
+                   help="model runner: torch (reference, any device) or triton (fused kernels, CUDA)")
     p.add_argument("--preview", nargs="?", const="", default=None, metavar="PATH",
                    help="also write a low-resolution preview PNG (default path: OUT stem + .preview.png)")
     p.add_argument("--preview-size", type=_positive, default=1024, help="preview's longer side (default 1024)")
@@ -108,7 +109,7 @@ def _run(args) -> int:
     from . import checkpoint, planner, sinks
     from .latent import LatentField
     from .renderer import Renderer
-    from .runner import PRECISIONS, TorchRunner, resolve_device
+    from .runner import PRECISIONS, RUNNERS, resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -116,7 +117,7 @@ def _run(args) -> int:
     window = planner.Window(args.x0, y0, args.width, args.height)
     device = resolve_device(args.device)
     model = checkpoint.load(args.checkpoint, args.config)
-    runner = TorchRunner(model, device, args.precision)
+    runner = RUNNERS[args.backend](model, device, args.precision)
     budget = args.memory_budget or default_budget(device)
     itemsize = PRECISIONS[args.precision].itemsize
     plan = planner.plan(model.config, window, tile=args.tile, batch=args.batch, memory_budget=budget,

@@ -103,3 +103,72 @@ class TorchRunner:
 def to_uint8(rgb: torch.Tensor) -> torch.Tensor:
     """[-1, 1] float -> uint8 with round-half-up: floor((clamp(x) + 1) * 127.5 + 0.5)."""
     return ((rgb.clamp(-1.0, 1.0) + 1.0) * 127.5 + 0.5).floor_().to(torch.uint8)
+
+
+@dataclass
+class PackedImage:
+    """One image's weights in the layouts the Triton kernels read (see igan.kernels.conv)."""
+
+    prepared: Prepared
+    ss: list[torch.Tensor]  # packed [KH*KW*Cin, Cout]
+    convs: list  # packed [K, Cout] for 3x3 convs; four packed phases for upsampling convs
+    rgbs: list[torch.Tensor]
+
+
+class TritonRunner(TorchRunner):
+    """Every conv of the generator through the fused Triton kernels (CUDA; or the CPU
+    interpreter with TRITON_INTERPRET=1, for tests). Activations are channels-last on CUDA;
+    the RGB path accumulates in float32 whatever the precision."""
+
+    name = "triton"
+
+    def __init__(self, model: Generator, device="cuda", precision: str = "fp32"):
+        from igan.kernels import triton_unavailable_reason
+
+        dev = resolve_device(device)
+        reason = triton_unavailable_reason(dev)
+        if reason:
+            raise ValueError(f"the triton backend cannot run on {dev}: {reason}")
+        if dev.type == "cpu" and precision != "fp32":
+            raise ValueError("the Triton interpreter computes bf16/fp16 wrongly; use fp32 on CPU")
+        super().__init__(model, dev, precision)
+
+    def prepare(self, field: Field) -> PackedImage:
+        from igan.kernels.conv import pack_weight
+        from igan.kernels.upsample import phase_weights
+
+        p = super().prepare(field)
+        convs = [[pack_weight(s) for s in phase_weights(w)] if i % 2 == 0 else pack_weight(w)
+                 for i, w in enumerate(p.convs)]
+        return PackedImage(p, [pack_weight(w) for w in p.ss], convs, [pack_weight(w) for w in p.rgbs])
+
+    def run(self, packed: PackedImage, batch: Batch) -> torch.Tensor:
+        from igan.kernels.conv import conv_triton
+        from igan.kernels.upsample import upconv_triton
+
+        model, p = self.model, packed.prepared
+        fmt = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        with torch.inference_mode():
+            x = batch.local_latent.to(self.dtype).contiguous(memory_format=fmt)
+            if model.structure_synthesizer is not None:
+                coords = batch.coords.to(self.dtype)
+                radius = model.config.ss_unfold_radius
+                for l, (layer, w, pk) in enumerate(zip(model.structure_synthesizer.layers, p.ss, packed.ss)):
+                    x = conv_triton(x, w, coords=coords, coords_offset=l * radius, bias=layer.activate.bias,
+                                    act=True, packed=pk)
+            rgb = None
+            ts = model.texture_synthesizer
+            for i, (conv, w, pk) in enumerate(zip(ts.convs, p.convs, packed.convs)):
+                common = dict(noise=batch.noises[i].to(self.dtype), noise_strength=float(conv.noise.weight),
+                              bias=conv.activate.bias, act=True)
+                if i % 2 == 0:
+                    x = upconv_triton(x, w, phases=pk, **common)
+                else:
+                    x = conv_triton(x, w, packed=pk, **common)
+                    k = i // 2
+                    rgb = conv_triton(x, p.rgbs[k], bias=ts.to_rgbs[k].bias.view(-1), skip=rgb,
+                                      packed=packed.rgbs[k], out_dtype=torch.float32)
+            return rgb.to("cpu", torch.float32).contiguous()
+
+
+RUNNERS = {"torch": TorchRunner, "triton": TritonRunner}

@@ -1,0 +1,153 @@
+"""The padding-free upsampling StyledConv: stride-2 transposed 3x3 conv, crop 1, 3x3 blur,
+then noise, bias, leaky ReLU * sqrt(2) and the cast.
+
+Triton path: the transposed conv is split into its four polyphase valid convs (taps 1x1,
+1x2, 2x1, 2x2 of the flipped kernel), which the fused conv kernel writes straight into the
+interleaved (2H-1) x (2W-1) buffer, so no zero is ever multiplied; one elementwise kernel
+then applies the blur and the whole epilogue in a single pass. With spatial styles the
+activations are modulated in the conv kernel and the demodulation, evaluated on the input
+grid and linearly interpolated (the official approximation), multiplies the buffer inside
+the blur kernel.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from igan.engine.ops import upsample_linear
+
+from . import use_triton
+from .conv import DEMOD_EPS, SLOPE, SQRT2, conv_triton, pack_weight
+
+_FLIP = [2, 0]
+
+
+def phase_weights(weight: torch.Tensor) -> list[torch.Tensor]:
+    """The four polyphase sub-kernels of a stride-2 transposed 3x3 conv after the crop of 1:
+    output (2i, 2j) <- w[1,1]; (2i, 2j+1) <- [w[1,2], w[1,0]]; (2i+1, 2j) <- [w[2,1]; w[0,1]];
+    (2i+1, 2j+1) <- [[w22, w20], [w02, w00]] (valid correlations of the input)."""
+    return [weight[:, :, 1:2, 1:2], weight[:, :, 1:2, _FLIP], weight[:, :, _FLIP, 1:2],
+            weight[:, :, _FLIP][:, :, :, _FLIP]]
+
+
+def demod_map(style: torch.Tensor, wsq: torch.Tensor) -> torch.Tensor:
+    """Per-pixel demodulation on the input grid: rsqrt(sum_c s_c^2 wsq[c, o] + eps), [N, O, H, W]."""
+    ct = torch.promote_types(style.dtype, torch.float32)
+    return torch.rsqrt(torch.einsum("nchw,co->nohw", style.to(ct) ** 2, wsq.to(ct)) + DEMOD_EPS)
+
+
+def upconv_ref(x, weight, *, style=None, wsq=None, noise=None, noise_strength=0.0, bias=None, act=True,
+               out_dtype=None):
+    """The spec (official order; float32 math, float64 for float64 inputs):
+    [N, Cin, H, W] -> [N, Cout, 2H-3, 2W-3]."""
+    ct = torch.promote_types(x.dtype, torch.float32)
+    inp = x.to(ct) if style is None else x.to(ct) * style.to(ct)
+    y = F.conv_transpose2d(inp, weight.to(ct).transpose(0, 1), stride=2)[:, :, 1:-1, 1:-1]
+    if style is not None and wsq is not None:
+        y = y * upsample_linear(demod_map(style, wsq))
+    k = torch.tensor([1.0, 2.0, 1.0], device=x.device, dtype=ct)
+    kern = (k[:, None] * k[None, :] / 4).expand(y.shape[1], 1, 3, 3)
+    y = F.conv2d(y, kern, groups=y.shape[1])
+    if noise is not None:
+        y = y + noise_strength * noise.to(ct)
+    if bias is not None:
+        y = y + bias.to(ct).view(1, -1, 1, 1)
+    if act:
+        y = F.leaky_relu(y, SLOPE) * SQRT2
+    return y.to(out_dtype or x.dtype)
+
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
+if triton is not None:
+
+    @triton.jit
+    def _blur_epilogue_kernel(
+        p_ptr, spn, spc, sph, spw,
+        d_ptr, sdn, sdc, sdh, sdw,
+        n_ptr, snn, snh, snw, strength,
+        b_ptr,
+        y_ptr, syn, syc, syh, syw,
+        TOTAL, C, OH, OW,
+        HAS_D: tl.constexpr, HAS_NOISE: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        ok = offs < TOTAL
+        # flat index over (n, oh, ow, c): channels fastest, matching channels-last storage
+        c = offs % C
+        pix = offs // C
+        ow = pix % OW
+        oh = (pix // OW) % OH
+        n = pix // (OW * OH)
+        base = n * spn + c * spc
+        dbase = n * sdn + c * sdc
+        acc = tl.zeros((BLOCK,), dtype=tl.float32)
+        for dy in tl.static_range(3):
+            rows = tl.zeros((BLOCK,), dtype=tl.float32)
+            for dx in tl.static_range(3):
+                v = tl.load(p_ptr + base + (oh + dy) * sph + (ow + dx) * spw, mask=ok, other=0.0).to(tl.float32)
+                if HAS_D:
+                    v = v * tl.load(d_ptr + dbase + (oh + dy) * sdh + (ow + dx) * sdw, mask=ok, other=0.0)
+                rows += v * (2.0 if dx == 1 else 1.0)
+            acc += rows * (2.0 if dy == 1 else 1.0)
+        acc = acc * 0.25
+        if HAS_NOISE:
+            acc += strength * tl.load(n_ptr + n * snn + oh * snh + ow * snw, mask=ok, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + c, mask=ok, other=0.0).to(tl.float32)
+        if ACT:
+            acc = tl.where(acc >= 0.0, acc, acc * 0.2) * 1.4142135623730951
+        tl.store(y_ptr + n * syn + c * syc + oh * syh + ow * syw, acc.to(y_ptr.dtype.element_ty), mask=ok)
+
+
+def upconv_triton(x, weight, *, style=None, wsq=None, noise=None, noise_strength=0.0, bias=None, act=True,
+                  out_dtype=None, phases=None, out=None, block=1024):
+    """Four polyphase conv launches into the interleaved buffer, then the blur epilogue.
+    `phases` may hold the four packed phase weights computed once per image; `out` a
+    [N, Cout, 2H-3, 2W-3] tensor (any strides) to write into."""
+    n, _, h, w = x.shape
+    cout = weight.shape[0]
+    if h < 3 or w < 3:
+        raise ValueError(f"input {h}x{w} is too small: the upsampling layer needs at least 3x3")
+    fmt = torch.channels_last if (x.shape[1] > 1 and not x.is_contiguous()
+                                  and x.is_contiguous(memory_format=torch.channels_last)) else torch.contiguous_format
+    pre = torch.empty(n, cout, 2 * h - 1, 2 * w - 1, device=x.device,
+                      dtype=torch.float32 if style is not None else x.dtype, memory_format=fmt)
+    subs = phase_weights(weight)
+    packed = phases or [pack_weight(s) for s in subs]
+    for (py, px), sub, pk in zip([(0, 0), (0, 1), (1, 0), (1, 1)], subs, packed):
+        conv_triton(x, sub, style=style, out=pre, out_step=2, out_phase=(py, px), packed=pk)
+    d = upsample_linear(demod_map(style, wsq)).contiguous() if style is not None and wsq is not None else None
+    oh, ow = 2 * h - 3, 2 * w - 3
+    if out is None:
+        out = torch.empty(n, cout, oh, ow, device=x.device, dtype=out_dtype or x.dtype, memory_format=fmt)
+    elif tuple(out.shape) != (n, cout, oh, ow):
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected {(n, cout, oh, ow)}")
+    total = out.numel()
+    dummy = pre
+    _blur_epilogue_kernel[(triton.cdiv(total, block),)](
+        pre, *pre.stride(),
+        d if d is not None else dummy, *(d.stride() if d is not None else (0, 0, 0, 0)),
+        noise if noise is not None else dummy,
+        *((noise.stride(0), noise.stride(2), noise.stride(3)) if noise is not None else (0, 0, 0)),
+        float(noise_strength),
+        bias if bias is not None else dummy,
+        out, *out.stride(),
+        total, cout, oh, ow,
+        HAS_D=d is not None, HAS_NOISE=noise is not None, HAS_BIAS=bias is not None, ACT=bool(act),
+        BLOCK=block,
+    )
+    return out
+
+
+def fused_upconv(x, weight, *, impl: str = "auto", **kw):
+    """Launcher: Triton on CUDA (or under the interpreter), else the torch reference."""
+    if use_triton(impl, x.device):
+        return upconv_triton(x, weight, **kw)
+    kw.pop("phases", None)
+    return upconv_ref(x, weight, **kw)
