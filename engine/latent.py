@@ -92,7 +92,10 @@ def _mix32_(x: torch.Tensor, tmp: torch.Tensor) -> None:
     x.bitwise_xor_(torch.bitwise_right_shift(x, 15, out=tmp))
 
 
-_CHUNK = 1 << 16  # elements per step: keeps the int64 temporaries in cache
+# Elements per step: on CPU small enough that the int64 temporaries stay in cache; on a GPU
+# large, so that a window takes a handful of launches.
+_CHUNK = {"cpu": 1 << 16}
+_CHUNK_DEFAULT = 1 << 24
 
 
 def hash_normal(seed: int, stream: int, channels: torch.Tensor, rows: torch.Tensor,
@@ -107,7 +110,7 @@ def hash_normal(seed: int, stream: int, channels: torch.Tensor, rows: torch.Tens
     h_rows = h_rows.reshape(c * r, 1)
     cols = cols.reshape(1, w) & MASK32
     out = torch.empty(c * r, w, dtype=torch.float32, device=channels.device)
-    step = max(1, _CHUNK // max(1, w))
+    step = max(1, _CHUNK.get(channels.device.type, _CHUNK_DEFAULT) // max(1, w))
     for a in range(0, c * r, step):
         h = h_rows[a:a + step] ^ cols
         tmp = torch.empty_like(h)

@@ -72,8 +72,8 @@ class Renderer:
     def __init__(self, runner: TorchRunner):
         self.runner = runner
 
-    def tiles(self, field: Field, plan: Plan, batch: int = 1) -> Iterator[tuple[Tile, torch.Tensor]]:
-        """Yield (tile, float32 RGB [3, h, w] on the host) in row-major order."""
+    def batches(self, field: Field, plan: Plan, batch: int = 1) -> Iterator[tuple[list[Tile], torch.Tensor]]:
+        """Yield (tiles, float32 RGB [n, 3, H, W] on the runner's device), row-major."""
         if field.config.architecture() != self.runner.config.architecture():
             raise ValueError("the field and the model have different configs")
         prepared = self.runner.prepare(field)
@@ -82,7 +82,12 @@ class Renderer:
             group = todo[i:i + batch]
             inputs = self.runner.inputs(field, [(t.cell_row, t.cell_col) for t in group],
                                         plan.latent_height, plan.latent_width)
-            rgb = self.runner.run(prepared, inputs)
+            yield group, self.runner.run(prepared, inputs)
+
+    def tiles(self, field: Field, plan: Plan, batch: int = 1) -> Iterator[tuple[Tile, torch.Tensor]]:
+        """Yield (tile, float32 RGB [3, h, w] on the host) in row-major order."""
+        for group, rgb in self.batches(field, plan, batch):
+            rgb = rgb.cpu()
             for t, img in zip(group, rgb):
                 yield t, img[:, t.offset_y:t.offset_y + t.height, t.offset_x:t.offset_x + t.width]
 
@@ -96,21 +101,48 @@ class Renderer:
             out[t.y:t.y + t.height, t.x:t.x + t.width] = img.permute(1, 2, 0).numpy()
         return out
 
+    @staticmethod
+    def _write(sink, group: list[Tile], host: torch.Tensor, done) -> int:
+        if done is not None:
+            done.synchronize()
+        pixels = host.numpy()
+        for t, img in zip(group, pixels):
+            sink.write(t.x, t.y, img[t.offset_y:t.offset_y + t.height, t.offset_x:t.offset_x + t.width])
+            # (the sink copies the tile, so the pinned buffer may be reused)
+        return sum(t.width * t.height for t in group)
+
     def render(self, field: Field, plan: Plan, sink, *, batch: int = 1, progress: bool = True) -> RenderStats:
         """Stream every tile of `plan` into `sink` (an open igan.engine.sinks.Sink; this
         closes it on success and aborts it on error)."""
         if self.runner.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.runner.device)
         start = time.perf_counter()
-        done_px = 0
         bar = tqdm(total=len(plan.tiles), unit="tile", desc="igan-render", disable=not progress,
                    file=sys.stderr, dynamic_ncols=True, smoothing=0.1, bar_format=_BAR)
+        written = 0
+
+        def flush(group, host, done):
+            nonlocal written
+            written += self._write(sink, group, host, done)
+            bar.update(len(group))
+            bar.set_postfix_str(f"{written / 1e6 / (time.perf_counter() - start):.2f} MP/s", refresh=False)
+
         with sink, bar:
-            for tile, img in self.tiles(field, plan, batch):
-                sink.write(tile.x, tile.y, to_uint8(img).permute(1, 2, 0).numpy())
-                done_px += tile.width * tile.height
-                bar.update(1)
-                bar.set_postfix_str(f"{done_px / 1e6 / (time.perf_counter() - start):.2f} MP/s", refresh=False)
+            pending = None  # the previous batch, copying to the host while this one computes
+            for group, rgb in self.batches(field, plan, batch):
+                u8 = to_uint8(rgb).permute(0, 2, 3, 1)  # on the device: 3 bytes a pixel cross the bus
+                if u8.device.type == "cuda":
+                    host = torch.empty(u8.shape, dtype=torch.uint8, pin_memory=True)
+                    host.copy_(u8, non_blocking=True)
+                    done = torch.cuda.Event()
+                    done.record()
+                else:
+                    host, done = u8, None
+                if pending is not None:
+                    flush(*pending)
+                pending = (group, host, done)
+            if pending is not None:
+                flush(*pending)
         seconds = time.perf_counter() - start
         return RenderStats(plan.window.width, plan.window.height, len(plan.tiles), plan.tile_width,
                            plan.tile_height, seconds, plan.work_ratio, peak_rss_bytes(),

@@ -86,13 +86,13 @@ class TorchRunner:
         return Batch(z, coords, noises)
 
     def run(self, prepared: Prepared, batch: Batch) -> torch.Tensor:
-        """float32 RGB [N, 3, H, W] on the host."""
+        """float32 RGB [N, 3, H, W] on the runner's device."""
         with self._context():
             cast = self.dtype
             out = self.model.synthesize(
                 prepared, batch.local_latent.to(cast), None if batch.coords is None else batch.coords.to(cast),
                 [n.to(cast) for n in batch.noises])
-            return out.to("cpu", torch.float32)
+            return out.float()
 
     def peak_memory(self) -> int | None:
         if self.device.type == "cuda":
@@ -113,6 +113,7 @@ class PackedImage:
     ss: list[torch.Tensor]  # packed [KH*KW*Cin, Cout]
     convs: list  # packed [K, Cout] for 3x3 convs; four packed phases for upsampling convs
     rgbs: list[torch.Tensor]
+    noise_strengths: list[float]  # read once here: .item() on a GPU tensor would sync every layer
 
 
 class TritonRunner(TorchRunner):
@@ -140,7 +141,8 @@ class TritonRunner(TorchRunner):
         p = super().prepare(field)
         convs = [[pack_weight(s) for s in phase_weights(w)] if i % 2 == 0 else pack_weight(w)
                  for i, w in enumerate(p.convs)]
-        return PackedImage(p, [pack_weight(w) for w in p.ss], convs, [pack_weight(w) for w in p.rgbs])
+        strengths = [float(conv.noise.weight) for conv in self.model.texture_synthesizer.convs]
+        return PackedImage(p, [pack_weight(w) for w in p.ss], convs, [pack_weight(w) for w in p.rgbs], strengths)
 
     def run(self, packed: PackedImage, batch: Batch) -> torch.Tensor:
         from igan.kernels.conv import conv_triton
@@ -159,7 +161,7 @@ class TritonRunner(TorchRunner):
             rgb = None
             ts = model.texture_synthesizer
             for i, (conv, w, pk) in enumerate(zip(ts.convs, p.convs, packed.convs)):
-                common = dict(noise=batch.noises[i].to(self.dtype), noise_strength=float(conv.noise.weight),
+                common = dict(noise=batch.noises[i].to(self.dtype), noise_strength=packed.noise_strengths[i],
                               bias=conv.activate.bias, act=True)
                 if i % 2 == 0:
                     x = upconv_triton(x, w, phases=pk, **common)
@@ -168,7 +170,7 @@ class TritonRunner(TorchRunner):
                     k = i // 2
                     rgb = conv_triton(x, p.rgbs[k], bias=ts.to_rgbs[k].bias.view(-1), skip=rgb,
                                       packed=packed.rgbs[k], out_dtype=torch.float32)
-            return rgb.to("cpu", torch.float32).contiguous()
+            return rgb.contiguous()
 
 
 RUNNERS = {"torch": TorchRunner, "triton": TritonRunner}
