@@ -12,7 +12,7 @@ One op covers every conv of the generator:
   computed in the kernel as a 1x1 product at the centre tap.
 
 GEMM view: M = N * OH * OW output pixels, N = Cout, K = KH * KW * Cin. The K loop runs in
-a fixed order (tap, then channel block) whatever M is, so on a GPU a pixel gets the same
+a fixed order (tap-major, then channel) whatever M is, so on a GPU a pixel gets the same
 bits whatever the tile or batch size, as long as the block config is the same; configs
 depend only on (Cin, Cout, dtype).
 """
@@ -103,59 +103,67 @@ if triton is not None:
         m_ok = offs_m < NPIX
         n_ok = offs_n < COUT
         ohw = OH * OW
-        n_idx = offs_m // ohw
+        n_idx = (offs_m // ohw).to(tl.int64)  # 64-bit offsets: a batch of big tiles exceeds 2^31
         rem = offs_m % ohw
         oh = rem // OW
         ow = rem % OW
         ctot = C1 + C2
+        x_row = n_idx * sxn + oh * sxh + ow * sxw
+        s_row = n_idx * ssn + oh * ssh + ow * ssw
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for ky in range(0, KH):
-            for kx in range(0, KW):
-                w_row = (ky * KW + kx) * ctot
-                x_base = n_idx * sxn + (oh + ky) * sxh + (ow + kx) * sxw
-                s_base = n_idx * ssn + (oh + ky) * ssh + (ow + kx) * ssw
-                for c0 in range(0, C1, BLOCK_K):
-                    ch = c0 + offs_k
-                    k_ok = ch < C1
-                    a = tl.load(x_ptr + x_base[:, None] + ch[None, :] * sxc,
-                                mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-                    if SPATIAL:
-                        s = tl.load(s_ptr + s_base[:, None] + ch[None, :] * ssc,
-                                    mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-                        a = (a.to(tl.float32) * s.to(tl.float32)).to(a.dtype)
-                    b = tl.load(w_ptr + (w_row + ch)[:, None] * COUT + offs_n[None, :],
-                                mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-                    if UPCAST:
-                        a = a.to(tl.float32)
-                        b = b.to(tl.float32)
-                    if IEEE:
-                        acc += tl.dot(a, b, input_precision="ieee")
-                    else:
-                        acc += tl.dot(a, b)
-                if HAS_C2:
-                    c_base = n_idx * scn + (oh + ky + c_off) * sch + (ow + kx + c_off) * scw
-                    for c0 in range(0, C2, BLOCK_K):
-                        ch = c0 + offs_k
-                        k_ok = ch < C2
-                        a = tl.load(c_ptr + c_base[:, None] + ch[None, :] * scc,
-                                    mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-                        if SPATIAL:
-                            s = tl.load(s_ptr + s_base[:, None] + (C1 + ch)[None, :] * ssc,
-                                        mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-                            a = (a.to(tl.float32) * s.to(tl.float32)).to(a.dtype)
-                        b = tl.load(w_ptr + (w_row + C1 + ch)[:, None] * COUT + offs_n[None, :],
-                                    mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-                        if UPCAST:
-                            a = a.to(tl.float32)
-                            b = b.to(tl.float32)
-                        if IEEE:
-                            acc += tl.dot(a, b, input_precision="ieee")
-                        else:
-                            acc += tl.dot(a, b)
+        # One flat K loop over (tap, channel): the address splits into a per-pixel row part
+        # and a per-k column part, blocks may straddle taps, and the loop pipelines.
+        k1 = KH * KW * C1
+        for k0 in range(0, k1, BLOCK_K):
+            kk = k0 + offs_k
+            k_ok = kk < k1
+            tap = kk // C1
+            ch = kk % C1
+            ky = tap // KW
+            kx = tap % KW
+            mk = m_ok[:, None] & k_ok[None, :]
+            a = tl.load(x_ptr + x_row[:, None] + (ky * sxh + kx * sxw + ch * sxc)[None, :], mask=mk, other=0.0)
+            if SPATIAL:
+                s = tl.load(s_ptr + s_row[:, None] + (ky * ssh + kx * ssw + ch * ssc)[None, :], mask=mk, other=0.0)
+                a = (a.to(tl.float32) * s.to(tl.float32)).to(a.dtype)
+            b = tl.load(w_ptr + (tap * ctot + ch)[:, None] * COUT + offs_n[None, :],
+                        mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+            if UPCAST:
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            if IEEE:
+                acc += tl.dot(a, b, input_precision="ieee")
+            else:
+                acc += tl.dot(a, b)
+        if HAS_C2:
+            c_row = n_idx * scn + (oh + c_off) * sch + (ow + c_off) * scw
+            k2 = KH * KW * C2
+            for k0 in range(0, k2, BLOCK_K):
+                kk = k0 + offs_k
+                k_ok = kk < k2
+                tap = kk // C2
+                ch = kk % C2
+                ky = tap // KW
+                kx = tap % KW
+                mk = m_ok[:, None] & k_ok[None, :]
+                a = tl.load(c_ptr + c_row[:, None] + (ky * sch + kx * scw + ch * scc)[None, :], mask=mk, other=0.0)
+                if SPATIAL:
+                    s = tl.load(s_ptr + s_row[:, None] + (ky * ssh + kx * ssw + (C1 + ch) * ssc)[None, :],
+                                mask=mk, other=0.0)
+                    a = (a.to(tl.float32) * s.to(tl.float32)).to(a.dtype)
+                b = tl.load(w_ptr + (tap * ctot + C1 + ch)[:, None] * COUT + offs_n[None, :],
+                            mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+                if UPCAST:
+                    a = a.to(tl.float32)
+                    b = b.to(tl.float32)
+                if IEEE:
+                    acc += tl.dot(a, b, input_precision="ieee")
+                else:
+                    acc += tl.dot(a, b)
         if DEMOD:
             # per-pixel demodulation: the 1x1 product of s^2 at the centre tap with wsq
             dsum = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            s_base = n_idx * ssn + (oh + KH // 2) * ssh + (ow + KW // 2) * ssw
+            s_base = s_row + (KH // 2) * ssh + (KW // 2) * ssw
             for c0 in range(0, ctot, BLOCK_K):
                 ch = c0 + offs_k
                 k_ok = ch < ctot

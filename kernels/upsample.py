@@ -76,7 +76,7 @@ if triton is not None:
         HAS_D: tl.constexpr, HAS_NOISE: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         ok = offs < TOTAL
         # flat index over (n, oh, ow, c): channels fastest, matching channels-last storage
         c = offs % C
