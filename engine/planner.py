@@ -124,16 +124,18 @@ def tile_for_budget(cfg: GeneratorConfig, budget_bytes: int, batch: int = 1, ite
     return best
 
 
-def plan(cfg: GeneratorConfig, window: Window, *, tile: int | None = None, batch: int = 1,
+def plan(cfg: GeneratorConfig, window: Window, *, tile: int | tuple[int, int] | None = None, batch: int = 1,
          memory_budget: int | None = None, itemsize: int = 4) -> Plan:
-    """Cut `window` into tiles: of `tile` pixels if given, else of the largest size that fits
-    `memory_budget` bytes (default 2 GiB) at this batch size, shrunk per axis to split the
-    window evenly."""
+    """Cut `window` into tiles: of `tile` pixels (or (height, width)) if given, else of the
+    largest size that fits `memory_budget` bytes (default 2 GiB) at this batch size, shrunk
+    per axis to split the window evenly."""
     check_positive("batch", batch)
     if tile is None:
         largest = divup(max(window.width, window.height), TILE_ALIGN) * TILE_ALIGN
         tile = tile_for_budget(cfg, memory_budget or 2 << 30, batch, itemsize, largest)
         tile_h, tile_w = _balanced(window.height, tile), _balanced(window.width, tile)
+    elif isinstance(tile, tuple):
+        tile_h, tile_w = (check_tile(t) for t in tile)
     else:
         tile_h = tile_w = check_tile(tile)
     th, ys, n_h, rows = _axis(cfg, window.y0, window.height, tile_h)

@@ -6,11 +6,12 @@ import dataclasses
 import json
 import os
 import sys
+from pathlib import Path
 
 from . import determinism  # noqa: F401  (sets MKL's reproducible mode before torch computes)
 from .embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
 
-FORMATS = (".png", ".tif", ".tiff")
+FORMATS = (".png", ".tif", ".tiff", ".zarr")
 
 
 def _positive(text: str) -> int:
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="canvas row of the top edge (default: -height//2, which centres the image on "
                         "the horizon, as the official code does)")
     p.add_argument("--seed", type=int, default=0, help="canvas seed (default 0)")
-    p.add_argument("--out", default="igan.png", help="output file: .png or .tif/.tiff (default igan.png)")
+    p.add_argument("--out", default="igan.png",
+                   help="output: .png, .tif/.tiff (pyramidal BigTIFF) or .zarr (Zarr v3 array) (default igan.png)")
     p.add_argument("--tile", type=_positive, default=None,
                    help="tile size in pixels, a multiple of 16 (default: from --memory-budget)")
     p.add_argument("--batch", type=_positive, default=1, help="tiles per forward pass (default 1)")
@@ -60,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory for one batch of tiles, e.g. 4GiB (default: 1 GiB on CPU, where "
                         "cache-sized tiles run fastest; 60%% of free memory on GPU)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    p.add_argument("--gpus", type=_positive, default=None,
+                   help="render on GPUs 0..N-1, one worker process each, pulling from a shared queue")
+    p.add_argument("--workers", type=_positive, default=None,
+                   help="with --device cpu: N worker processes sharing the CPU cores")
+    p.add_argument("--resume", action="store_true",
+                   help="finish an interrupted render of the same request from its finished tiles")
+    p.add_argument("--restart", action="store_true", help="discard the finished tiles of an interrupted render")
+    p.add_argument("--keep-work", action="store_true",
+                   help="keep the work directory (tile store + manifest) after the output is written")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--backend", default="torch", choices=["torch", "triton"],
                    help="model runner: torch (reference, any device) or triton (fused kernels, CUDA)")
@@ -93,12 +104,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--out {args.out!r}: unsupported extension {ext or '(none)'!r}; use {', '.join(FORMATS)}")
     if args.tile is not None and args.tile % 16:
         parser.error(f"--tile must be a multiple of 16, got {args.tile}")
+    if args.resume and args.restart:
+        parser.error("--resume and --restart exclude each other")
+    if args.gpus and args.workers:
+        parser.error("--gpus and --workers exclude each other (--workers is for CPU processes)")
     try:
         return _run(args)
     except KeyboardInterrupt:
         print("igan-render: interrupted; no output file was written", file=sys.stderr)
         return 130
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, RuntimeError) as e:
         print(f"igan-render: error: {e}", file=sys.stderr)
         return 1
 
@@ -106,34 +121,64 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     import torch
 
-    from . import checkpoint, planner, sinks
-    from .latent import LatentField
-    from .renderer import Renderer
+    from . import checkpoint, executor, planner
     from .runner import PRECISIONS, RUNNERS, resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
     y0 = -(args.height // 2) if args.y0 is None else args.y0
     window = planner.Window(args.x0, y0, args.width, args.height)
-    device = resolve_device(args.device)
+    dist = executor.distributed_env()
+    devices = _devices(args, dist)
     model = checkpoint.load(args.checkpoint, args.config)
-    runner = RUNNERS[args.backend](model, device, args.precision)
-    budget = args.memory_budget or default_budget(device)
-    itemsize = PRECISIONS[args.precision].itemsize
+    RUNNERS[args.backend](model, devices[0], args.precision)  # fails early on a bad backend/device/precision
+    budget = args.memory_budget or default_budget(resolve_device(devices[0]))
     plan = planner.plan(model.config, window, tile=args.tile, batch=args.batch, memory_budget=budget,
-                        itemsize=itemsize)
-    field = LatentField(model.config, args.seed)
+                        itemsize=PRECISIONS[args.precision].itemsize)
+    job = executor.Job(args.checkpoint, args.config, args.seed, window, (plan.tile_height, plan.tile_width),
+                       args.batch, args.backend, args.precision)
     preview = None
     if args.preview is not None:
         preview = args.preview or os.path.splitext(args.out)[0] + ".preview.png"
-    sink = sinks.open_sink(args.out, window.width, window.height, band_height=plan.tile_height,
-                           preview=preview, preview_size=args.preview_size, compression=args.compression)
-    stats = Renderer(runner).render(field, plan, sink, batch=args.batch, progress=not args.quiet)
+    common = dict(resume=args.resume, restart=args.restart, keep_work=args.keep_work, progress=not args.quiet,
+                  sink_args=dict(preview=preview, preview_size=args.preview_size, compression=args.compression))
+    out = Path(args.out)
+    if dist is not None:
+        stats = executor.run_torchrun(job, model, devices[0], out, **common)
+        if stats is None:
+            return 0
+    elif len(devices) > 1:
+        threads = max(1, (os.cpu_count() or 1) // len(devices)) if devices[0] == "cpu" else None
+        stats = executor.run_processes(job, model, devices, out, threads_per_worker=threads, **common)
+    else:
+        stats = executor.run_local(job, model, devices[0], out, **common)
     print(f"igan-render: {stats.summary()} -> {args.out}" + (f" (preview {preview})" if preview else ""))
     if args.stats_json:
         with open(args.stats_json, "w") as f:
             json.dump(dataclasses.asdict(stats) | {"mp_per_s": stats.mp_per_s, "out": args.out}, f, indent=1)
     return 0
+
+
+def _devices(args, dist) -> list[str]:
+    """The device of each worker (one entry: a single process)."""
+    import torch
+
+    if dist is not None:
+        rank, world, local = dist
+        if args.gpus or args.workers:
+            raise ValueError("under torchrun each rank is one worker: drop --gpus/--workers")
+        return [f"cuda:{local}" if args.device in ("auto", "cuda") and torch.cuda.is_available() else args.device]
+    if args.gpus:
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if have < args.gpus:
+            raise ValueError(f"--gpus {args.gpus} asked for {args.gpus} GPUs but this machine has {have}")
+        return [f"cuda:{i}" for i in range(args.gpus)]
+    if args.workers:
+        if args.device != "cpu":
+            raise ValueError(f"--workers is for CPU processes: add --device cpu (got --device {args.device}); "
+                             f"use --gpus N for GPUs")
+        return ["cpu"] * args.workers
+    return [args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")]
 
 
 if __name__ == "__main__":

@@ -72,14 +72,16 @@ class Renderer:
     def __init__(self, runner: TorchRunner):
         self.runner = runner
 
-    def batches(self, field: Field, plan: Plan, batch: int = 1) -> Iterator[tuple[list[Tile], torch.Tensor]]:
-        """Yield (tiles, float32 RGB [n, 3, H, W] on the runner's device), row-major."""
+    def batches(self, field: Field, plan: Plan, batch: int = 1, groups=None) -> Iterator[tuple[list[Tile], torch.Tensor]]:
+        """Yield (tiles, float32 RGB [n, 3, H, W] on the runner's device): the plan's tiles in
+        row-major batches, or the given iterable of tile groups."""
         if field.config.architecture() != self.runner.config.architecture():
             raise ValueError("the field and the model have different configs")
         prepared = self.runner.prepare(field)
-        todo = list(plan.tiles)
-        for i in range(0, len(todo), batch):
-            group = todo[i:i + batch]
+        if groups is None:
+            todo = list(plan.tiles)
+            groups = (todo[i:i + batch] for i in range(0, len(todo), batch))
+        for group in groups:
             inputs = self.runner.inputs(field, [(t.cell_row, t.cell_col) for t in group],
                                         plan.latent_height, plan.latent_width)
             yield group, self.runner.run(prepared, inputs)

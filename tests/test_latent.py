@@ -110,3 +110,32 @@ def test_identical_bits_on_cpu_and_gpu():
     assert torch.equal(cpu[0], gpu[0].cpu())
     for a, b in zip(cpu[2], gpu[2]):
         assert torch.equal(a, b.cpu())
+
+
+def test_sqrt_is_correctly_rounded():
+    from igan.engine.latent import _sqrt_exact
+
+    x = torch.cat([torch.rand(500_000) * 60, torch.tensor([0.0, 1.0, 2.0, 4.0, 1e-30, 3.4e38])])
+    exact = torch.from_numpy(np.sqrt(x.numpy().astype(np.float64))).float()  # float64 sqrt, rounded once
+    assert torch.equal(_sqrt_exact(x), exact)
+
+
+def test_values_do_not_depend_on_chunking_or_threads(monkeypatch):
+    """A value must not change with where it falls in a vector, a chunk or a thread's share of
+    the work (torch's vectorised CPU sqrt is not correctly rounded: see _sqrt_exact)."""
+    import igan.engine.latent as latent
+
+    zero = torch.zeros(1, dtype=torch.int64)
+    ref = hash_normal(9, 2, zero, zero, torch.arange(0, 70_000))[0, 0]
+    threads = torch.get_num_threads()
+    try:
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            for width in range(40_000, 40_120, 3):  # moves the vector tail and the thread split
+                start = width % 97
+                got = hash_normal(9, 2, zero, zero, torch.arange(start, start + width))[0, 0]
+                assert torch.equal(got, ref[start:start + width]), (n_threads, width)
+        monkeypatch.setitem(latent._CHUNK, "cpu", 1000)
+        assert torch.equal(hash_normal(9, 2, torch.arange(2), zero, torch.arange(0, 70_000))[0, 0], ref)
+    finally:
+        torch.set_num_threads(threads)
