@@ -14,6 +14,7 @@ so a failed or aborted render never leaves a partial file behind.
 from __future__ import annotations
 
 import contextlib
+import collections
 import errno
 import io
 import math
@@ -44,12 +45,14 @@ class _Aborted(Exception):
 
 
 def open_sink(path, width, height, *, band_height, preview=None, preview_size=1024,
-              compression=None, tiff_tile=256, queue_tiles=64) -> Sink:
-    """Open a streaming sink; the format follows the extension (.png, .tif, .tiff)."""
+              compression=None, tiff_tile=256, queue_tiles=64, workers=None) -> Sink:
+    """Open a streaming sink; the format follows the extension (.png, .tif, .tiff).
+    `workers`: compression threads (default min(8, CPUs)); the bytes do not depend on it."""
     path = Path(path)
     ext = path.suffix.lower()
+    workers = _check_int("workers", workers) if workers is not None else min(8, os.cpu_count() or 1)
     kw = dict(band_height=band_height, preview=preview, preview_size=preview_size,
-              compression=compression, queue_tiles=queue_tiles)
+              compression=compression, queue_tiles=queue_tiles, workers=workers)
     if ext == ".png":
         return PngSink(path, width, height, **kw)
     if ext in (".tif", ".tiff"):
@@ -419,32 +422,84 @@ def _filter_rows(cur: np.ndarray, prev: np.ndarray) -> np.ndarray:
     return out
 
 
-class PngSink(Sink):
-    """8-bit RGB PNG streamed band by band: filtered scanlines into one zlib stream."""
+class _ParallelDeflate:
+    """One zlib stream compressed in parallel, pigz-style: the filtered bytes are cut into
+    pieces of a fixed size, each deflated on its own (raw deflate primed with the previous
+    32 KiB as dictionary, ending on a byte-aligned sync flush) by a thread pool, and the
+    pieces are concatenated in order between a zlib header and the Adler-32 of the whole.
+    The bytes depend only on the data and the piece size, never on the thread count."""
 
-    def __init__(self, path, width, height, *, compression=None, **kw):
+    PIECE = 1 << 20
+    WINDOW = 32 << 10
+
+    def __init__(self, level: int, workers: int, emit):
+        import concurrent.futures
+
+        self.level, self.emit = level, emit
+        self.pool = concurrent.futures.ThreadPoolExecutor(max(1, workers), thread_name_prefix="igan-deflate")
+        self.inflight = collections.deque()
+        self.limit = 2 * max(1, workers)  # bounds the memory held by pieces in flight
+        self.buffer = bytearray()
+        self.adler = 1
+        self.dictionary = b""
+        emit(b"\x78\x9c")  # zlib header: deflate, 32 KiB window, (CMF * 256 + FLG) % 31 == 0
+
+    def _deflate(self, data: bytes, dictionary: bytes, last: bool) -> bytes:
+        c = zlib.compressobj(self.level, zlib.DEFLATED, -15, zdict=dictionary) if dictionary else \
+            zlib.compressobj(self.level, zlib.DEFLATED, -15)
+        return c.compress(data) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+
+    def _submit(self, data: bytes, last: bool) -> None:
+        self.adler = zlib.adler32(data, self.adler)
+        self.inflight.append(self.pool.submit(self._deflate, data, self.dictionary, last))
+        self.dictionary = data[-self.WINDOW:]
+        while len(self.inflight) > self.limit or (last and self.inflight):
+            self.emit(self.inflight.popleft().result())
+
+    def write(self, data: np.ndarray) -> None:
+        self.buffer += memoryview(np.ascontiguousarray(data)).cast("B")
+        while len(self.buffer) > self.PIECE:  # keep a remainder: the last piece must be final
+            self._submit(bytes(self.buffer[:self.PIECE]), False)
+            del self.buffer[:self.PIECE]
+
+    def finish(self) -> None:
+        self._submit(bytes(self.buffer), True)
+        self.emit(struct.pack(">I", self.adler))
+        self.pool.shutdown()
+
+
+class PngSink(Sink):
+    """8-bit RGB PNG streamed band by band: filtered scanlines into one zlib stream whose
+    deflate runs on several threads (_ParallelDeflate)."""
+
+    def __init__(self, path, width, height, *, compression=None, workers=1, **kw):
         level = PNG_LEVEL if compression is None else compression
         if isinstance(level, str) and level.isdigit():  # as given on a command line
             level = int(level)
         self.level = _check_int("PNG compression (a zlib level)", level, 0, 9)
+        self.workers = workers
         super().__init__(path, width, height, **kw)
 
     def _encode(self) -> None:
         f, n = self._file, self.width * 3
         f.write(b"\x89PNG\r\n\x1a\n")
         f.write(_chunk(b"IHDR", struct.pack(">IIBBBBB", self.width, self.height, 8, 2, 0, 0, 0)))
-        comp = zlib.compressobj(self.level)
         pending = bytearray()
+
+        def emit(data):
+            pending.extend(data)
+            self._emit_idat(pending, PNG_IDAT_BYTES)
+
+        stream = _ParallelDeflate(self.level, self.workers, emit)
         prev = np.zeros(n, np.uint8)  # the row above the first image row
         step = max(1, _FILTER_BYTES // n)
         for band in self._bands():
             rows = band.reshape(len(band), n)
             for r0 in range(0, len(rows), step):
-                pending += comp.compress(_filter_rows(rows[r0:r0 + step], prev))
+                stream.write(_filter_rows(rows[r0:r0 + step], prev))
                 prev = rows[min(r0 + step, len(rows)) - 1]
-                self._emit_idat(pending, PNG_IDAT_BYTES)
             self.rows_written += len(band)
-        pending += comp.flush()
+        stream.finish()
         self._emit_idat(pending, 1)
         f.write(_chunk(b"IEND", b""))
 
@@ -520,12 +575,12 @@ def _recut(bands, rows: int):
 class TiffSink(Sink):
     """Tiled pyramidal BigTIFF: level 0 plus 2x-reduced levels as SubIFDs, streamed by tifffile."""
 
-    def __init__(self, path, width, height, *, compression=None, tile=256, **kw):
+    def __init__(self, path, width, height, *, compression=None, tile=256, workers=1, **kw):
         self.tile = _check_int("tiff_tile", tile, 16)
         if self.tile % 16:
             raise ValueError(f"tiff_tile must be a multiple of 16, got {tile!r}")
         self.compression, self._codec_args = _tiff_codec(compression)
-        self._workers = min(4, os.cpu_count() or 1)
+        self._workers = workers
         # tifffile pulls buffersize bytes of tiles ahead for its workers: keep that small
         self._buffersize = min(32 << 20, 8 * self._workers * self.tile * self.tile * 3)
         super().__init__(path, width, height, **kw)

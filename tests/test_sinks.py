@@ -460,3 +460,22 @@ def test_memory_does_not_grow_with_height(tmp_path, ext):
     short, tall = peak_mb(1024), peak_mb(16384)  # 6 MB vs 100 MB of pixels
     print(f"{ext}: peak RSS {short} MB at 2048x1024, {tall} MB at 2048x16384")
     assert tall <= 1.2 * short + 5
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+def test_compression_threads_do_not_change_the_bytes(tmp_path, ext):
+    """The encoders compress on several threads; the file must not depend on how many."""
+    rng = np.random.default_rng(7)
+    h, w = 700, 1500  # > 1 MiB of filtered PNG data: several parallel deflate pieces
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = ((np.stack([xx, yy, xx ^ yy], -1) // 8) % 256 + rng.integers(0, 6, (h, w, 3))).astype(np.uint8)
+    data = []
+    for workers in (1, 3):
+        path = tmp_path / f"w{workers}{ext}"
+        with open_sink(path, w, h, band_height=100, workers=workers) as sink:
+            for y in range(0, h, 100):
+                sink.write(0, y, img[y:y + 100])
+        data.append(path.read_bytes())
+    assert data[0] == data[1]
+    decoded = np.asarray(Image.open(tmp_path / f"w1{ext}")) if ext == ".png" else tifffile.imread(tmp_path / f"w1{ext}")
+    assert np.array_equal(decoded, img)

@@ -10,6 +10,7 @@ from official_reference import official_coords as ref_coords
 
 from igan.engine import geometry
 from igan.engine.config import PRESETS
+from igan.engine.determinism import reproducible_cpu_convs
 from igan.engine.latent import LatentField, TensorField
 from igan.engine.planner import Window, plan
 from igan.engine.renderer import Renderer
@@ -22,7 +23,7 @@ def _oneshot(model, field, window):
     r0, n_h, oy = geometry.latent_window(cfg, window.y0, window.height)
     c0, n_w, ox = geometry.latent_window(cfg, window.x0, window.width)
     z, coords, noises = field.window(r0, c0, n_h, n_w)
-    with torch.no_grad():
+    with torch.no_grad(), reproducible_cpu_convs():
         prepared = model.prepare(field.global_latent())
         out = model.synthesize(prepared, z[None], None if coords is None else coords[None], [n[None] for n in noises])
     return out[0, :, oy:oy + window.height, ox:ox + window.width].permute(1, 2, 0).numpy()
