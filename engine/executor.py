@@ -4,10 +4,9 @@ Every executor renders tiles into the work directory's tile store (store.py) and
 assembler streams completed bands, top to bottom, from the store into the sink, so a
 render killed at any point resumes from the manifest and produces the same bytes.
 - local: one process, one device;
-- processes: one worker process per device (`--gpus N`, or `--workers N` on CPU) pulling
-  tile batches from a shared queue, so a slower device takes fewer; the main process
-  assembles while they render, and puts the batches of a worker that dies back in the
-  queue;
+- processes: one worker process per device (`--gpus N`, or `--workers N` on CPU); the
+  main process hands out tile batches on demand, so a slower device takes fewer, assembles
+  while they render, and gives the batches of a worker that dies to the others;
 - torchrun: ranks of torch.distributed split the tiles; rank 0 assembles after a barrier
   (the work directory must be on a filesystem every node sees).
 """
@@ -27,7 +26,7 @@ from tqdm import tqdm
 
 from . import planner, sinks
 from .renderer import RenderStats, Renderer, peak_rss_bytes
-from .runner import RUNNERS, to_uint8
+from .runner import RUNNERS
 from .store import StoreError, TileStore, file_digest, work_dir_for
 
 BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} tiles [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]"
@@ -67,14 +66,25 @@ def build(job: Job, device, model=None):
 
 
 def render_groups(renderer: Renderer, field, plan, store: TileStore, groups, on_done=None) -> None:
-    """Render tile groups into the store (each tile recorded in the manifest once on disk)."""
-    for group, rgb in renderer.batches(field, plan, groups=groups):
-        pixels = to_uint8(rgb).permute(0, 2, 3, 1).cpu().numpy()
-        for t, img in zip(group, pixels):
-            store.put(t.index, t.y, t.x, np.ascontiguousarray(
-                img[t.offset_y:t.offset_y + t.height, t.offset_x:t.offset_x + t.width]))
-        if on_done is not None:
-            on_done(group)
+    """Render tile groups into the store (each tile recorded in the manifest once on disk);
+    on_done(tiles) after each group."""
+    groups = iter(groups)
+    sizes = []  # group sizes, in order, to report whole groups as their last tile is stored
+
+    def counted():
+        for group in groups:
+            sizes.append(len(group))
+            yield group
+
+    finished = []
+    for tile, img in renderer.pixels(field, plan, groups=counted()):
+        store.put(tile.index, tile.y, tile.x, np.ascontiguousarray(img))
+        finished.append(tile)
+        if len(finished) == sizes[0]:
+            sizes.pop(0)
+            if on_done is not None:
+                on_done(finished)
+            finished = []
 
 
 class Assembler:
@@ -221,7 +231,7 @@ def run_local(job: Job, model, device, out: Path, *, resume=False, restart=False
 # Each worker has its own pipe: the main process hands out batches on demand (a slower
 # device takes fewer) and knows what every worker holds. No lock is shared between
 # processes, so a worker killed at any instant cannot block the others.
-_PREFETCH = 2  # batches a worker holds (one rendering, one waiting)
+_PREFETCH = 2  # batches a worker holds: one rendering, one waiting (Renderer.pixels reads one ahead)
 
 
 def _worker(wid: int, job: Job, device: str, threads: int | None, root: str, conn) -> None:

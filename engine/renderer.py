@@ -93,6 +93,33 @@ class Renderer:
             for t, img in zip(group, rgb):
                 yield t, img[:, t.offset_y:t.offset_y + t.height, t.offset_x:t.offset_x + t.width]
 
+    def pixels(self, field: Field, plan: Plan, batch: int = 1, groups=None) -> Iterator[tuple[Tile, np.ndarray]]:
+        """Yield (tile, uint8 [h, w, 3] on the host). The cast to uint8 happens on the device
+        (3 bytes a pixel cross the bus, not 12) and the copy of batch k overlaps the compute
+        of batch k + 1 (pinned memory, asynchronous copy)."""
+
+        def ready(group, host, done):
+            if done is not None:
+                done.synchronize()
+            for t, img in zip(group, host.numpy()):
+                yield t, img[t.offset_y:t.offset_y + t.height, t.offset_x:t.offset_x + t.width]
+
+        pending = None
+        for group, rgb in self.batches(field, plan, batch, groups):
+            u8 = to_uint8(rgb).permute(0, 2, 3, 1)
+            if u8.device.type == "cuda":
+                host = torch.empty(u8.shape, dtype=torch.uint8, pin_memory=True)
+                host.copy_(u8, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record()
+            else:
+                host, done = u8, None
+            if pending is not None:
+                yield from ready(*pending)
+            pending = (group, host, done)
+        if pending is not None:
+            yield from ready(*pending)
+
     def render_array(self, field: Field, plan: Plan, batch: int = 1, *, uint8: bool = False) -> np.ndarray:
         """The whole window in memory as [H, W, 3] (float32 in [-1, 1]-ish, or uint8): for
         tests and small images; `render` streams instead."""
@@ -103,16 +130,6 @@ class Renderer:
             out[t.y:t.y + t.height, t.x:t.x + t.width] = img.permute(1, 2, 0).numpy()
         return out
 
-    @staticmethod
-    def _write(sink, group: list[Tile], host: torch.Tensor, done) -> int:
-        if done is not None:
-            done.synchronize()
-        pixels = host.numpy()
-        for t, img in zip(group, pixels):
-            sink.write(t.x, t.y, img[t.offset_y:t.offset_y + t.height, t.offset_x:t.offset_x + t.width])
-            # (the sink copies the tile, so the pinned buffer may be reused)
-        return sum(t.width * t.height for t in group)
-
     def render(self, field: Field, plan: Plan, sink, *, batch: int = 1, progress: bool = True) -> RenderStats:
         """Stream every tile of `plan` into `sink` (an open igan.engine.sinks.Sink; this
         closes it on success and aborts it on error)."""
@@ -122,29 +139,12 @@ class Renderer:
         bar = tqdm(total=len(plan.tiles), unit="tile", desc="igan-render", disable=not progress,
                    file=sys.stderr, dynamic_ncols=True, smoothing=0.1, bar_format=_BAR)
         written = 0
-
-        def flush(group, host, done):
-            nonlocal written
-            written += self._write(sink, group, host, done)
-            bar.update(len(group))
-            bar.set_postfix_str(f"{written / 1e6 / (time.perf_counter() - start):.2f} MP/s", refresh=False)
-
         with sink, bar:
-            pending = None  # the previous batch, copying to the host while this one computes
-            for group, rgb in self.batches(field, plan, batch):
-                u8 = to_uint8(rgb).permute(0, 2, 3, 1)  # on the device: 3 bytes a pixel cross the bus
-                if u8.device.type == "cuda":
-                    host = torch.empty(u8.shape, dtype=torch.uint8, pin_memory=True)
-                    host.copy_(u8, non_blocking=True)
-                    done = torch.cuda.Event()
-                    done.record()
-                else:
-                    host, done = u8, None
-                if pending is not None:
-                    flush(*pending)
-                pending = (group, host, done)
-            if pending is not None:
-                flush(*pending)
+            for tile, img in self.pixels(field, plan, batch):
+                sink.write(tile.x, tile.y, img)
+                written += tile.width * tile.height
+                bar.update(1)
+                bar.set_postfix_str(f"{written / 1e6 / (time.perf_counter() - start):.2f} MP/s", refresh=False)
         seconds = time.perf_counter() - start
         return RenderStats(plan.window.width, plan.window.height, len(plan.tiles), plan.tile_width,
                            plan.tile_height, seconds, plan.work_ratio, peak_rss_bytes(),
