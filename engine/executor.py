@@ -73,7 +73,8 @@ def render_groups(renderer: Renderer, field, plan, store: TileStore, groups, on_
 
     def counted():
         for group in groups:
-            sizes.append(len(group))
+            if group:
+                sizes.append(len(group))
             yield group
 
     finished = []
@@ -249,7 +250,12 @@ def _worker(wid: int, job: Job, device: str, threads: int | None, root: str, con
 
         def groups():
             n = 0
-            while (item := conn.recv()) is not None:
+            while True:
+                if not conn.poll():
+                    yield []  # nothing queued: store what is rendered before waiting
+                item = conn.recv()
+                if item is None:
+                    return
                 if n == exit_at:
                     os._exit(3)
                 n += 1

@@ -82,6 +82,9 @@ class Renderer:
             todo = list(plan.tiles)
             groups = (todo[i:i + batch] for i in range(0, len(todo), batch))
         for group in groups:
+            if not group:  # a flush request (see pixels)
+                yield group, None
+                continue
             inputs = self.runner.inputs(field, [(t.cell_row, t.cell_col) for t in group],
                                         plan.latent_height, plan.latent_width)
             yield group, self.runner.run(prepared, inputs)
@@ -96,7 +99,8 @@ class Renderer:
     def pixels(self, field: Field, plan: Plan, batch: int = 1, groups=None) -> Iterator[tuple[Tile, np.ndarray]]:
         """Yield (tile, uint8 [h, w, 3] on the host). The cast to uint8 happens on the device
         (3 bytes a pixel cross the bus, not 12) and the copy of batch k overlaps the compute
-        of batch k + 1 (pinned memory, asynchronous copy)."""
+        of batch k + 1 (pinned memory, asynchronous copy). An empty group in `groups` makes
+        it hand out what it holds before it asks for the next group."""
 
         def ready(group, host, done):
             if done is not None:
@@ -106,6 +110,11 @@ class Renderer:
 
         pending = None
         for group, rgb in self.batches(field, plan, batch, groups):
+            if not group:
+                if pending is not None:
+                    yield from ready(*pending)
+                pending = None
+                continue
             u8 = to_uint8(rgb).permute(0, 2, 3, 1)
             if u8.device.type == "cuda":
                 host = torch.empty(u8.shape, dtype=torch.uint8, pin_memory=True)
