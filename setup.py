@@ -36,6 +36,7 @@ setup(
         "tifffile>=2024.1",
         "imagecodecs>=2024.1",
         "tqdm>=4.60",
+        "zarr>=3.0",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-benchmark>=4", "scipy>=1.10"],
