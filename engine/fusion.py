@@ -296,3 +296,32 @@ class FusedField(Field):
             yo, xo = yo + len(y), xo + len(x)
         ss = maps.pop(0) if cfg.use_ss else None
         return StyleMaps(ss, maps[:cfg.num_convs], maps[cfg.num_convs:])
+
+
+# ---- what a render job carries -------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class FieldSpec:
+    """How every process of a render builds its field (picklable): seeded styles at centres
+    (canvas pixels) or on a label map, and/or a cyclic canvas of `period` pixels."""
+
+    styles: tuple[int, ...] = ()  # seeds; empty: the plain canvas
+    centers: tuple[tuple[float, float], ...] = ()
+    label_map: LabelMap | None = None
+    blur: int = 1
+    period: int | None = None
+
+    def build(self, config: GeneratorConfig, seed: int) -> Field:
+        if not self.styles:
+            return LatentField(config, seed, period=self.period)
+        centers = None if self.label_map is not None else list(self.centers)
+        return FusedField(config, list(self.styles), centers, self.blur, seed, label_map=self.label_map,
+                          period=self.period)
+
+    def identity(self) -> dict:
+        """What a resumed render must match."""
+        out = {"styles": list(self.styles), "blur": self.blur, "period": self.period}
+        if self.label_map is not None:
+            out["label_map"] = {"sha256": self.label_map.digest(), "window": list(self.label_map.window)}
+        else:
+            out["centers"] = [list(c) for c in self.centers]
+        return out
