@@ -239,12 +239,14 @@ def _stack(layers: list[SpatialLayer]) -> SpatialLayer:
 
 def _mix(maps: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """Per-pixel modulation sum_i m_i s_i: maps [N, S, h, w], s [S, C] -> [N, C, h, w]
-    (float32; channels-last on a GPU, where the kernels read it per pixel)."""
+    (float32; channels-last on a GPU, where the kernels read it per pixel). Summed in style
+    order, elementwise: the bits of a pixel do not depend on the batch or the window."""
     ct = torch.promote_types(s.dtype, torch.float32)
-    maps, s = maps.to(ct), s.to(ct)
-    if maps.device.type == "cpu":
-        return torch.einsum("nshw,sc->nchw", maps, s).contiguous()
-    return torch.einsum("nshw,sc->nhwc", maps, s).permute(0, 3, 1, 2)
+    maps, s = maps.to(ct), s.to(ct)[:, None, :, None, None]  # s: [S, 1, C, 1, 1]
+    out = maps[:, 0:1] * s[0]
+    for i in range(1, maps.shape[1]):
+        out += maps[:, i:i + 1] * s[i]  # mul, then add: no FMA, whose use varies by code path
+    return out if maps.device.type == "cpu" else out.contiguous(memory_format=torch.channels_last)
 
 
 class Generator(nn.Module):
@@ -343,7 +345,7 @@ class Generator(nn.Module):
                 k = i // 2
                 rp = prepared.rgbs[k]
                 rgb = fused_conv(x, rp.weight, style=_mix(maps.rgbs[k], rp.s), bias=ts.to_rgbs[k].bias.view(-1),
-                                 skip=rgb, out_dtype=torch.float32, impl=impl)
+                                 skip=rgb, out_dtype=torch.promote_types(x.dtype, torch.float32), impl=impl)
         return rgb
 
     def synthesize(self, prepared: Prepared, local_latent: torch.Tensor, coords: torch.Tensor | None,
