@@ -294,3 +294,22 @@ def test_cli_rejects_a_map_with_the_wrong_colour_count(tmp_path, tiny_checkpoint
     assert "has 3 distinct colours but --styles gives 2 seeds" in capsys.readouterr().err
     code, out = _cli(tmp_path, tiny_checkpoint, "x.png", "--styles", "1,2", "--style-map", tmp_path / "missing.png")
     assert code != 0 and "cannot read style map" in capsys.readouterr().err
+
+
+def test_a_resumed_render_must_have_the_same_styles():
+    """The styles are part of the request a resume is checked against."""
+    from igan.engine.executor import Job
+    from igan.engine.fusion import FieldSpec
+
+    model = random_model(TINY)
+    window = Window(0, 0, 32, 32)
+
+    def request(spec):
+        return Job(None, None, 1, window, (32, 32), 1, "torch", "fp32", spec).request(model)
+
+    plain = request(None)
+    a = request(FieldSpec((1, 2), ((0.0, 0.0), (9.0, 0.0)), None, 15))
+    assert "field" not in plain and a["field"]["styles"] == [1, 2]
+    assert a != request(FieldSpec((1, 3), ((0.0, 0.0), (9.0, 0.0)), None, 15))
+    assert a != request(FieldSpec((1, 2), ((0.0, 0.0), (9.0, 0.0)), None, 17))
+    assert a != request(FieldSpec((1, 2), ((0.0, 0.0), (9.0, 0.0)), None, 15, period=32))
