@@ -249,6 +249,36 @@ def _mix(maps: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return out if maps.device.type == "cpu" else out.contiguous(memory_format=torch.channels_last)
 
 
+def _spatial_conv(x: torch.Tensor, sp: SpatialLayer, style: torch.Tensor, noise: torch.Tensor | None,
+                  upsample: bool, impl: str, **kw) -> torch.Tensor:
+    """One TS conv of the spatial path. The torch reference on CPU runs in bands of rows, so
+    its im2col scratch stays near ops._CPU_BAND_BYTES (as in the plain path) whatever the tile
+    size; every output row is computed from its own inputs, so the bits are the same."""
+    from igan.kernels import use_triton
+    from igan.kernels.conv import fused_conv
+    from igan.kernels.upsample import fused_upconv
+
+    fn = fused_upconv if upsample else fused_conv
+    n, c, h, w = x.shape
+    row_bytes = max(c, sp.weight.shape[0]) * 9 * w * 4
+    t = max(1, ops._CPU_BAND_BYTES // row_bytes)  # input rows per band
+    if x.device.type != "cpu" or use_triton(impl, x.device) or t + 2 >= h:
+        return fn(x, sp.weight, style=style, wsq=sp.wsq, noise=noise, impl=impl, **kw)
+    out_h = 2 * h - 3 if upsample else h - 2
+    out = x.new_empty(n, sp.weight.shape[0], out_h, 2 * w - 3 if upsample else w - 2)
+    a = 0
+    while True:
+        e = min(h, a + t + 2)
+        o0, o1 = (2 * a, 2 * e - 3) if upsample else (a, e - 2)  # the band's output rows
+        y = fn(x[:, :, a:e], sp.weight, style=style[:, :, a:e], wsq=sp.wsq,
+               noise=None if noise is None else noise[:, :, o0:o1], impl=impl, **kw)
+        stop = o1 if e == h else (2 * (a + t) if upsample else a + t)
+        out[:, :, o0:stop] = y[:, :, :stop - o0]
+        if e == h:
+            return out
+        a += t
+
+
 class Generator(nn.Module):
     """InfinityGAN generator. `prepare` once per image, then `synthesize` any latent window."""
 
@@ -318,7 +348,6 @@ class Generator(nn.Module):
         activations are modulated per pixel and demodulated per pixel (official spatial-style
         path, section 3.6). impl: "ref" (torch) or "triton"/"auto" (the fused kernels)."""
         from igan.kernels.conv import fused_conv
-        from igan.kernels.upsample import fused_upconv
 
         cfg = self.config
         if len(noises) != cfg.num_convs:
@@ -337,10 +366,9 @@ class Generator(nn.Module):
         ts = self.texture_synthesizer
         rgb = None
         for i, (conv, sp) in enumerate(zip(ts.convs, prepared.convs)):
-            common = dict(style=_mix(maps.convs[i], sp.s), wsq=sp.wsq, bias=conv.activate.bias, act=True,
-                          noise=None if noises[i] is None else noises[i].to(x.dtype),
-                          noise_strength=prepared.noise_strengths[i], impl=impl)
-            x = fused_upconv(x, sp.weight, **common) if i % 2 == 0 else fused_conv(x, sp.weight, **common)
+            x = _spatial_conv(x, sp, _mix(maps.convs[i], sp.s), None if noises[i] is None else noises[i].to(x.dtype),
+                              i % 2 == 0, impl, bias=conv.activate.bias, act=True,
+                              noise_strength=prepared.noise_strengths[i])
             if i % 2 == 1:
                 k = i // 2
                 rp = prepared.rgbs[k]

@@ -313,3 +313,17 @@ def test_a_resumed_render_must_have_the_same_styles():
     assert a != request(FieldSpec((1, 3), ((0.0, 0.0), (9.0, 0.0)), None, 15))
     assert a != request(FieldSpec((1, 2), ((0.0, 0.0), (9.0, 0.0)), None, 17))
     assert a != request(FieldSpec((1, 2), ((0.0, 0.0), (9.0, 0.0)), None, 15, period=32))
+
+
+def test_cpu_row_bands_give_the_same_bits(monkeypatch):
+    """With a tiny scratch budget every TS conv of the spatial path runs in bands of rows."""
+    from igan.engine import ops
+
+    model = random_model(TINY, seed=8)
+    field = FusedField(TINY, [1, 2], [(0.0, 0.0), (30.0, 20.0)], 9, 3)
+    window = Window(-20, -25, 70, 57)
+    ref = _render(model, field, window)
+    monkeypatch.setattr(ops, "_CPU_BAND_BYTES", 1)  # one output row (two for upsampling) per band
+    assert np.array_equal(_render(model, field, window), ref)
+    monkeypatch.setattr(ops, "_CPU_BAND_BYTES", 16 * 9 * 40 * 4 * 3)  # a few rows, uneven last band
+    assert np.array_equal(_render(model, field, window), ref)
