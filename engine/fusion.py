@@ -325,3 +325,31 @@ class FieldSpec:
         else:
             out["centers"] = [list(c) for c in self.centers]
         return out
+
+
+def spec_from_options(cfg: GeneratorConfig, window, seed: int, *, styles=None, centers=None, style_map=None,
+                      blur=None, wrap=False) -> FieldSpec:
+    """The FieldSpec of igan-render's options: `centers` as fractions (x, y) of the window
+    (default: spread evenly across its width at mid-height), `style_map` a PNG path, `blur`
+    in pixels (default 127), `wrap`: period = the window's width. Checked by building it
+    once, so bad input fails before any work."""
+    period = window.width if wrap else None
+    if period is not None and period % cfg.upscale:
+        raise ValueError(f"--wrap needs --width to be a multiple of {cfg.upscale} for model config "
+                         f"{cfg.name!r}, got {window.width}")
+    if not styles:
+        spec = FieldSpec(period=period)
+    else:
+        n = len(styles)
+        label_map, points = None, ()
+        if style_map is not None:
+            label_map = LabelMap.from_png(style_map, (window.x0, window.y0, window.width, window.height), period)
+            if len(label_map) != n:
+                raise ValueError(f"--style-map {str(style_map)!r} has {len(label_map)} distinct colours but "
+                                 f"--styles gives {n} seeds (one per colour; draw the map without anti-aliasing)")
+        else:
+            fractions = centers or tuple(((i + 0.5) / n, 0.5) for i in range(n))
+            points = tuple((window.x0 + fx * window.width, window.y0 + fy * window.height) for fx, fy in fractions)
+        spec = FieldSpec(tuple(styles), points, label_map, 127 if blur is None else blur, period)
+    spec.build(cfg, seed)
+    return spec

@@ -184,10 +184,13 @@ def _run(args) -> int:
     model = checkpoint.load(args.checkpoint, args.config)
     RUNNERS[args.backend](model, devices[0], args.precision)  # fails early on a bad backend/device/precision
     budget = args.memory_budget or default_budget(resolve_device(devices[0]))
+    spec = _field_spec(args, window, model.config)
+    if spec is not None and spec.styles:
+        budget //= 2  # the spatial-style path holds a style tensor as large as each layer's input
     plan = planner.plan(model.config, window, tile=args.tile, batch=args.batch, memory_budget=budget,
                         itemsize=PRECISIONS[args.precision].itemsize)
     job = executor.Job(args.checkpoint, args.config, args.seed, window, (plan.tile_height, plan.tile_width),
-                       args.batch, args.backend, args.precision, _field_spec(args, window, model.config))
+                       args.batch, args.backend, args.precision, spec)
     preview = None
     if args.preview is not None:
         preview = args.preview or os.path.splitext(args.out)[0] + ".preview.png"
@@ -211,32 +214,13 @@ def _run(args) -> int:
 
 
 def _field_spec(args, window, cfg):
-    """fusion.FieldSpec of --styles/--style-*/--wrap (None for the plain canvas); built once
-    here so that its errors come before any work."""
-    from .fusion import FieldSpec, LabelMap
+    """fusion.FieldSpec of --styles/--style-*/--wrap, or None for the plain canvas."""
+    from .fusion import spec_from_options
 
     if args.styles is None and not args.wrap:
         return None
-    period = window.width if args.wrap else None
-    if period is not None and period % cfg.upscale:
-        raise ValueError(f"--wrap needs --width to be a multiple of {cfg.upscale} for model config "
-                         f"{cfg.name!r}, got {window.width}")
-    if args.styles is None:
-        spec = FieldSpec(period=period)
-    else:
-        n = len(args.styles)
-        label_map = centers = None
-        if args.style_map is not None:
-            label_map = LabelMap.from_png(args.style_map, (window.x0, window.y0, window.width, window.height), period)
-            if len(label_map) != n:
-                raise ValueError(f"--style-map {args.style_map!r} has {len(label_map)} distinct colours but "
-                                 f"--styles gives {n} seeds (one per colour; draw the map without anti-aliasing)")
-        else:
-            fractions = args.style_centers or tuple(((i + 0.5) / n, 0.5) for i in range(n))
-            centers = tuple((window.x0 + fx * window.width, window.y0 + fy * window.height) for fx, fy in fractions)
-        spec = FieldSpec(args.styles, centers or (), label_map, args.style_blur or 127, period)
-    spec.build(cfg, args.seed)  # validates
-    return spec
+    return spec_from_options(cfg, window, args.seed, styles=args.styles, centers=args.style_centers,
+                             style_map=args.style_map, blur=args.style_blur, wrap=args.wrap)
 
 
 def _devices(args, dist) -> list[str]:

@@ -110,3 +110,13 @@ def test_cli_wrap_needs_a_width_multiple_of_16(tmp_path, tiny_checkpoint, capsys
     assert e.value.code != 0
     assert "--wrap needs --width to be a multiple of 16 (the period of the panorama), got 100" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_wrap_width_must_hold_whole_latent_cells_of_the_model():
+    """The HR model has 64 pixels per z_l cell: a 16-multiple is not enough there."""
+    from igan.engine.fusion import spec_from_options
+
+    hr = PRESETS["InfinityGAN-HR"]
+    with pytest.raises(ValueError, match="multiple of 64 for model config 'InfinityGAN-HR', got 80"):
+        spec_from_options(hr, Window(0, 0, 80, 16), 0, wrap=True)
+    assert spec_from_options(hr, Window(0, 0, 128, 16), 0, wrap=True).period == 128
