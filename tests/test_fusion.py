@@ -36,7 +36,8 @@ def _oneshot64(model, field, window):
     r0, n_h, oy = geometry.latent_window(cfg, window.y0, window.height)
     c0, n_w, ox = geometry.latent_window(cfg, window.x0, window.width)
     z, coords, noises = field.window(r0, c0, n_h, n_w)
-    z, coords, noises = z[None].double(), None if coords is None else coords[None].double(), [n[None].double() for n in noises]
+    z, noises = z[None].double(), [n[None].double() for n in noises]
+    coords = None if coords is None else coords[None].double()
     with torch.no_grad(), reproducible_cpu_convs():
         if getattr(field, "fused", False):
             sp = m64.prepare_spatial([(g.double(), w) for g, w in field.latents])

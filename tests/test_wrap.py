@@ -108,7 +108,8 @@ def test_cli_wrap_needs_a_width_multiple_of_16(tmp_path, tiny_checkpoint, capsys
     with pytest.raises(SystemExit) as e:
         _cli(tmp_path, tiny_checkpoint, "x.png", "--width", 100, "--wrap")
     assert e.value.code != 0
-    assert "--wrap needs --width to be a multiple of 16 (the period of the panorama), got 100" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--wrap needs --width to be a multiple of 16 (the period of the panorama), got 100" in err
     assert not (tmp_path / "x.png").exists()
 
 
