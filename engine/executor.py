@@ -47,7 +47,8 @@ class Job:
 
     def request(self, model) -> dict:
         """What a resume must match (the model by content, not by path)."""
-        identity = "embedded" if self.checkpoint is None else file_digest(self.checkpoint)
+        identity = "embedded" if self.checkpoint is None else file_digest(
+            Path(self.checkpoint) / "manifest.json" if os.path.isdir(self.checkpoint) else self.checkpoint)
         return {"model": identity, "config": model.config.to_json(), "seed": self.seed,
                 "window": dataclasses.asdict(self.window), "width": self.window.width, "height": self.window.height,
                 "tile_height": self.tile[0], "tile_width": self.tile[1], "precision": self.precision,
