@@ -1,5 +1,5 @@
 """onnxruntime vs torch on CPU: the same render (embedded `small` model, same window, same
-tiles), megapixels/s of each backend and their ratio in extra_info.
+tiles), megapixels/s of each backend (best of 3 rounds) and their ratio in extra_info.
 
 The export (fp32 graphs only) is made once per session in a temporary directory and is not
 timed. Run: ./run bench benchmarks/test_onnx.py
@@ -35,13 +35,17 @@ def test_backend_throughput_cpu(benchmark, tmp_path, export_dir, backend):
     renderer = Renderer(runner)
     field = LatentField(model.config, seed=0)
 
+    runs = []
+
     def render():
         sink = sinks.open_sink(tmp_path / "out.png", WIDTH, HEIGHT, band_height=plan.tile_height)
-        return renderer.render(field, plan, sink, progress=False)
+        runs.append(renderer.render(field, plan, sink, progress=False))
+        return runs[-1]
 
-    stats = benchmark.pedantic(render, rounds=2, iterations=1, warmup_rounds=0)
-    _MPS[backend] = stats.mp_per_s
-    figures = dict(mp_per_s=round(stats.mp_per_s, 3), tile=TILE, tiles=len(plan.tiles),
+    stats = benchmark.pedantic(render, rounds=3, iterations=1, warmup_rounds=0)
+    best = max(r.mp_per_s for r in runs)  # best round: the shared 2-core VM is noisy
+    _MPS[backend] = best
+    figures = dict(mp_per_s=round(best, 3), tile=TILE, tiles=len(plan.tiles),
                    threads=torch.get_num_threads())
     if backend == "onnx":
         figures["providers"] = ",".join(runner.providers)

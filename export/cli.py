@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.packed is not None and not args.packed.endswith(".packed"):
         parser.error(f"--packed {args.packed!r}: the file name must end in .packed (igan-render reads it by suffix)")
     precisions = tuple(p.strip() for p in args.precisions.split(",") if p.strip())
+    if args.onnx is not None and os.path.exists(args.onnx):  # checked before anything is written
+        parser.error(f"--onnx {args.onnx!r} already exists: choose a new directory for the export")
     try:
         from igan.engine import checkpoint
 

@@ -258,8 +258,9 @@ def test_cli_errors(exported, tmp_path, capsys):
     with pytest.raises(SystemExit):
         render_main(["--backend", "onnx", "--out", out])
     assert "--model DIR" in capsys.readouterr().err
-    assert export_main([str(ckpt), "--onnx", str(onnx_dir)]) == 1  # never overwrites
-    assert "already exists" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # never overwrites, and writes nothing else either
+        export_main([str(ckpt), "--onnx", str(onnx_dir), "--packed", str(tmp_path / "p.packed")])
+    assert "already exists" in capsys.readouterr().err and not (tmp_path / "p.packed").exists()
     assert not (tmp_path / "x.png").exists()
 
 
