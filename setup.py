@@ -37,12 +37,19 @@ setup(
         "imagecodecs>=2024.1",
         "tqdm>=4.60",
         "zarr>=3.0",
+        # the onnx backend and igan-export are default features (export/)
+        "onnx>=1.16",
+        "onnxscript>=0.1",
+        "onnxruntime>=1.18",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-benchmark>=4", "scipy>=1.10"],
         "triton": ["triton>=3.0"],
         "onnx": ["onnx>=1.16", "onnxscript>=0.1", "onnxruntime>=1.18"],
+        # the GPU build of onnxruntime replaces the CPU one (both write the same package):
+        #   pip uninstall -y onnxruntime && pip install onnxruntime-gpu
         "gpu": ["onnxruntime-gpu>=1.18"],
     },
-    entry_points={"console_scripts": ["igan-render=igan.engine.render:main"]},
+    entry_points={"console_scripts": ["igan-render=igan.engine.render:main",
+                                      "igan-export=igan.export.cli:main"]},
 )

@@ -193,14 +193,22 @@ def load_igan(path: str | os.PathLike) -> Generator:
 
 def load(path: str | os.PathLike | None = None, config: str | None = None) -> Generator:
     """Any checkpoint igan reads: None -> the embedded default model; `.safetensors` -> ours;
-    anything else -> an official torch checkpoint (`config` names its preset if needed)."""
+    `.packed` -> packed weights (igan.export.packed); a directory -> an ONNX export (an
+    igan.export.onnx_runner.OnnxModel, for the onnx backend only); anything else -> an
+    official torch checkpoint (`config` names its preset if needed)."""
     if path is None:
         from .embedded import embedded_model
         return embedded_model()
     path = Path(path)
+    if path.is_dir():  # an ONNX export (igan-export --onnx DIR), rendered by the onnx backend
+        from igan.export.onnx_runner import load_export
+        return load_export(path, None if config is None else from_name(config))
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist" if not path.exists()
                               else f"checkpoint {str(path)!r} is not a file")
+    if path.suffix == ".packed":  # weights packed for the fused kernels (igan-export --packed FILE)
+        from igan.export.packed import load_packed
+        return load_packed(path, config)
     if path.suffix == ".safetensors":
         if config is not None:
             raise CheckpointError("--config is for official checkpoints; igan models carry their config")

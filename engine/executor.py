@@ -48,7 +48,8 @@ class Job:
 
     def request(self, model) -> dict:
         """What a resume must match (the model by content, not by path)."""
-        identity = "embedded" if self.checkpoint is None else file_digest(self.checkpoint)
+        identity = "embedded" if self.checkpoint is None else file_digest(
+            Path(self.checkpoint) / "manifest.json" if os.path.isdir(self.checkpoint) else self.checkpoint)
         extra = {} if self.field is None else {"field": self.field.identity()}
         return extra | {"model": identity, "config": model.config.to_json(), "seed": self.seed,
                 "window": dataclasses.asdict(self.window), "width": self.window.width, "height": self.window.height,

@@ -97,8 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-work", action="store_true",
                    help="keep the work directory (tile store + manifest) after the output is written")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--backend", default="torch", choices=["torch", "triton"],
-                   help="model runner: torch (reference, any device) or triton (fused kernels, CUDA)")
+    p.add_argument("--backend", default="torch", choices=["torch", "triton", "onnx"],
+                   help="model runner: torch (reference, any device), triton (fused kernels, CUDA) or "
+                        "onnx (onnxruntime on the graphs of --model)")
+    p.add_argument("--model", default=None, metavar="DIR",
+                   help="with --backend onnx: the ONNX export to render (igan-export CHECKPOINT --onnx DIR)")
     p.add_argument("--preview", nargs="?", const="", default=None, metavar="PATH",
                    help="also write a low-resolution preview PNG (default path: OUT stem + .preview.png)")
     p.add_argument("--preview-size", type=_positive, default=1024, help="preview's longer side (default 1024)")
@@ -147,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--tile must be a multiple of 16, got {args.tile}")
     if args.resume and args.restart:
         parser.error("--resume and --restart exclude each other")
+    if (args.backend == "onnx") != (args.model is not None):
+        parser.error("--backend onnx renders an ONNX export: give it --model DIR (and no --checkpoint)"
+                     if args.backend == "onnx" else "--model DIR is the export of --backend onnx")
+    if args.model is not None and args.checkpoint is not None:
+        parser.error("--model and --checkpoint exclude each other (the export carries the weights)")
     if args.gpus and args.workers:
         parser.error("--gpus and --workers exclude each other (--workers is for CPU processes)")
     if args.styles is None:
@@ -181,7 +189,8 @@ def _run(args) -> int:
     window = planner.Window(args.x0, y0, args.width, args.height)
     dist = executor.distributed_env()
     devices = _devices(args, dist)
-    model = checkpoint.load(args.checkpoint, args.config)
+    source = args.model if args.backend == "onnx" else args.checkpoint
+    model = checkpoint.load(source, args.config)
     RUNNERS[args.backend](model, devices[0], args.precision)  # fails early on a bad backend/device/precision
     budget = args.memory_budget or default_budget(resolve_device(devices[0]))
     spec = _field_spec(args, window, model.config)
@@ -189,7 +198,7 @@ def _run(args) -> int:
         budget //= 2  # the spatial-style path holds a style tensor as large as each layer's input
     plan = planner.plan(model.config, window, tile=args.tile, batch=args.batch, memory_budget=budget,
                         itemsize=PRECISIONS[args.precision].itemsize)
-    job = executor.Job(args.checkpoint, args.config, args.seed, window, (plan.tile_height, plan.tile_width),
+    job = executor.Job(source, args.config, args.seed, window, (plan.tile_height, plan.tile_width),
                        args.batch, args.backend, args.precision, spec)
     preview = None
     if args.preview is not None:

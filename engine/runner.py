@@ -50,6 +50,9 @@ class TorchRunner:
     name = "torch"
 
     def __init__(self, model: Generator, device="cpu", precision: str = "fp32"):
+        if not isinstance(model, Generator):
+            raise ValueError(f"the {self.name} backend needs a checkpoint, not {type(model).__name__} "
+                             f"(an ONNX export renders with --backend onnx)")
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
         self.device = resolve_device(device)
@@ -195,4 +198,11 @@ class TritonRunner(TorchRunner):
             return rgb.contiguous()
 
 
-RUNNERS = {"torch": TorchRunner, "triton": TritonRunner}
+def _onnx_runner(model, device="auto", precision: str = "fp32"):
+    """The onnxruntime backend (igan.export.onnx_runner), imported on first use."""
+    from igan.export.onnx_runner import OnnxRunner
+
+    return OnnxRunner(model, device, precision)
+
+
+RUNNERS = {"torch": TorchRunner, "triton": TritonRunner, "onnx": _onnx_runner}
