@@ -37,6 +37,7 @@ setup(
         "imagecodecs>=2024.1",
         "tqdm>=4.60",
         "zarr>=3.0",
+        "pybind11>=2.12",  # headers + CMake config for the C++ API and igan.engine._native
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-benchmark>=4", "scipy>=1.10"],

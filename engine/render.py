@@ -96,7 +96,8 @@ def default_budget(device) -> int:
     return min(total // 4, 1 << 30)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """igan-render's command line, checked (argparse exits with a message on bad input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     ext = os.path.splitext(args.out)[1].lower()
@@ -108,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--resume and --restart exclude each other")
     if args.gpus and args.workers:
         parser.error("--gpus and --workers exclude each other (--workers is for CPU processes)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         return _run(args)
     except KeyboardInterrupt:
@@ -118,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _run(args) -> int:
+def _run(args, model=None) -> int:
+    """Render as `args` say, with `model` if given (the C++ API passes the one it holds)."""
     import torch
 
     from . import checkpoint, executor, planner
@@ -130,7 +137,7 @@ def _run(args) -> int:
     window = planner.Window(args.x0, y0, args.width, args.height)
     dist = executor.distributed_env()
     devices = _devices(args, dist)
-    model = checkpoint.load(args.checkpoint, args.config)
+    model = checkpoint.load(args.checkpoint, args.config) if model is None else model
     RUNNERS[args.backend](model, devices[0], args.precision)  # fails early on a bad backend/device/precision
     budget = args.memory_budget or default_budget(resolve_device(devices[0]))
     plan = planner.plan(model.config, window, tile=args.tile, batch=args.batch, memory_budget=budget,
