@@ -6,7 +6,9 @@
 //   igan::Model model = igan::Model::open();                // the embedded model, device auto
 //   std::vector<std::uint8_t> rgb(256 * 128 * 3);
 //   model.render({/*x0*/ 0, /*y0*/ -64, /*width*/ 256, /*height*/ 128}, /*seed*/ 7, rgb.data());
-//   model.render_to_file({0, -256, 2048, 512}, 7, {.out = "canvas.png"});
+//   igan::FileOptions file;
+//   file.out = "canvas.png";
+//   model.render_to_file({0, -256, 2048, 512}, 7, file);
 //
 // Engine errors (bad window, missing checkpoint, unwritable output...) throw igan::Error with
 // the engine's message. Calls may come from any thread; they run one at a time (Python's GIL).
