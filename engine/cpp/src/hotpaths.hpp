@@ -8,8 +8,8 @@
 
 namespace igan::native {
 
-// The byte a NaN input becomes: what torch's float -> uint8 cast gives on x86-64 (measured
-// once and checked by tests/test_cpp.py against the torch path).
+// The byte a NaN input becomes: what torch's path gives (clamp keeps NaN, the float -> uint8
+// cast turns it into 0 on x86-64); tests/test_cpp.py checks it against torch.
 constexpr std::uint8_t kNanByte = 0;
 
 // rgb [n, c, h, w] float32 (contiguous) -> out [n, h, w, c] uint8:
