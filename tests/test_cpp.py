@@ -194,3 +194,13 @@ def test_api_finds_no_venv_clearly(build_dir, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 1
     assert f"no Python at '{tmp_path / 'novenv'}/bin/python' (the venv from $IGAN_VENV)" in res.stderr
+
+
+def test_igan_native_0_forces_the_python_paths(ext):
+    """IGAN_NATIVE=0 (read at import) gives the Python paths even with the extension built."""
+    code = ("from igan.engine import native; import torch; "
+            "assert native.active() is None; "
+            "u = native.to_uint8_nhwc(torch.zeros(1, 3, 2, 2)); assert not u.is_contiguous(); print('fallback')")
+    res = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, IGAN_NATIVE="0"),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "fallback" in res.stdout, res.stderr

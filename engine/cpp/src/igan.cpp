@@ -101,18 +101,17 @@ void start(const std::string& venv) {
     throw Error("RuntimeError", std::string("cannot start the embedded Python in '") + path + "': " + e.what());
   }
   g_venv = path;
-  {
-    // Fail here, with the reason, when the venv lacks igan (rather than at the first render).
-    try {
-      capi();
-    } catch (py::error_already_set& e) {
-      std::string message = py::str(e.value()).cast<std::string>();
-      PyEval_SaveThread();
-      throw Error("ModuleNotFoundError", "the venv '" + path + "' (from " + source +
-                                             ") cannot import igan.engine.capi: " + message);
-    }
+  // Fail here, with the reason, when the venv lacks igan (rather than at the first render).
+  std::string import_error;
+  try {
+    capi();
+  } catch (py::error_already_set& e) {
+    import_error = py::str(e.value()).cast<std::string>();
   }
   PyEval_SaveThread();  // release the GIL: each call takes it (gil_scoped_acquire)
+  if (!import_error.empty())
+    throw Error("ModuleNotFoundError",
+                "the venv '" + path + "' (from " + source + ") cannot import igan.engine.capi: " + import_error);
 }
 
 std::string venv() {
