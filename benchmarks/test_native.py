@@ -27,6 +27,9 @@ def build_dir():
     import importlib
 
     importlib.import_module("igan.engine._native")
+    if native.active() is None and native.UNAVAILABLE_REASON:  # imported before this build
+        importlib.reload(native)
+    assert native.active() is not None, native.UNAVAILABLE_REASON
     return path
 
 
