@@ -4,6 +4,9 @@ The top-level folders (engine/, kernels/, export/, trainer/) install under one i
 namespace, ``igan`` (``igan.engine``, ``igan.kernels``, ...), so that bare names such as
 ``kernels`` never collide with other installed packages.
 """
+import os
+from importlib.metadata import PackageNotFoundError, version
+
 from setuptools import find_packages, setup
 
 TOP_LEVEL = ["engine", "kernels", "export", "trainer"]
@@ -17,6 +20,18 @@ def _packages():
             names.append(name)
             dirs[name] = top + sub.replace(".", "/")
     return names, dirs
+
+
+def _onnxruntime() -> str:
+    """The one onnxruntime build to depend on. The CPU and GPU builds write the same package
+    and must never be installed together: the GPU build when asked for (IGAN_ONNXRUNTIME=gpu,
+    with the "gpu" extra) or already installed, else the CPU build."""
+    try:
+        version("onnxruntime-gpu")
+        return "onnxruntime-gpu>=1.18"
+    except PackageNotFoundError:
+        pass
+    return "onnxruntime-gpu>=1.18" if os.environ.get("IGAN_ONNXRUNTIME") == "gpu" else "onnxruntime>=1.18"
 
 
 packages, package_dir = _packages()
@@ -40,14 +55,13 @@ setup(
         # the onnx backend and igan-export are default features (export/)
         "onnx>=1.16",
         "onnxscript>=0.1",
-        "onnxruntime>=1.18",
+        _onnxruntime(),
+        "pybind11>=2.12",  # headers + CMake config for the C++ API and igan.engine._native
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-benchmark>=4", "scipy>=1.10"],
         "triton": ["triton>=3.0"],
-        "onnx": ["onnx>=1.16", "onnxscript>=0.1", "onnxruntime>=1.18"],
-        # the GPU build of onnxruntime replaces the CPU one (both write the same package):
-        #   pip uninstall -y onnxruntime && pip install onnxruntime-gpu
+        # GPU build of onnxruntime: IGAN_ONNXRUNTIME=gpu pip install -e ".[gpu]" (see _onnxruntime)
         "gpu": ["onnxruntime-gpu>=1.18"],
     },
     entry_points={"console_scripts": ["igan-render=igan.engine.render:main",

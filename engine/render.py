@@ -140,7 +140,8 @@ def default_budget(device) -> int:
     return min(total // 4, 1 << 30)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """igan-render's command line, checked (argparse exits with a message on bad input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     ext = os.path.splitext(args.out)[1].lower()
@@ -167,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--style-centers gives {len(args.style_centers)} centres for {len(args.styles)} styles")
     if args.wrap and args.width % 16:
         parser.error(f"--wrap needs --width to be a multiple of 16 (the period of the panorama), got {args.width}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         return _run(args)
     except KeyboardInterrupt:
@@ -177,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _run(args) -> int:
+def _run(args, model=None) -> int:
+    """Render as `args` say, with `model` if given (the C++ API passes the one it holds)."""
     import torch
 
     from . import checkpoint, executor, planner
@@ -190,7 +197,7 @@ def _run(args) -> int:
     dist = executor.distributed_env()
     devices = _devices(args, dist)
     source = args.model if args.backend == "onnx" else args.checkpoint
-    model = checkpoint.load(source, args.config)
+    model = checkpoint.load(source, args.config) if model is None else model
     RUNNERS[args.backend](model, devices[0], args.precision)  # fails early on a bad backend/device/precision
     budget = args.memory_budget or default_budget(resolve_device(devices[0]))
     spec = _field_spec(args, window, model.config)

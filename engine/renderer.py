@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import native
 from .latent import Field
 from .planner import Plan, Tile
 from .runner import TorchRunner, to_uint8
@@ -115,7 +116,7 @@ class Renderer:
                     yield from ready(*pending)
                 pending = None
                 continue
-            u8 = to_uint8(rgb).permute(0, 2, 3, 1)
+            u8 = native.to_uint8_nhwc(rgb)  # [n, H, W, 3]; C++ on the CPU when built
             if u8.device.type == "cuda":
                 host = torch.empty(u8.shape, dtype=torch.uint8, pin_memory=True)
                 host.copy_(u8, non_blocking=True)

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import native
+
 PNG_LEVEL = 6
 PNG_IDAT_BYTES = 1 << 20  # IDAT chunk size bound
 _FILTER_BYTES = 64 << 10  # scanline bytes filtered per numpy pass (bounds the temporaries)
@@ -496,7 +498,7 @@ class PngSink(Sink):
         for band in self._bands():
             rows = band.reshape(len(band), n)
             for r0 in range(0, len(rows), step):
-                stream.write(_filter_rows(rows[r0:r0 + step], prev))
+                stream.write(native.filter_rows(rows[r0:r0 + step], prev))  # C++ when built
                 prev = rows[min(r0 + step, len(rows)) - 1]
             self.rows_written += len(band)
         stream.finish()

@@ -1,0 +1,73 @@
+"""The Python side of the C++ API (engine/cpp/include/igan/igan.hpp).
+
+libigan_cpp embeds the interpreter and calls only this module, so the C++ API and
+igan-render share every step that decides pixels and bytes: the model loader, the planner's
+tile choice, the renderer and the sinks. Arguments arrive already typed by pybind11; the
+checks that matter (window, seed, paths) happen in the engine, whose exceptions reach C++
+as igan::Error with the same message.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import render  # first: sets MKL's reproducible mode before torch computes
+
+# igan-render options the C++ API has no field for: one model, one process.
+_UNSUPPORTED = ("gpus", "workers")
+
+
+class Session:
+    """One model on one device, as igan::Model holds it."""
+
+    def __init__(self, checkpoint: str, config: str, device: str, precision: str, backend: str, threads: int):
+        import torch
+
+        from . import checkpoint as ckpt
+        from .renderer import Renderer
+        from .runner import PRECISIONS, RUNNERS
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.options = dict(checkpoint=checkpoint or None, config=config or None, device=device,
+                            precision=precision, backend=backend, threads=threads or None)
+        self.model = ckpt.load(self.options["checkpoint"], self.options["config"])
+        self.runner = RUNNERS[backend](self.model, device, precision)
+        self.renderer = Renderer(self.runner)
+        self.budget = render.default_budget(self.runner.device)
+        self.itemsize = PRECISIONS[precision].itemsize
+
+    def render_into(self, out: np.ndarray, x0: int, y0: int, seed: int) -> None:
+        """Render the window at (x0, y0) of out's size into `out` (uint8 [h, w, 3], a view
+        of the caller's buffer), tile by tile as igan-render would cut it."""
+        from . import planner
+        from .latent import LatentField
+
+        h, w, _ = out.shape
+        plan = planner.plan(self.model.config, planner.Window(x0, y0, w, h), memory_budget=self.budget,
+                            itemsize=self.itemsize)
+        for t, img in self.renderer.pixels(LatentField(self.model.config, seed), plan):
+            out[t.y:t.y + t.height, t.x:t.x + t.width] = img
+
+    def render_file(self, options: dict) -> None:
+        """igan-render with this session's model: `options` are igan-render's arguments by
+        their argparse names (those not given keep igan-render's defaults)."""
+        args = render.parse_args([])
+        for key, value in {**options, **self.options}.items():
+            if not hasattr(args, key):
+                raise ValueError(f"unknown igan-render option {key!r}")
+            setattr(args, key, value)
+        render._run(args, model=self.model)
+
+
+def parse_command_line(argv: list[str]) -> dict:
+    """igan-render's arguments -> their values by argparse name, y0 resolved (argparse
+    prints the usage and raises SystemExit on bad input or --help)."""
+    args = render.parse_args(argv)
+    for name in _UNSUPPORTED:
+        if getattr(args, name):
+            raise ValueError(f"--{name} is not available through the C++ API (one model in one process); "
+                             f"use igan-render for it")
+    if args.y0 is None:
+        args.y0 = -(args.height // 2)
+    return vars(args)
+
