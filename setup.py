@@ -44,5 +44,9 @@ setup(
         "onnx": ["onnx>=1.16", "onnxscript>=0.1", "onnxruntime>=1.18"],
         "gpu": ["onnxruntime-gpu>=1.18"],
     },
-    entry_points={"console_scripts": ["igan-render=igan.engine.render:main"]},
+    entry_points={"console_scripts": [
+        "igan-render=igan.engine.render:main",
+        "igan-bench=igan.engine.bench:main",
+        "igan-eval=igan.trainer.eval.cli:main",
+    ]},
 )

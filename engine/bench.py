@@ -33,6 +33,11 @@ class BenchRow:
     peak_bytes: int | None
     tile: str
     tiles: int
+    baseline: BenchRow | None = None  # the same size with fixed --baseline-tile tiles, if asked
+
+    @property
+    def speedup(self) -> float | None:
+        return None if self.baseline is None else self.mp_per_s / self.baseline.mp_per_s
 
 
 def _reset_peak_rss() -> bool:
@@ -82,13 +87,19 @@ def measure(renderer, cfg, width: int, height: int, *, seed: int = 0, tile=None,
 
 def format_table(rows: list[BenchRow], device_name: str) -> str:
     mem = "peak device MiB" if device_name.startswith("cuda") else "peak RSS MiB"
-    head = ["size", "MP/s", "FLOP/pixel", "TFLOP/s", "work ratio", mem, "tiles", "seconds"]
+    head = ["size", "MP/s", "FLOP/pixel", "TFLOP/s", "work ratio", mem, "tiles", "seconds", "speedup"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for r in rows:
+
+    def cells(r: BenchRow, speedup: str) -> str:
         peak = "n/a" if r.peak_bytes is None else f"{r.peak_bytes / 2**20:.0f}"
-        cells = [f"{r.width}x{r.height}", f"{r.mp_per_s:.3f}", f"{r.flops_per_pixel / 1e6:.2f} M",
-                 f"{r.tflops:.4f}", f"{r.work_ratio:.3f}", peak, f"{r.tiles} of {r.tile}", f"{r.seconds:.2f}"]
-        lines.append("| " + " | ".join(cells) + " |")
+        c = [f"{r.width}x{r.height}", f"{r.mp_per_s:.3f}", f"{r.flops_per_pixel / 1e6:.3f} M", f"{r.tflops:.4f}",
+             f"{r.work_ratio:.3f}", peak, f"{r.tiles} of {r.tile}", f"{r.seconds:.2f}", speedup]
+        return "| " + " | ".join(c) + " |"
+
+    for r in rows:
+        if r.baseline is not None:
+            lines.append(cells(r.baseline, "1.00x (baseline)"))
+        lines.append(cells(r, "" if r.speedup is None else f"**{r.speedup:.2f}x**"))
     return "\n".join(lines)
 
 
@@ -107,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=_positive, default=None, help="tile size (default: from the memory budget)")
     p.add_argument("--batch", type=_positive, default=1, help="tiles per forward (default 1)")
     p.add_argument("--memory-budget", type=_size_bytes, default=None, help="as igan-render (e.g. 4GiB)")
+    p.add_argument("--baseline-tile", type=_positive, default=None, metavar="N",
+                   help="also time each size with fixed N-px tiles (96 = the official patch step) and report "
+                        "the speedup over them")
     p.add_argument("--repeats", type=_positive, default=1, help="timed runs per size; the best counts (default 1)")
     p.add_argument("--threads", type=_positive, default=None, help="CPU threads for torch")
     p.add_argument("--plot", default="igan-bench.png", help="PNG plot path (default igan-bench.png)")
@@ -164,9 +178,13 @@ def _run(args, sizes) -> int:
     renderer = Renderer(RUNNERS[args.backend](model, device, args.precision))
     budget = args.memory_budget or default_budget(device)
     rows = []
+    common = dict(batch=args.batch, memory_budget=budget, itemsize=PRECISIONS[args.precision].itemsize,
+                  repeats=args.repeats)
     for w, h in tqdm(sizes, unit="size", desc="igan-bench", file=sys.stderr, dynamic_ncols=True):
-        rows.append(measure(renderer, model.config, w, h, tile=args.tile, batch=args.batch, memory_budget=budget,
-                            itemsize=PRECISIONS[args.precision].itemsize, repeats=args.repeats))
+        row = measure(renderer, model.config, w, h, tile=args.tile, **common)
+        if args.baseline_tile:
+            row.baseline = measure(renderer, model.config, w, h, tile=args.baseline_tile, **common)
+        rows.append(row)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     title = (f"igan-bench: {args.checkpoint or 'embedded model'} ({model.config.name}), {args.backend} "
              f"{args.precision} on {device} ({name})")
@@ -176,7 +194,8 @@ def _run(args, sizes) -> int:
     print(f"igan-bench: plot -> {args.plot}")
     if args.json:
         tmp = Path(args.json).with_name(f".{Path(args.json).name}.igan-tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(dict(title=title, rows=[asdict(r) for r in rows]), indent=1))
+        data = [asdict(r) | {"speedup": r.speedup} for r in rows]
+        tmp.write_text(json.dumps(dict(title=title, rows=data), indent=1))
         os.replace(tmp, args.json)
     return 0
 

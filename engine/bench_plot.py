@@ -19,13 +19,17 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
-def _panel(draw: ImageDraw.ImageDraw, font, x0: int, y0: int, title: str, labels: list[str], values: list):
-    """Axes, 4 horizontal grid lines, a polyline with dots, x labels = sizes."""
+BLUE, GRAY = (31, 119, 180), (150, 150, 150)
+
+
+def _panel(draw: ImageDraw.ImageDraw, font, x0: int, y0: int, title: str, labels: list[str], values: list,
+           baseline: list | None = None):
+    """Axes, 4 horizontal grid lines, polylines with dots (igan blue, baseline grey), x labels = sizes."""
     left, top = x0 + MARGIN, y0 + 28
     right, bottom = x0 + PANEL_W - 12, y0 + PANEL_H - 40
     draw.text((x0 + 8, y0 + 6), title, fill="black", font=font)
     draw.rectangle((left, top, right, bottom), outline="black")
-    known = [v for v in values if v is not None]
+    known = [v for v in values + (baseline or []) if v is not None]
     if not known:
         draw.text((left + 10, (top + bottom) // 2), "not measured", fill="gray", font=font)
         return
@@ -38,11 +42,14 @@ def _panel(draw: ImageDraw.ImageDraw, font, x0: int, y0: int, title: str, labels
         draw.text((x0 + 4, y - 6), _fmt(v), fill="black", font=font)
     n = len(values)
     xs = [left + (right - left) * (i + 0.5) / n for i in range(n)]
-    points = [(x, bottom - (bottom - top) * (v - lo) / (hi - lo)) for x, v in zip(xs, values) if v is not None]
-    if len(points) > 1:
-        draw.line(points, fill=(31, 119, 180), width=2)
-    for x, y in points:
-        draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=(31, 119, 180))
+    for series, colour in ((baseline, GRAY), (values, BLUE)):
+        if series is None:
+            continue
+        points = [(x, bottom - (bottom - top) * (v - lo) / (hi - lo)) for x, v in zip(xs, series) if v is not None]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for x, y in points:
+            draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
     for x, label in zip(xs, labels):
         draw.text((x - 3 * len(label), bottom + 6), label, fill="black", font=font)
 
@@ -52,13 +59,18 @@ def plot_rows(rows, path: str | os.PathLike, title: str) -> Path:
     path = Path(path)
     cols = 2
     n_rows = (len(PANELS) + cols - 1) // cols
-    img = Image.new("RGB", (cols * PANEL_W, n_rows * PANEL_H + 30), "white")
+    img = Image.new("RGB", (cols * PANEL_W, n_rows * PANEL_H + 36), "white")
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default()
     draw.text((8, 8), title[:110], fill="black", font=font)
     labels = [f"{r.width}x{r.height}" for r in rows]
+    base = [r.baseline for r in rows]
+    if any(b is not None for b in base):
+        draw.text((8, 20), f"blue: igan tiles; grey: fixed {base[0].tile} tiles (baseline)", fill="black", font=font)
     for i, (name, get) in enumerate(PANELS):
-        _panel(draw, font, (i % cols) * PANEL_W, 30 + (i // cols) * PANEL_H, name, labels, [get(r) for r in rows])
+        baseline = [None if b is None else get(b) for b in base] if any(b is not None for b in base) else None
+        _panel(draw, font, (i % cols) * PANEL_W, 36 + (i // cols) * PANEL_H, name, labels,
+               [get(r) for r in rows], baseline)
     tmp = path.with_name(f".{path.name}.igan-tmp-{os.getpid()}.png")
     try:
         img.save(tmp, format="PNG")

@@ -287,7 +287,7 @@ def test_igan_eval_cli_missing_weights(tmp_path):
 def test_igan_bench_cpu_table_and_plot(tmp_path):
     plot, js = tmp_path / "bench.png", tmp_path / "bench.json"
     done = subprocess.run([sys.executable, "-m", "igan.engine.bench", "--device", "cpu", "--sizes", "48,64x32",
-                           "--plot", str(plot), "--json", str(js)], capture_output=True, text=True)
+                           "--baseline-tile", "32", "--plot", str(plot), "--json", str(js)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "| 48x48 |" in done.stdout and "| 64x32 |" in done.stdout
     rows = json.loads(js.read_text())["rows"]
@@ -296,6 +296,10 @@ def test_igan_bench_cpu_table_and_plot(tmp_path):
         assert r["mp_per_s"] == pytest.approx(r["width"] * r["height"] / 1e6 / r["seconds"])
         assert r["tflops"] == pytest.approx(r["flops_per_pixel"] * r["mp_per_s"] * 1e6 / 1e12)
         assert r["work_ratio"] >= 1.0
+        # Fixed 32-px tiles recompute halos: more work per pixel than one tile per image.
+        assert r["baseline"]["work_ratio"] > r["work_ratio"] and r["baseline"]["tiles"] > r["tiles"]
+        assert r["speedup"] == pytest.approx(r["mp_per_s"] / r["baseline"]["mp_per_s"])
+    assert "1.00x (baseline)" in done.stdout
     with Image.open(plot) as im:
         assert im.format == "PNG" and im.size[0] >= 600
     bad = subprocess.run([sys.executable, "-m", "igan.engine.bench", "--sizes", "12,abc", "--plot", str(plot)],

@@ -185,7 +185,7 @@ def fake_stats(extractor: Extractor, renderer: Renderer, proto: Protocol, n: int
     with tqdm(total=n, unit="img", desc=f"fakes {proto.scale}x", disable=not progress, file=sys.stderr,
               dynamic_ncols=True) as bar:
         for i in range(n):
-            img = fake_image(renderer, proto, seed + i, tile, memory_budget, itemsize)
+            img = fake_image(renderer, proto, seed + i, tile, memory_budget, itemsize).to(device)  # resize there
             pending.append(to_unit_range(postprocess(img, proto, use_pil_resize)))
             if len(pending) == batch or i == n - 1:
                 feats = _features(extractor, torch.cat(pending), device)
