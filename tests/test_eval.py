@@ -137,6 +137,23 @@ def test_real_images_centre_square_crop_then_lanczos(tmp_path):
         scaleinv.list_images(tmp_path / "empty")
 
 
+@pytest.mark.parametrize("name,scale", [("tiny", 2), ("InfinityGAN", 1), ("InfinityGAN", 2)])
+def test_fakes_use_the_official_test_time_grid(name, scale):
+    """One-shot fakes: z_l of the plan's window = the official n+2*halo grid, and its coordinates
+    equal the official test-time coordinates (centred vertically, angle -pi at column 0)."""
+    from igan.engine.geometry import latent_window, output_size
+    from igan.engine.latent import official_coords
+
+    cfg = PRESETS[name]
+    proto = scaleinv.Protocol.for_config(cfg, scale)
+    size = proto.generated_size
+    field, plan = scaleinv.fake_request(cfg, proto, seed=0, memory_budget=64 << 30)
+    assert len(plan.tiles) == 1 and (plan.tiles[0].cell_row, plan.tiles[0].cell_col) == (0, 0)
+    c0, n, offset = latent_window(cfg, 0, size)  # the official one-shot z_l: n = ts input + 2 * halo
+    assert (c0, offset) == (0, 0) and output_size(cfg, n) == size
+    torch.testing.assert_close(field.coords(0, 0, n, n), official_coords(cfg, n, n), rtol=0, atol=1e-6)
+
+
 # ---- end to end with a tiny feature extractor ------------------------------------------------
 class TinyExtractor(torch.nn.Module):
     """A random conv feature extractor: [B, 3, H, W] in [0, 1] -> [B, 6]."""

@@ -150,11 +150,21 @@ def fake_image(renderer: Renderer, proto: Protocol, seed: int, tile: int | None,
     """One generated image [1, 3, S, S] float32 in [-1, 1] on the host: the window (0, 0, S, S)
     of canvas `seed` with the horizon on its middle row, i.e. the official test-time grid
     (vertical centre on the middle z_l row, horizontal angle -pi at z_l column 0)."""
-    cfg = renderer.runner.config
-    s = proto.generated_size
-    plan = planner.plan(cfg, planner.Window(0, 0, s, s), tile=tile, memory_budget=memory_budget, itemsize=itemsize)
-    field = LatentField(cfg, seed, horizon=(s - 1) / 2)
+    field, plan = fake_request(renderer.runner.config, proto, seed, tile, memory_budget, itemsize)
     return torch.from_numpy(renderer.render_array(field, plan)).permute(2, 0, 1)[None]
+
+
+def fake_request(cfg: GeneratorConfig, proto: Protocol, seed: int, tile: int | None = None,
+                 memory_budget: int | None = None, itemsize: int = 4) -> tuple[LatentField, planner.Plan]:
+    """The field and plan of one fake: its z_l window starts at cell (0, 0), where the canvas's
+    horizontal angle is -pi, and the horizon row (S - 1) / 2 puts the vertical centre on the
+    window's middle z_l row."""
+    s = proto.generated_size
+    whole = -(-s // planner.TILE_ALIGN) * planner.TILE_ALIGN
+    if tile is None and planner.tile_bytes(cfg, whole, 1, itemsize) <= (memory_budget or 2 << 30):
+        tile = whole  # one forward per image, as the official one-shot path (no halo recomputation)
+    plan = planner.plan(cfg, planner.Window(0, 0, s, s), tile=tile, memory_budget=memory_budget, itemsize=itemsize)
+    return LatentField(cfg, seed, horizon=(s - 1) / 2), plan
 
 
 def _features(extractor: Extractor, images01: torch.Tensor, device) -> torch.Tensor:
