@@ -64,6 +64,10 @@ setup(
         # GPU build of onnxruntime: IGAN_ONNXRUNTIME=gpu pip install -e ".[gpu]" (see _onnxruntime)
         "gpu": ["onnxruntime-gpu>=1.18"],
     },
-    entry_points={"console_scripts": ["igan-render=igan.engine.render:main",
-                                      "igan-export=igan.export.cli:main"]},
+    entry_points={"console_scripts": [
+        "igan-render=igan.engine.render:main",
+        "igan-export=igan.export.cli:main",
+        "igan-bench=igan.engine.bench:main",
+        "igan-eval=igan.trainer.eval.cli:main",
+    ]},
 )

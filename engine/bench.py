@@ -1,0 +1,204 @@
+"""igan-bench: the speed report of one model on one device over image sizes.
+
+For each size it plans the render as igan-render would, runs it once to warm up, then
+times `Renderer.pixels` (latents -> forward -> uint8 on the host: everything but the file
+writer) and reports megapixels/s, FLOPs per output pixel (executed, from the planner),
+achieved TFLOP/s, the work ratio and peak memory (CUDA: max allocated; CPU: peak RSS, reset
+before each size where Linux allows it). Prints a table and draws a PNG plot with pillow.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import determinism  # noqa: F401  (MKL reproducible mode before torch computes)
+from .embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
+from .render import _positive, _size_bytes
+
+
+@dataclass
+class BenchRow:
+    width: int
+    height: int
+    seconds: float
+    mp_per_s: float
+    flops_per_pixel: float  # executed FLOPs / output pixel
+    tflops: float  # achieved
+    work_ratio: float
+    peak_bytes: int | None
+    tile: str
+    tiles: int
+    baseline: BenchRow | None = None  # the same size with fixed --baseline-tile tiles, if asked
+
+    @property
+    def speedup(self) -> float | None:
+        return None if self.baseline is None else self.mp_per_s / self.baseline.mp_per_s
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the process's peak RSS (VmHWM) so each size gets its own figure (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure(renderer, cfg, width: int, height: int, *, seed: int = 0, tile=None, batch: int = 1,
+            memory_budget: int | None = None, itemsize: int = 4, repeats: int = 1) -> BenchRow:
+    """Time the render of one width x height window (best of `repeats`, after one warm-up)."""
+    import torch
+
+    from . import planner
+    from .latent import LatentField
+    from .renderer import peak_rss_bytes
+
+    window = planner.Window(0, -(height // 2), width, height)
+    plan = planner.plan(cfg, window, tile=tile, batch=batch, memory_budget=memory_budget, itemsize=itemsize)
+    field = LatentField(cfg, seed)
+    device = renderer.runner.device
+
+    def run():
+        for _ in renderer.pixels(field, plan, batch):
+            pass
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    run()  # warm-up: allocator, kernels, caches
+    cpu_peak = _reset_peak_rss() if device.type == "cpu" else False
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    peak = renderer.runner.peak_memory() if device.type == "cuda" else (peak_rss_bytes() if cpu_peak else None)
+    pixels = width * height
+    return BenchRow(width, height, best, pixels / 1e6 / best, plan.flops / pixels, plan.flops / best / 1e12,
+                    plan.work_ratio, peak, f"{plan.tile_width}x{plan.tile_height}", len(plan.tiles))
+
+
+def format_table(rows: list[BenchRow], device_name: str) -> str:
+    mem = "peak device MiB" if device_name.startswith("cuda") else "peak RSS MiB"
+    head = ["size", "MP/s", "FLOP/pixel", "TFLOP/s", "work ratio", mem, "tiles", "seconds", "speedup"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+
+    def cells(r: BenchRow, speedup: str) -> str:
+        peak = "n/a" if r.peak_bytes is None else f"{r.peak_bytes / 2**20:.0f}"
+        c = [f"{r.width}x{r.height}", f"{r.mp_per_s:.3f}", f"{r.flops_per_pixel / 1e6:.3f} M", f"{r.tflops:.4f}",
+             f"{r.work_ratio:.3f}", peak, f"{r.tiles} of {r.tile}", f"{r.seconds:.2f}", speedup]
+        return "| " + " | ".join(c) + " |"
+
+    for r in rows:
+        if r.baseline is not None:
+            lines.append(cells(r.baseline, "1.00x (baseline)"))
+        lines.append(cells(r, "" if r.speedup is None else f"**{r.speedup:.2f}x**"))
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="igan-bench", description="Speed report: MP/s, FLOPs per pixel, TFLOP/s, work ratio and peak "
+                                       "memory of one model on one device over image sizes.",
+        epilog=f"Without --checkpoint it measures the {EMBEDDED_DESCRIPTION}.")
+    p.add_argument("--checkpoint", default=None, help="official checkpoint or igan .safetensors (default: embedded)")
+    p.add_argument("--config", default=None, help="preset of an official checkpoint (default: inferred)")
+    p.add_argument("--sizes", default="256,512,1024,2048",
+                   help="comma-separated sizes: N (square) or WxH (default 256,512,1024,2048)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    p.add_argument("--backend", default="torch", choices=["torch", "triton"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--tile", type=_positive, default=None, help="tile size (default: from the memory budget)")
+    p.add_argument("--batch", type=_positive, default=1, help="tiles per forward (default 1)")
+    p.add_argument("--memory-budget", type=_size_bytes, default=None, help="as igan-render (e.g. 4GiB)")
+    p.add_argument("--baseline-tile", type=_positive, default=None, metavar="N",
+                   help="also time each size with fixed N-px tiles (96 = the official patch step) and report "
+                        "the speedup over them")
+    p.add_argument("--repeats", type=_positive, default=1, help="timed runs per size; the best counts (default 1)")
+    p.add_argument("--threads", type=_positive, default=None, help="CPU threads for torch")
+    p.add_argument("--plot", default="igan-bench.png", help="PNG plot path (default igan-bench.png)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
+    return p
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    sizes = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        try:
+            w, h = (int(v) for v in item.split("x")) if "x" in item else (int(item), int(item))
+        except ValueError:
+            raise ValueError(f"--sizes: {item!r} is not N or WxH") from None
+        if w < 1 or h < 1:
+            raise ValueError(f"--sizes: {item!r} must be positive")
+        sizes.append((w, h))
+    return sizes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.plot.lower().endswith(".png"):
+        parser.error(f"--plot {args.plot!r} must end in .png")
+    try:
+        sizes = parse_sizes(args.sizes)
+    except ValueError as e:
+        parser.error(str(e))
+    try:
+        return _run(args, sizes)
+    except KeyboardInterrupt:
+        print("igan-bench: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError) as e:
+        print(f"igan-bench: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(args, sizes) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from . import checkpoint
+    from .bench_plot import plot_rows
+    from .render import default_budget
+    from .renderer import Renderer
+    from .runner import PRECISIONS, RUNNERS, resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    model = checkpoint.load(args.checkpoint, args.config)
+    renderer = Renderer(RUNNERS[args.backend](model, device, args.precision))
+    budget = args.memory_budget or default_budget(device)
+    rows = []
+    common = dict(batch=args.batch, memory_budget=budget, itemsize=PRECISIONS[args.precision].itemsize,
+                  repeats=args.repeats)
+    for w, h in tqdm(sizes, unit="size", desc="igan-bench", file=sys.stderr, dynamic_ncols=True):
+        row = measure(renderer, model.config, w, h, tile=args.tile, **common)
+        if args.baseline_tile:
+            row.baseline = measure(renderer, model.config, w, h, tile=args.baseline_tile, **common)
+        rows.append(row)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    title = (f"igan-bench: {args.checkpoint or 'embedded model'} ({model.config.name}), {args.backend} "
+             f"{args.precision} on {device} ({name})")
+    print(title)
+    print(format_table(rows, str(device)))
+    plot_rows(rows, args.plot, title)
+    print(f"igan-bench: plot -> {args.plot}")
+    if args.json:
+        tmp = Path(args.json).with_name(f".{Path(args.json).name}.igan-tmp-{os.getpid()}")
+        data = [asdict(r) | {"speedup": r.speedup} for r in rows]
+        tmp.write_text(json.dumps(dict(title=title, rows=data), indent=1))
+        os.replace(tmp, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation: the FID Inception (plain torch), streaming Fréchet distance, ScaleInv FID."""
