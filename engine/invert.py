@@ -238,10 +238,13 @@ _BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} steps [{elapsed}<{
 
 def invert(model: Generator, target: torch.Tensor, *, x0: int | None = None, y0: int | None = None,
            horizon: float = 0.0, settings: InversionSettings = InversionSettings(), progress: bool = True,
-           digest: str | None = None, on_step=None) -> InversionRecord:
+           digest: str | None = None, style: tuple[torch.Tensor, torch.Tensor] | None = None,
+           on_step=None) -> InversionRecord:
     """Fit the latents of the canvas window whose top-left pixel is (x0, y0) to `target`
     [3, H, W] (float, [-1, 1]). Default placement: x0 = 0, y0 = -H // 2 (centred on the
-    horizon, as igan-render places images). `on_step(step, losses)` is called after every step.
+    horizon, as igan-render places images). `style` = (z_g [D], W+ [n_latent, D]) fixes the
+    styles (only z_l and the noise maps are fitted: for several images sharing one style).
+    `on_step(step, losses)` is called after every step.
     Returns the record; its `fit` is the generator's output for the saved latents."""
     if target.dim() != 3 or target.shape[0] != 3:
         raise ValueError(f"target must be an RGB image [3, H, W], got shape {tuple(target.shape)}")
@@ -259,12 +262,15 @@ def invert(model: Generator, target: torch.Tensor, *, x0: int | None = None, y0:
     model.requires_grad_(False)
     try:
         stats = style_statistics(model, s.stat_samples, s.seed)
-        z_g = randn(cfg.global_latent_dim).requires_grad_(True)
+        z_g = randn(cfg.global_latent_dim)
         z_l = randn(cfg.local_latent_dim, prob.n_h, prob.n_w).requires_grad_(True)
-        styles = degaussianize(stats.mean).repeat(cfg.n_latent, 1).requires_grad_(True)
+        styles = degaussianize(stats.mean).repeat(cfg.n_latent, 1)
+        if style is not None:
+            z_g, styles = _fixed_style(cfg, *style, device)
         noises = [randn(h, w).requires_grad_(True) for h, w in prob.noise_shapes]
-        ss_opt = torch.optim.Adam([z_g, z_l], lr=s.lr * s.ss_lr_mult)
-        ts_opt = torch.optim.Adam([styles, *noises], lr=s.lr)
+        free = style is None
+        ss_opt = torch.optim.Adam([z_g.requires_grad_(free), z_l] if free else [z_l], lr=s.lr * s.ss_lr_mult)
+        ts_opt = torch.optim.Adam([styles.requires_grad_(free), *noises] if free else noises, lr=s.lr)
         style_sigma = float(stats.std.mean())
         bar = tqdm(range(s.steps), desc="igan-invert", unit="step", disable=not progress, file=sys.stderr,
                    dynamic_ncols=True, bar_format=_BAR)
@@ -275,9 +281,9 @@ def invert(model: Generator, target: torch.Tensor, *, x0: int | None = None, y0:
                 for group in opt.param_groups:
                     group["lr"] = learning_rate(t, base, s.rampup, s.rampdown)
             r = max(0.0, 1.0 - t / s.perturb_ramp) ** 2
-            styles_in = styles + randn(*styles.shape) * (style_sigma * s.styles_perturb * r)
+            styles_in = styles + randn(*styles.shape) * (style_sigma * s.styles_perturb * r) if free else styles
             z_l_in = z_l + randn(*z_l.shape) * (s.ss_local_perturb * r)
-            z_g_in = z_g + randn(*z_g.shape) * (s.ss_global_perturb * r)
+            z_g_in = z_g + randn(*z_g.shape) * (s.ss_global_perturb * r) if free else z_g
             fit = synthesize_window(model, z_g_in, styles_in, z_l_in, prob.coords, noises, prob.offset, height, width)
             a, b = diff_augment(fit, target, gen) if s.diff_aug else (fit, target)
             terms = {
@@ -290,6 +296,9 @@ def invert(model: Generator, target: torch.Tensor, *, x0: int | None = None, y0:
                 "ss_local_std": _std_loss(z_l_in),
                 "ts_prior": ts_prior(styles, stats),
             }
+            if not free:  # priors of fixed values carry no gradient
+                for k in ("ss_global_prior", "ss_global_std", "ts_prior"):
+                    terms[k] = terms[k].detach()
             total = sum(getattr(lw, k) * v for k, v in terms.items())
             ss_opt.zero_grad(set_to_none=True)
             ts_opt.zero_grad(set_to_none=True)
@@ -315,11 +324,21 @@ def invert(model: Generator, target: torch.Tensor, *, x0: int | None = None, y0:
     finally:
         for p, flag in zip(model.parameters(), saved_flags):
             p.requires_grad_(flag)
-    settings_json = dataclasses.asdict(settings) | {"perceptual_loss": PERCEPTUAL_REPLACEMENT}
+    settings_json = dataclasses.asdict(settings) | {"perceptual_loss": PERCEPTUAL_REPLACEMENT,
+                                                    "fixed_style": style is not None}
     return InversionRecord(cfg, digest or model_digest(model), prob.placement, float(horizon), z_g.detach().cpu(),
                            styles.detach().cpu(), z_l.detach().cpu(),
                            None if prob.coords is None else prob.coords.cpu(),
                            [n.detach().cpu() for n in noises], fit.cpu(), losses, settings_json)
+
+
+def _fixed_style(cfg, z_g: torch.Tensor, styles: torch.Tensor, device):
+    z_g = z_g.detach().reshape(-1).to(device, torch.float32)
+    styles = styles.detach().reshape(-1, cfg.global_latent_dim).to(device, torch.float32)
+    if z_g.numel() != cfg.global_latent_dim or styles.shape[0] not in (1, cfg.n_latent):
+        raise ValueError(f"style must be (z_g [{cfg.global_latent_dim}], W+ [{cfg.n_latent}, "
+                         f"{cfg.global_latent_dim}]), got shapes {tuple(z_g.shape)}, {tuple(styles.shape)}")
+    return z_g, styles.expand(cfg.n_latent, -1).clone()
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
