@@ -44,5 +44,10 @@ setup(
         "onnx": ["onnx>=1.16", "onnxscript>=0.1", "onnxruntime>=1.18"],
         "gpu": ["onnxruntime-gpu>=1.18"],
     },
-    entry_points={"console_scripts": ["igan-render=igan.engine.render:main"]},
+    entry_points={"console_scripts": [
+        "igan-render=igan.engine.render:main",
+        "igan-invert=igan.engine.apps_cli:invert_main",
+        "igan-outpaint=igan.engine.apps_cli:outpaint_main",
+        "igan-inbetween=igan.engine.apps_cli:inbetween_main",
+    ]},
 )
