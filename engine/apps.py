@@ -65,22 +65,62 @@ def right_position(left: InversionRecord, right_width: int, right_height: int, g
 
 
 def inbetween_request(left: InversionRecord, right: InversionRecord, gap: int, *, seed: int = 0,
-                      style_from: int | None = 0, base: Field | None = None) -> Request:
+                      fuse: bool = True, blur: int | None = None) -> Request:
     """Left record where it was inverted, the right one `gap` px (rounded up to whole z_l
-    cells if it must be moved) to its right, fresh latents between. Styles from the left
-    record (style_from=0), the right (1), or the base field (None: e.g. a fused field)."""
+    cells if it must be moved) to its right, fresh latents between.
+
+    fuse=True: each end keeps its own style (z_g and W+), blended between the two image
+    centres by spatial style fusion (fusion.FusedField) with a `blur`-pixel box; by default
+    the widest blur that leaves every latent of both pasted blocks with a pure style, so both
+    ends render back to their fits. fuse=False: one style, the left record's, everywhere."""
     cfg = left.config
     up = cfg.upscale
     lp, rp = left.placement, right.placement
     want_x, want_y = right_position(left, rp.width, rp.height, gap)
     dx = -(-(want_x - rp.x0) // up)  # whole cells, rounding the gap up
     dy = round((want_y - rp.y0) / up)
-    right_paste = Paste(right, dx, dy)
-    q = right_paste.placement
+    pastes = [Paste(left), Paste(right, dx, dy)]
+    q = pastes[1].placement
     note = "" if q.x0 == want_x else f"gap rounded up from {gap} to {q.x0 - lp.x0 - lp.width} px (whole latent cells)"
     x0, y0 = lp.x0, min(lp.y0, q.y0)
     x1, y1 = q.x0 + q.width, max(lp.y0 + lp.height, q.y0 + q.height)
-    base = base or LatentField(cfg, seed, horizon=left.horizon)
-    field = PastedField(base, [Paste(left), right_paste], style_from=style_from)
+    field = PastedField(LatentField(cfg, seed, horizon=left.horizon), pastes, style_from=0)
+    if fuse:
+        field, blur, pure = _fused(field, pastes, blur)
+        if not pure:
+            note = "; ".join(filter(None, [note, f"with --blur {blur} the style blend reaches into the pasted "
+                                                 f"latents: the ends will differ from their fits"]))
     known = [(0, lp.y0 - y0, lp.width, lp.height), (q.x0 - x0, q.y0 - y0, q.width, q.height)]
     return Request(field, Window(x0, y0, x1 - x0, y1 - y0), known, note)
+
+
+def _fused(base: PastedField, pastes: list[Paste], blur: int | None):
+    """(FusedField over `base` with one style per paste at its image centre, blur, whether every
+    pasted block sees only its own style)."""
+    from .fusion import FusedField, StyleSource
+
+    cfg = base.config
+    styles = [StyleSource(z_g=p.record.global_latent, w_plus=p.record.styles) for p in pastes]
+    centers = [(p.placement.x0 + p.placement.width / 2, p.placement.y0 + p.placement.height / 2) for p in pastes]
+
+    def build(b):
+        return FusedField(cfg, styles, centers, b, base=base)
+
+    def pure(field) -> bool:
+        for i, p in enumerate(pastes):
+            maps = field.style_maps(*p.cell_box())
+            grids = ([maps.ss] if maps.ss is not None else []) + maps.convs + maps.rgbs
+            if not all(bool((g[i] == 1).all()) for g in grids):
+                return False
+        return True
+
+    if blur is not None:
+        field = build(blur)
+        return field, blur, pure(field)
+    lo, hi = 1, max(1, int(centers[1][0] - centers[0][0]))  # the largest pure blur, by bisection
+    if not pure(build(lo)):
+        return build(lo), lo, False
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if pure(build(mid)) else (lo, mid - 1)
+    return build(lo), lo, True

@@ -248,12 +248,17 @@ def inbetween_parser() -> argparse.ArgumentParser:
         prog="igan-inbetween",
         description="Place two inverted images (records or images) side by side, GAP pixels apart, and "
                     "generate the canvas between them.",
-        epilog="Both ends share the LEFT image's style (z_g and W+): an image given as RIGHT is inverted "
-               "under that style. A RIGHT record keeps its latents but is rendered with the left style.")
+        epilog="Each end keeps its own style (z_g and W+), blended between the two image centres by spatial "
+               "style fusion; the default blur is the widest that leaves both ends exactly as fitted. With "
+               "--one-style the LEFT style is used everywhere and a RIGHT image is fitted under it.")
     p.add_argument("left", help="left inversion record (.safetensors) or image")
     p.add_argument("right", help="right inversion record (.safetensors) or image")
     p.add_argument("--gap", type=int, required=True, help="pixels between the two images")
     p.add_argument("--out", required=True, help="output image: .png or .tif/.tiff")
+    p.add_argument("--blur", type=_positive, default=None,
+                   help="style blend width in pixels (default: the widest that keeps both ends as fitted)")
+    p.add_argument("--one-style", action="store_true",
+                   help="no style fusion: the left image's style everywhere (the right image is fitted under it)")
     _render_args(p)
     _common(p)
     return p
@@ -269,12 +274,15 @@ def inbetween_main(argv: list[str] | None = None) -> int:
         if args.gap < 0:
             raise AppError(f"--gap must be >= 0, got {args.gap}")
         model, digest, device = _setup(args)
+        if args.one_style and args.blur is not None:
+            raise AppError("--blur is for style fusion; it has no effect with --one-style")
         left, _ = _record_or_image(args, model, digest, args.left)
-        style = (left.global_latent, left.styles)
+        style = (left.global_latent, left.styles) if args.one_style else None
         if _is_record(args.right):
             right = InversionRecord.load(args.right)
             right.check_model(model, digest)
-            if not (torch.equal(right.global_latent, left.global_latent) and torch.equal(right.styles, left.styles)):
+            if args.one_style and not (torch.equal(right.global_latent, left.global_latent)
+                                       and torch.equal(right.styles, left.styles)):
                 print("igan-inbetween: warning: the right record has its own style; both ends are rendered with "
                       "the left style, so the right end differs from its fit (pass the right IMAGE to fit it "
                       "under the left style)", file=sys.stderr)
@@ -287,7 +295,7 @@ def inbetween_main(argv: list[str] | None = None) -> int:
                 w, h = im.size
             x0, y0 = right_position(left, w, h, args.gap)  # checks the gap before the long inversion
             right = _invert_image(args, model, digest, args.right, x0=x0, y0=y0, style=style)
-        request = inbetween_request(left, right, args.gap, seed=args.seed, style_from=0)
+        request = inbetween_request(left, right, args.gap, seed=args.seed, fuse=not args.one_style, blur=args.blur)
         if request.note:
             print(f"igan-inbetween: {request.note}", file=sys.stderr)
         for path, rec in zip(args.save_record, (left, right)):

@@ -102,19 +102,19 @@ def _inbetween_check(model, req, fits, targets):
     return a
 
 
-def test_inbetweening_keeps_both_ends_and_generates_the_middle(setup):
+def test_one_style_inbetweening_keeps_both_ends_and_generates_the_middle(setup):
     model, left_img, right_img, left = setup
     gap = apps.min_gap(left) + 160  # 10 z_l cells outside both pasted blocks
     x0, y0 = apps.right_position(left, SIZE, SIZE, gap)
     right = inv.invert(model, right_img, x0=x0, y0=y0, settings=inv.InversionSettings(steps=STEPS),
                        style=(left.global_latent, left.styles), progress=False)
-    req = apps.inbetween_request(left, right, gap, seed=4)
+    req = apps.inbetween_request(left, right, gap, seed=4, fuse=False)
     assert req.note == "" and req.window.width == 2 * SIZE + gap
     assert req.known[1][0] - SIZE == gap
     out = _inbetween_check(model, req, [left.fit, right.fit], [left_img, right_img])
     mid = slice(SIZE + gap // 2 - 48, SIZE + gap // 2 + 48)
     middle = out[:, :, mid]
-    other = render(model, apps.inbetween_request(left, right, gap, seed=5).field, req.window, tile=128)
+    other = render(model, apps.inbetween_request(left, right, gap, seed=5, fuse=False).field, req.window, tile=128)
     assert (middle - other[:, :, mid]).abs().mean() > 0.2
     assert middle.std() > 0.1
 
@@ -126,7 +126,7 @@ def test_inbetweening_moves_a_record_by_whole_cells(setup):
     right = inv.invert(model, right_img, settings=inv.InversionSettings(steps=STEPS),
                        style=(left.global_latent, left.styles), progress=False)
     gap = apps.min_gap(left) + 5
-    req = apps.inbetween_request(left, right, gap, seed=4)
+    req = apps.inbetween_request(left, right, gap, seed=4, fuse=False)
     got = req.known[1][0] - SIZE
     assert got >= gap and (got - gap) < model.config.upscale and "rounded up" in req.note
     _inbetween_check(model, req, [left.fit, right.fit], [left_img, right_img])
@@ -186,6 +186,7 @@ def test_cli_invert_outpaint_inbetween(files, capsys):
     assert np.array_equal(wide[y:y + SIZE, x:x + SIZE], to_uint8(rec.fit).permute(1, 2, 0).numpy())
     gap = apps.min_gap(rec)
     assert apps_cli.inbetween_main([rec_path, files["right"], "--checkpoint", ck, "--gap", str(gap), "--steps", "20",
+                                    "--one-style",
                                     "--out", str(d / "between.png"), "--quiet"]) == 0
     with Image.open(d / "between.png") as im:
         assert im.size == (2 * SIZE + gap, SIZE)
