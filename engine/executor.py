@@ -44,11 +44,13 @@ class Job:
     batch: int
     backend: str
     precision: str
+    field: object = None  # fusion.FieldSpec (style fusion, cyclic canvas); None: the plain canvas
 
     def request(self, model) -> dict:
         """What a resume must match (the model by content, not by path)."""
         identity = "embedded" if self.checkpoint is None else file_digest(self.checkpoint)
-        return {"model": identity, "config": model.config.to_json(), "seed": self.seed,
+        extra = {} if self.field is None else {"field": self.field.identity()}
+        return extra | {"model": identity, "config": model.config.to_json(), "seed": self.seed,
                 "window": dataclasses.asdict(self.window), "width": self.window.width, "height": self.window.height,
                 "tile_height": self.tile[0], "tile_width": self.tile[1], "precision": self.precision,
                 "backend": self.backend}
@@ -62,7 +64,8 @@ def build(job: Job, device, model=None):
     model = model or checkpoint.load(job.checkpoint, job.config)
     renderer = Renderer(RUNNERS[job.backend](model, device, job.precision))
     plan = planner.plan(model.config, job.window, tile=job.tile, batch=job.batch)
-    return renderer, LatentField(model.config, job.seed), plan
+    field = LatentField(model.config, job.seed) if job.field is None else job.field.build(model.config, job.seed)
+    return renderer, field, plan
 
 
 def render_groups(renderer: Renderer, field, plan, store: TileStore, groups, on_done=None) -> None:

@@ -11,6 +11,12 @@ stays below 2^63 in int64 (32x16-bit partial products), so nothing relies on ove
 Coordinates follow the official scheme (official-generator.md, section 6): channel 0 is
 tanh of the vertical position around the canvas horizon, channels 1-2 the cos/sin of the
 horizontal position with the official period (139 cells for the default config).
+
+A cyclic canvas (`LatentField(..., period=P)`, igan-render --wrap) is periodic horizontally
+with period P pixels: z_l, every layer's noise and the horizontal coordinates are evaluated
+at the column index modulo the period of their grid (P / 2^U z_l cells, step_i times that
+for layer i), and the horizontal angle makes one turn per period, so the right edge of any
+P-pixel window continues seamlessly into its left edge.
 """
 from __future__ import annotations
 
@@ -155,19 +161,21 @@ def coordinate_rows(cfg: GeneratorConfig, rows: range, horizon_cell: float) -> t
                         dtype=torch.float32)
 
 
-def coordinate_cols(cfg: GeneratorConfig, cols: range) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the horizontal angle pi (2 j / P - 1) of z_l columns (periodic in P)."""
-    p = horizontal_period(cfg)
+def coordinate_cols(cfg: GeneratorConfig, cols: range, period: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the horizontal angle pi (2 j / P - 1) of z_l columns (periodic in P:
+    the official period, or `period` cells on a cyclic canvas)."""
+    p = period or horizontal_period(cfg)
     ang = [math.pi * (2.0 * (j % p) / p - 1.0) for j in cols]
     return (torch.tensor([math.cos(a) for a in ang], dtype=torch.float32),
             torch.tensor([math.sin(a) for a in ang], dtype=torch.float32))
 
 
 def canvas_coords(cfg: GeneratorConfig, r0: int, c0: int, n_h: int, n_w: int,
-                  horizon_cell: float) -> torch.Tensor:
-    """[3, n_h, n_w] coordinates of the z_l cells [r0, r0+n_h) x [c0, c0+n_w)."""
+                  horizon_cell: float, period: int | None = None) -> torch.Tensor:
+    """[3, n_h, n_w] coordinates of the z_l cells [r0, r0+n_h) x [c0, c0+n_w) (horizontal
+    period: the official one, or `period` cells)."""
     vert = coordinate_rows(cfg, range(r0, r0 + n_h), horizon_cell)
-    cos, sin = coordinate_cols(cfg, range(c0, c0 + n_w))
+    cos, sin = coordinate_cols(cfg, range(c0, c0 + n_w), period)
     return torch.stack([vert[:, None].expand(n_h, n_w), cos[None].expand(n_h, n_w),
                         sin[None].expand(n_h, n_w)])
 
@@ -216,14 +224,26 @@ class Field:
 
 class LatentField(Field):
     """The seeded infinite canvas. `horizon` is the canvas pixel row where the vertical
-    coordinate is 0 (a property of the canvas, so separately rendered windows join)."""
+    coordinate is 0 (a property of the canvas, so separately rendered windows join).
+    `period` (pixels, a multiple of 2^U) makes the canvas cyclic horizontally."""
 
-    def __init__(self, config: GeneratorConfig, seed: int, *, horizon: float = 0.0, style_index: int = 0):
+    def __init__(self, config: GeneratorConfig, seed: int, *, horizon: float = 0.0, style_index: int = 0,
+                 period: int | None = None):
         _key(seed, 0)  # validates the seed
+        if period is not None and (not isinstance(period, int) or isinstance(period, bool) or period < 1
+                                   or period % config.upscale):
+            raise ValueError(f"period must be a positive multiple of {config.upscale} pixels (one z_l cell) "
+                             f"for config {config.name!r}, got {period!r}")
         self.config = config
         self.seed = seed
         self.horizon = float(horizon)
         self.style_index = style_index
+        self.period = period
+
+    def _cols(self, c0: int, n_w: int, step: int, device) -> torch.Tensor:
+        """Column indices of a grid with `step` cells per z_l cell, modulo its period."""
+        cols = _arange(c0, n_w, device)
+        return cols if self.period is None else cols % (step * self.period // self.config.upscale)
 
     @property
     def horizon_cell(self) -> float:
@@ -237,14 +257,16 @@ class LatentField(Field):
 
     def local_latent(self, r0, c0, n_h, n_w, device="cpu"):
         c = _arange(0, self.config.local_latent_dim, device)
-        return hash_normal(self.seed, STREAM_LOCAL, c, _arange(r0, n_h, device), _arange(c0, n_w, device))
+        return hash_normal(self.seed, STREAM_LOCAL, c, _arange(r0, n_h, device), self._cols(c0, n_w, 1, device))
 
     def noise(self, layer, r0, c0, n_h, n_w, device="cpu"):
+        step = layer_steps(self.config)[layer]
         return hash_normal(self.seed, STREAM_NOISE + layer, _arange(0, 1, device), _arange(r0, n_h, device),
-                           _arange(c0, n_w, device))
+                           self._cols(c0, n_w, step, device))
 
     def coords(self, r0, c0, n_h, n_w, device="cpu"):
-        return canvas_coords(self.config, r0, c0, n_h, n_w, self.horizon_cell).to(device)
+        period = None if self.period is None else self.period // self.config.upscale
+        return canvas_coords(self.config, r0, c0, n_h, n_w, self.horizon_cell, period).to(device)
 
 
 class TensorField(Field):

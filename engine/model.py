@@ -71,6 +71,14 @@ class ModulatedConv2d(nn.Module):
             w = w * torch.rsqrt(w.pow(2).sum([2, 3, 4]) + 1e-8)[:, :, None, None, None]
         return w
 
+    def spatial(self, style: torch.Tensor) -> "SpatialLayer":
+        """For per-pixel styles: style [1, style_dim] -> its modulation s [in] (the same
+        op as in `fold`), the shared kernel scale * W and, with demodulation, wsq [in, out]
+        = sum over taps of (scale * W)^2."""
+        w = self.scale * self.weight[0]
+        wsq = w.pow(2).sum([2, 3]).t().contiguous() if self.demodulate else None
+        return SpatialLayer(w, wsq, self.modulation(style)[0])
+
     def run(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """x [N, in, H, W] with one image's folded weights w [out, in, k, k]."""
         return ops.upconv2d(x, w) if self.upsample else ops.conv2d_valid(x, w)
@@ -197,6 +205,80 @@ class Prepared:
         return Prepared(mv(self.ss), mv(self.convs), mv(self.rgbs))
 
 
+@dataclass
+class SpatialLayer:
+    """One conv of the spatial-style path: shared kernel, demodulation table, each style's s."""
+
+    weight: torch.Tensor  # scale * W [out, in, k, k]
+    wsq: torch.Tensor | None  # [in, out], None without demodulation (ToRGB)
+    s: torch.Tensor  # [in] for one style; stacked [S, in] over the styles
+
+    def to(self, device=None, dtype=None) -> "SpatialLayer":
+        return SpatialLayer(self.weight.to(device=device, dtype=dtype),
+                            None if self.wsq is None else self.wsq.to(device), self.s.to(device))
+
+
+@dataclass
+class SpatialPrepared:
+    """Per-canvas weights of the spatial-style path (style fusion): S styles per layer."""
+
+    ss: list[SpatialLayer]
+    convs: list[SpatialLayer]
+    rgbs: list[SpatialLayer]
+    noise_strengths: list[float]
+
+    def to(self, device=None, dtype=None) -> "SpatialPrepared":
+        def mv(ls):
+            return [layer.to(device, dtype) for layer in ls]
+        return SpatialPrepared(mv(self.ss), mv(self.convs), mv(self.rgbs), self.noise_strengths)
+
+
+def _stack(layers: list[SpatialLayer]) -> SpatialLayer:
+    return SpatialLayer(layers[0].weight, layers[0].wsq, torch.stack([layer.s for layer in layers]))
+
+
+def _mix(maps: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Per-pixel modulation sum_i m_i s_i: maps [N, S, h, w], s [S, C] -> [N, C, h, w]
+    (float32; channels-last on a GPU, where the kernels read it per pixel). Summed in style
+    order, elementwise: the bits of a pixel do not depend on the batch or the window."""
+    ct = torch.promote_types(s.dtype, torch.float32)
+    maps, s = maps.to(ct), s.to(ct)[:, None, :, None, None]  # s: [S, 1, C, 1, 1]
+    out = maps[:, 0:1] * s[0]
+    for i in range(1, maps.shape[1]):
+        out += maps[:, i:i + 1] * s[i]  # mul, then add: no FMA, whose use varies by code path
+    return out if maps.device.type == "cpu" else out.contiguous(memory_format=torch.channels_last)
+
+
+def _spatial_conv(x: torch.Tensor, sp: SpatialLayer, style: torch.Tensor, noise: torch.Tensor | None,
+                  upsample: bool, impl: str, **kw) -> torch.Tensor:
+    """One TS conv of the spatial path. The torch reference on CPU runs in bands of rows, so
+    its im2col scratch stays near ops._CPU_BAND_BYTES (as in the plain path) whatever the tile
+    size; every output row is computed from its own inputs, so the bits are the same."""
+    from igan.kernels import use_triton
+    from igan.kernels.conv import fused_conv
+    from igan.kernels.upsample import fused_upconv
+
+    fn = fused_upconv if upsample else fused_conv
+    n, c, h, w = x.shape
+    row_bytes = max(c, sp.weight.shape[0]) * 9 * w * 4
+    t = max(1, ops._CPU_BAND_BYTES // row_bytes)  # input rows per band
+    if x.device.type != "cpu" or use_triton(impl, x.device) or t + 2 >= h:
+        return fn(x, sp.weight, style=style, wsq=sp.wsq, noise=noise, impl=impl, **kw)
+    out_h = 2 * h - 3 if upsample else h - 2
+    out = x.new_empty(n, sp.weight.shape[0], out_h, 2 * w - 3 if upsample else w - 2)
+    a = 0
+    while True:
+        e = min(h, a + t + 2)
+        o0, o1 = (2 * a, 2 * e - 3) if upsample else (a, e - 2)  # the band's output rows
+        y = fn(x[:, :, a:e], sp.weight, style=style[:, :, a:e], wsq=sp.wsq,
+               noise=None if noise is None else noise[:, :, o0:o1], impl=impl, **kw)
+        stop = o1 if e == h else (2 * (a + t) if upsample else a + t)
+        out[:, :, o0:stop] = y[:, :, :stop - o0]
+        if e == h:
+            return out
+        a += t
+
+
 class Generator(nn.Module):
     """InfinityGAN generator. `prepare` once per image, then `synthesize` any latent window."""
 
@@ -217,6 +299,17 @@ class Generator(nn.Module):
         styles: optional W ([D] / [1, D]) or W+ ([n_latent, D] / [1, n_latent, D]) for the TS;
         by default w = mapping(z_g) in every slot.
         """
+        z, slots = self._style_slots(z_global, styles)
+        cfg = self.config
+        ts = self.texture_synthesizer
+        ss = [] if self.structure_synthesizer is None else [
+            layer.conv.fold(z)[0] for layer in self.structure_synthesizer.layers]
+        convs = [conv.conv.fold(slots[i:i + 1])[0] for i, conv in enumerate(ts.convs)]
+        rgbs = [rgb.conv.fold(slots[cfg.torgb_slot(k)][None])[0] for k, rgb in enumerate(ts.to_rgbs)]
+        return Prepared(ss, convs, rgbs)
+
+    def _style_slots(self, z_global: torch.Tensor, styles: torch.Tensor | None):
+        """(z [1, D], the TS style of every slot [n_latent, D])."""
         cfg = self.config
         z = z_global.reshape(1, -1)
         if z.shape[1] != cfg.global_latent_dim:
@@ -229,12 +322,59 @@ class Generator(nn.Module):
                 slots = slots.expand(cfg.n_latent, -1)
             if slots.shape[0] != cfg.n_latent:
                 raise ValueError(f"styles must be [D] or [{cfg.n_latent}, D], got {tuple(styles.shape)}")
+        return z, slots
+
+    def prepare_spatial(self, latents: list[tuple[torch.Tensor, torch.Tensor | None]]) -> SpatialPrepared:
+        """Per-layer modulations of S styles (z_g [D], W / W+ or None for mapping(z_g)), for
+        `synthesize_spatial`. Each style's s is computed exactly as `prepare` computes it."""
+        cfg = self.config
         ts = self.texture_synthesizer
-        ss = [] if self.structure_synthesizer is None else [
-            layer.conv.fold(z)[0] for layer in self.structure_synthesizer.layers]
-        convs = [conv.conv.fold(slots[i:i + 1])[0] for i, conv in enumerate(ts.convs)]
-        rgbs = [rgb.conv.fold(slots[cfg.torgb_slot(k)][None])[0] for k, rgb in enumerate(ts.to_rgbs)]
-        return Prepared(ss, convs, rgbs)
+        per_style = []
+        for z_global, styles in latents:
+            z, slots = self._style_slots(z_global, styles)
+            ss = [] if self.structure_synthesizer is None else [
+                layer.conv.spatial(z) for layer in self.structure_synthesizer.layers]
+            convs = [conv.conv.spatial(slots[i:i + 1]) for i, conv in enumerate(ts.convs)]
+            rgbs = [rgb.conv.spatial(slots[cfg.torgb_slot(k)][None]) for k, rgb in enumerate(ts.to_rgbs)]
+            per_style.append((ss, convs, rgbs))
+        merged = [[_stack(list(layers)) for layers in zip(*(p[j] for p in per_style))] for j in range(3)]
+        strengths = [float(conv.noise.weight) if conv.noise is not None else 0.0 for conv in ts.convs]
+        return SpatialPrepared(*merged, strengths)
+
+    def synthesize_spatial(self, prepared: SpatialPrepared, local_latent: torch.Tensor, coords: torch.Tensor | None,
+                           noises: list[torch.Tensor | None], maps, impl: str = "ref") -> torch.Tensor:
+        """`synthesize` with per-pixel styles: maps (fusion.StyleMaps, batched [N, S, h, w])
+        weight the S styles on the SS input grid and on each TS conv's and ToRGB's input grid;
+        activations are modulated per pixel and demodulated per pixel (official spatial-style
+        path, section 3.6). impl: "ref" (torch) or "triton"/"auto" (the fused kernels)."""
+        from igan.kernels.conv import fused_conv
+
+        cfg = self.config
+        if len(noises) != cfg.num_convs:
+            raise ValueError(f"expected {cfg.num_convs} noise maps, got {len(noises)}")
+        x = local_latent
+        n = x.shape[0]
+        if self.structure_synthesizer is not None:
+            if coords is None:
+                raise ValueError("this model has a structure synthesizer: coords are required")
+            coords = coords.to(x.dtype).expand(n, -1, -1, -1)
+            r = cfg.ss_unfold_radius
+            for l, (layer, sp) in enumerate(zip(self.structure_synthesizer.layers, prepared.ss)):
+                m = maps.ss[:, :, l * r:maps.ss.shape[2] - l * r, l * r:maps.ss.shape[3] - l * r]
+                x = fused_conv(x, sp.weight, coords=coords, coords_offset=l * r, style=_mix(m, sp.s), wsq=sp.wsq,
+                               bias=layer.activate.bias, act=True, impl=impl)
+        ts = self.texture_synthesizer
+        rgb = None
+        for i, (conv, sp) in enumerate(zip(ts.convs, prepared.convs)):
+            x = _spatial_conv(x, sp, _mix(maps.convs[i], sp.s), None if noises[i] is None else noises[i].to(x.dtype),
+                              i % 2 == 0, impl, bias=conv.activate.bias, act=True,
+                              noise_strength=prepared.noise_strengths[i])
+            if i % 2 == 1:
+                k = i // 2
+                rp = prepared.rgbs[k]
+                rgb = fused_conv(x, rp.weight, style=_mix(maps.rgbs[k], rp.s), bias=ts.to_rgbs[k].bias.view(-1),
+                                 skip=rgb, out_dtype=torch.promote_types(x.dtype, torch.float32), impl=impl)
+        return rgb
 
     def synthesize(self, prepared: Prepared, local_latent: torch.Tensor, coords: torch.Tensor | None,
                    noises: list[torch.Tensor | None]) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -34,6 +35,30 @@ def _size_bytes(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
     return int(value)
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integer seeds, got {text!r}") from None
+    if any(not 0 <= v < 2**63 for v in seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be in [0, 2^63), got {text!r}")
+    return seeds
+
+
+def _centers(text: str) -> tuple[tuple[float, float], ...]:
+    out = []
+    for part in text.split(":"):
+        try:
+            x, y = (float(v) for v in part.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be X,Y pairs separated by ':' (fractions of the window), got {part!r} in {text!r}") from None
+        if not all(math.isfinite(v) for v in (x, y)):
+            raise argparse.ArgumentTypeError(f"centre {part!r} is not finite")
+        out.append((x, y))
+    return tuple(out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +108,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats-json", default=None, metavar="PATH",
                    help="also write the summary figures as JSON (for scripts and benchmarks)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    fusion = p.add_argument_group("style fusion and 360-degree panoramas")
+    fusion.add_argument("--styles", type=_seeds, default=None, metavar="SEED,SEED,...",
+                        help="one style (z_g) per seed, blended across the image; --seed still sets the "
+                             "local content")
+    fusion.add_argument("--style-centers", type=_centers, default=None, metavar="X,Y:X,Y:...",
+                        help="where each style sits, as fractions of the window (0,0 = top-left, 1,1 = "
+                             "bottom-right; values outside 0..1 are allowed) (default: spread evenly across "
+                             "the width at mid-height)")
+    fusion.add_argument("--style-map", default=None, metavar="PNG",
+                        help="instead of centres: an image whose distinct colours (numbered in order of first "
+                             "appearance, top-left first) say where each style goes, stretched to the window")
+    fusion.add_argument("--style-blur", type=_positive, default=None, metavar="K",
+                        help="width of the box blur between styles, in output pixels (default 127)")
+    fusion.add_argument("--wrap", action="store_true",
+                        help="cyclic panorama: the canvas repeats horizontally every --width pixels, so the "
+                             "right edge continues into the left (width: a multiple of 16)")
     return p
 
 
@@ -108,6 +149,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--resume and --restart exclude each other")
     if args.gpus and args.workers:
         parser.error("--gpus and --workers exclude each other (--workers is for CPU processes)")
+    if args.styles is None:
+        for flag in ("style_centers", "style_map", "style_blur"):
+            if getattr(args, flag) is not None:
+                parser.error(f"--{flag.replace('_', '-')} needs --styles (one seed per style)")
+    if args.style_centers is not None and args.style_map is not None:
+        parser.error("--style-centers and --style-map exclude each other")
+    if args.style_centers is not None and len(args.style_centers) != len(args.styles):
+        parser.error(f"--style-centers gives {len(args.style_centers)} centres for {len(args.styles)} styles")
+    if args.wrap and args.width % 16:
+        parser.error(f"--wrap needs --width to be a multiple of 16 (the period of the panorama), got {args.width}")
     try:
         return _run(args)
     except KeyboardInterrupt:
@@ -133,10 +184,13 @@ def _run(args) -> int:
     model = checkpoint.load(args.checkpoint, args.config)
     RUNNERS[args.backend](model, devices[0], args.precision)  # fails early on a bad backend/device/precision
     budget = args.memory_budget or default_budget(resolve_device(devices[0]))
+    spec = _field_spec(args, window, model.config)
+    if spec is not None and spec.styles:
+        budget //= 2  # the spatial-style path holds a style tensor as large as each layer's input
     plan = planner.plan(model.config, window, tile=args.tile, batch=args.batch, memory_budget=budget,
                         itemsize=PRECISIONS[args.precision].itemsize)
     job = executor.Job(args.checkpoint, args.config, args.seed, window, (plan.tile_height, plan.tile_width),
-                       args.batch, args.backend, args.precision)
+                       args.batch, args.backend, args.precision, spec)
     preview = None
     if args.preview is not None:
         preview = args.preview or os.path.splitext(args.out)[0] + ".preview.png"
@@ -157,6 +211,16 @@ def _run(args) -> int:
         with open(args.stats_json, "w") as f:
             json.dump(dataclasses.asdict(stats) | {"mp_per_s": stats.mp_per_s, "out": args.out}, f, indent=1)
     return 0
+
+
+def _field_spec(args, window, cfg):
+    """fusion.FieldSpec of --styles/--style-*/--wrap, or None for the plain canvas."""
+    from .fusion import spec_from_options
+
+    if args.styles is None and not args.wrap:
+        return None
+    return spec_from_options(cfg, window, args.seed, styles=args.styles, centers=args.style_centers,
+                             style_map=args.style_map, blur=args.style_blur, wrap=args.wrap)
 
 
 def _devices(args, dist) -> list[str]:

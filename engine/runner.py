@@ -13,7 +13,7 @@ import torch
 
 from .determinism import reproducible_cpu_convs
 from .latent import Field
-from .model import Generator, Prepared
+from .model import Generator, Prepared, SpatialPrepared
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -43,6 +43,7 @@ class Batch:
     local_latent: torch.Tensor  # [N, C, Hz, Wz]
     coords: torch.Tensor | None  # [N, ncoord, Hz, Wz]
     noises: list[torch.Tensor]  # [N, 1, h_i, w_i] per TS conv
+    style_maps: object = None  # fusion.StyleMaps [N, S, h, w] per grid, for a fused field
 
 
 class TorchRunner:
@@ -70,8 +71,12 @@ class TorchRunner:
                                                            allow_tf32=False))
         return stack
 
-    def prepare(self, field: Field) -> Prepared:
+    def prepare(self, field: Field) -> Prepared | SpatialPrepared:
         with self._context():
+            if getattr(field, "fused", False):  # spatially varying styles (fusion.FusedField)
+                latents = [(z.to(self.device, torch.float32), None if w is None else w.to(self.device, torch.float32))
+                           for z, w in field.latents]
+                return self.model.prepare_spatial(latents).to(dtype=self.dtype)
             z = field.global_latent().to(self.device, torch.float32)
             styles = field.styles()
             styles = None if styles is None else styles.to(self.device, torch.float32)
@@ -83,12 +88,21 @@ class TorchRunner:
         z = torch.stack([p[0] for p in parts])
         coords = None if parts[0][1] is None else torch.stack([p[1] for p in parts])
         noises = [torch.stack([p[2][i] for p in parts]) for i in range(self.config.num_convs)]
-        return Batch(z, coords, noises)
+        maps = None
+        if getattr(field, "fused", False):
+            from .fusion import StyleMaps
+
+            maps = StyleMaps.stack([field.style_maps(r, c, n_h, n_w) for r, c in windows], self.device)
+        return Batch(z, coords, noises, maps)
 
     def run(self, prepared: Prepared, batch: Batch) -> torch.Tensor:
         """float32 RGB [N, 3, H, W] on the runner's device."""
         with self._context():
             cast = self.dtype
+            if isinstance(prepared, SpatialPrepared):
+                return self.model.synthesize_spatial(
+                    prepared, batch.local_latent.to(cast), batch.coords, [n.to(cast) for n in batch.noises],
+                    batch.style_maps, impl="ref").float()
             out = self.model.synthesize(
                 prepared, batch.local_latent.to(cast), None if batch.coords is None else batch.coords.to(cast),
                 [n.to(cast) for n in batch.noises])
@@ -139,17 +153,25 @@ class TritonRunner(TorchRunner):
         from igan.kernels.upsample import phase_weights
 
         p = super().prepare(field)
+        if isinstance(p, SpatialPrepared):
+            return p
         convs = [[pack_weight(s) for s in phase_weights(w)] if i % 2 == 0 else pack_weight(w)
                  for i, w in enumerate(p.convs)]
         strengths = [float(conv.noise.weight) for conv in self.model.texture_synthesizer.convs]
         return PackedImage(p, [pack_weight(w) for w in p.ss], convs, [pack_weight(w) for w in p.rgbs], strengths)
 
-    def run(self, packed: PackedImage, batch: Batch) -> torch.Tensor:
+    def run(self, packed: PackedImage | SpatialPrepared, batch: Batch) -> torch.Tensor:
         from igan.kernels.conv import conv_triton
         from igan.kernels.upsample import upconv_triton
 
-        model, p = self.model, packed.prepared
+        model = self.model
         fmt = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        if isinstance(packed, SpatialPrepared):
+            with torch.inference_mode():
+                return model.synthesize_spatial(
+                    packed, batch.local_latent.to(self.dtype).contiguous(memory_format=fmt), batch.coords,
+                    [n.to(self.dtype) for n in batch.noises], batch.style_maps, impl="triton").contiguous()
+        p = packed.prepared
         with torch.inference_mode():
             x = batch.local_latent.to(self.dtype).contiguous(memory_format=fmt)
             if model.structure_synthesizer is not None:

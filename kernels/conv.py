@@ -55,7 +55,8 @@ def conv_ref(x, weight, *, coords=None, coords_offset=0, style=None, wsq=None, n
     y = F.conv2d(inp, weight.to(ct))
     if style is not None and wsq is not None:
         centre = style.to(ct)[:, :, kh // 2:kh // 2 + y.shape[2], kw // 2:kw // 2 + y.shape[3]] ** 2
-        y = y * torch.rsqrt(torch.einsum("nchw,co->nohw", centre, wsq.to(ct)) + DEMOD_EPS)
+        # a 1x1 conv, not an einsum: its bits must not depend on the batch size (determinism.py)
+        y = y * torch.rsqrt(F.conv2d(centre, wsq.to(ct).t()[:, :, None, None]) + DEMOD_EPS)
     if noise is not None:
         y = y + noise_strength * noise.to(ct)
     if bias is not None:

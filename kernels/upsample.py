@@ -33,7 +33,8 @@ def phase_weights(weight: torch.Tensor) -> list[torch.Tensor]:
 def demod_map(style: torch.Tensor, wsq: torch.Tensor) -> torch.Tensor:
     """Per-pixel demodulation on the input grid: rsqrt(sum_c s_c^2 wsq[c, o] + eps), [N, O, H, W]."""
     ct = torch.promote_types(style.dtype, torch.float32)
-    return torch.rsqrt(torch.einsum("nchw,co->nohw", style.to(ct) ** 2, wsq.to(ct)) + DEMOD_EPS)
+    # a 1x1 conv, not an einsum: its bits must not depend on the batch size (determinism.py)
+    return torch.rsqrt(F.conv2d(style.to(ct) ** 2, wsq.to(ct).t()[:, :, None, None]) + DEMOD_EPS)
 
 
 def upconv_ref(x, weight, *, style=None, wsq=None, noise=None, noise_strength=0.0, bias=None, act=True,
