@@ -24,6 +24,7 @@ class Request:
     window: Window
     known: list[tuple[int, int, int, int]]  # (x, y, w, h) of each pasted image inside the output
     note: str = ""
+    blur: int | None = None  # style fusion's blend width, when fused
 
 
 def outpaint_request(record: InversionRecord, width: int, height: int, *, at: tuple[int, int] | None = None,
@@ -85,13 +86,15 @@ def inbetween_request(left: InversionRecord, right: InversionRecord, gap: int, *
     x0, y0 = lp.x0, min(lp.y0, q.y0)
     x1, y1 = q.x0 + q.width, max(lp.y0 + lp.height, q.y0 + q.height)
     field = PastedField(LatentField(cfg, seed, horizon=left.horizon), pastes, style_from=0)
-    if fuse:
+    if not fuse:
+        blur = None
+    else:
         field, blur, pure = _fused(field, pastes, blur)
         if not pure:
             note = "; ".join(filter(None, [note, f"with --blur {blur} the style blend reaches into the pasted "
                                                  f"latents: the ends will differ from their fits"]))
     known = [(0, lp.y0 - y0, lp.width, lp.height), (q.x0 - x0, q.y0 - y0, q.width, q.height)]
-    return Request(field, Window(x0, y0, x1 - x0, y1 - y0), known, note)
+    return Request(field, Window(x0, y0, x1 - x0, y1 - y0), known, note, blur)
 
 
 def _fused(base: PastedField, pastes: list[Paste], blur: int | None):
