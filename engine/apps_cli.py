@@ -141,8 +141,10 @@ def _render(args, model, device, request, out: str, tile, batch, budget) -> None
     from .renderer import Renderer
     from .runner import TorchRunner
 
-    plan = planner.plan(model.config, request.window, tile=tile, batch=batch,
-                        memory_budget=budget or default_budget(device))
+    budget = budget or default_budget(device)
+    if getattr(request.field, "fused", False):
+        budget //= 2  # as igan-render: the spatial-style path holds a style tensor per layer input
+    plan = planner.plan(model.config, request.window, tile=tile, batch=batch, memory_budget=budget)
     sink = sinks.open_sink(out, request.window.width, request.window.height, band_height=plan.tile_height)
     stats = Renderer(TorchRunner(model, device)).render(request.field, plan, sink, batch=batch,
                                                          progress=not args.quiet)

@@ -188,7 +188,8 @@ def diff_augment(a: torch.Tensor, b: torch.Tensor, gen: torch.Generator) -> tupl
     dy, dx = (int(torch.randint(-(s // 8), s // 8 + 1, (1,), generator=gen)) for s in (h, w))
     x = _shift(x, dy, dx)
     ch, cw = h // 2, w // 2
-    cy, cx = int(torch.randint(0, h - ch + 1, (1,), generator=gen)), int(torch.randint(0, w - cw + 1, (1,), generator=gen))
+    cy = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
+    cx = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
     mask = torch.ones(h, w, device=x.device)
     mask[cy:cy + ch, cx:cx + cw] = 0
     x = x * mask

@@ -153,3 +153,17 @@ def test_bad_target_shape():
     model = random_model(PRESETS["tiny"])
     with pytest.raises(ValueError, match="RGB image"):
         inv.invert(model, torch.zeros(4, 16, 16), settings=inv.InversionSettings(steps=1), progress=False)
+
+
+def test_diff_augment_applies_one_transform_to_both_images():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(3, 32, 24, generator=gen) * 2 - 1
+    x, y = inv.diff_augment(a, a.clone(), gen)
+    assert torch.equal(x, y) and x.shape == a.shape
+    assert (x == 0).float().mean() > 0.2  # the cutout (a quarter of the image) and the translation's fill
+    b = torch.rand(3, 32, 24, generator=gen)
+    x, y = inv.diff_augment(a, b, gen)
+    assert not torch.equal(x, y)
+    model = random_model(PRESETS["tiny"])
+    rec = inv.invert(model, a, settings=inv.InversionSettings(steps=3, diff_aug=True), progress=False)
+    assert rec.settings["diff_aug"] is True and math.isfinite(rec.losses["total"])
