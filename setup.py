@@ -69,5 +69,8 @@ setup(
         "igan-export=igan.export.cli:main",
         "igan-bench=igan.engine.bench:main",
         "igan-eval=igan.trainer.eval.cli:main",
+        "igan-invert=igan.engine.apps_cli:invert_main",
+        "igan-outpaint=igan.engine.apps_cli:outpaint_main",
+        "igan-inbetween=igan.engine.apps_cli:inbetween_main",
     ]},
 )

@@ -88,5 +88,8 @@ def crop_to(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 def bias_lrelu_(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Official fused_leaky_relu, sqrt(2) * leaky_relu(x + bias, 0.2) with a per-channel
-    bias, in place (x must be a temporary the caller owns)."""
-    return F.leaky_relu_(x.add_(bias.view(1, -1, 1, 1)), LRELU_SLOPE).mul_(SQRT2)
+    bias, in place (x must be a temporary the caller owns). When autograd records (GAN
+    inversion), the in-place leaky ReLU's output is saved for its backward, so the gain is
+    applied out of place; the values are the same."""
+    y = F.leaky_relu_(x.add_(bias.view(1, -1, 1, 1)), LRELU_SLOPE)
+    return y * SQRT2 if y.requires_grad else y.mul_(SQRT2)

@@ -1,0 +1,129 @@
+"""Outpainting and inbetweening as render requests: a field (inverted latents pasted into the
+seeded canvas) and the canvas window to render. Pure geometry; the CLIs (apps_cli.py) load,
+invert and render.
+
+Placement rule: a record lives where it was inverted on the canvas (the image's top-left
+pixel at (x0, y0), coordinates and all). Outpainting renders a larger window of that same
+canvas around it, so the coordinates agree everywhere. Inbetweening keeps the left record
+where it is and puts the right one `gap` pixels to its right: an image is inverted directly
+there; a record is moved by whole z_l cells (its coordinates travel with it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .latent import Field, LatentField
+from .paste import Paste, PastedField
+from .planner import Window
+from .record import InversionRecord
+
+
+@dataclass(frozen=True)
+class Request:
+    field: Field
+    window: Window
+    known: list[tuple[int, int, int, int]]  # (x, y, w, h) of each pasted image inside the output
+    note: str = ""
+    blur: int | None = None  # style fusion's blend width, when fused
+
+
+def outpaint_request(record: InversionRecord, width: int, height: int, *, at: tuple[int, int] | None = None,
+                     seed: int = 0) -> Request:
+    """Render `width` x `height` pixels with the record's image at output pixel `at` (its
+    top-left; default: centred) and fresh latents from `seed` around it."""
+    p = record.placement
+    for name, value in (("width", width), ("height", height)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if width < p.width or height < p.height:
+        raise ValueError(f"the output {width}x{height} is too small to hold the {p.width}x{p.height} inverted image")
+    x, y = at if at is not None else ((width - p.width) // 2, (height - p.height) // 2)
+    if not (0 <= x <= width - p.width and 0 <= y <= height - p.height):
+        raise ValueError(f"the {p.width}x{p.height} image placed at {x},{y} does not fit in the {width}x{height} "
+                         f"output (x must be in [0, {width - p.width}], y in [0, {height - p.height}])")
+    base = LatentField(record.config, seed, horizon=record.horizon)
+    return Request(PastedField(base, record), Window(p.x0 - x, p.y0 - y, width, height), [(x, y, p.width, p.height)])
+
+
+def min_gap(left: InversionRecord) -> int:
+    """Smallest gap (pixels) after the left image for a right image whose latent window must
+    not overlap the left one's (both carry the structure synthesizer's halo): an image at
+    canvas column x has its first z_l cell at floor(x / upscale)."""
+    cfg, p = left.config, left.placement
+    end_cell = p.cell_col + left.local_latent.shape[-1]  # first cell right of the left block
+    return cfg.upscale * end_cell - (p.x0 + p.width)
+
+
+def right_position(left: InversionRecord, right_width: int, right_height: int, gap: int) -> tuple[int, int]:
+    """Canvas (x0, y0) of the right image: `gap` pixels after the left one, centred vertically
+    on it."""
+    p = left.placement
+    need = min_gap(left)
+    if gap < need:
+        raise ValueError(f"--gap {gap} is too small: the latent windows of the two images (with the structure "
+                         f"synthesizer's halo) would overlap; use a gap of at least {need} px")
+    return p.x0 + p.width + gap, p.y0 + (p.height - right_height) // 2
+
+
+def inbetween_request(left: InversionRecord, right: InversionRecord, gap: int, *, seed: int = 0,
+                      fuse: bool = True, blur: int | None = None) -> Request:
+    """Left record where it was inverted, the right one `gap` px (rounded up to whole z_l
+    cells if it must be moved) to its right, fresh latents between.
+
+    fuse=True: each end keeps its own style (z_g and W+), blended between the two image
+    centres by spatial style fusion (fusion.FusedField) with a `blur`-pixel box; by default
+    the widest blur that leaves every latent of both pasted blocks with a pure style, so both
+    ends render back to their fits. fuse=False: one style, the left record's, everywhere."""
+    cfg = left.config
+    up = cfg.upscale
+    lp, rp = left.placement, right.placement
+    want_x, want_y = right_position(left, rp.width, rp.height, gap)
+    dx = -(-(want_x - rp.x0) // up)  # whole cells, rounding the gap up
+    dy = round((want_y - rp.y0) / up)
+    pastes = [Paste(left), Paste(right, dx, dy)]
+    q = pastes[1].placement
+    note = "" if q.x0 == want_x else f"gap rounded up from {gap} to {q.x0 - lp.x0 - lp.width} px (whole latent cells)"
+    x0, y0 = lp.x0, min(lp.y0, q.y0)
+    x1, y1 = q.x0 + q.width, max(lp.y0 + lp.height, q.y0 + q.height)
+    field = PastedField(LatentField(cfg, seed, horizon=left.horizon), pastes, style_from=0)
+    if not fuse:
+        blur = None
+    else:
+        field, blur, pure = _fused(field, pastes, blur)
+        if not pure:
+            note = "; ".join(filter(None, [note, f"with --blur {blur} the style blend reaches into the pasted "
+                                                 f"latents: the ends will differ from their fits"]))
+    known = [(0, lp.y0 - y0, lp.width, lp.height), (q.x0 - x0, q.y0 - y0, q.width, q.height)]
+    return Request(field, Window(x0, y0, x1 - x0, y1 - y0), known, note, blur)
+
+
+def _fused(base: PastedField, pastes: list[Paste], blur: int | None):
+    """(FusedField over `base` with one style per paste at its image centre, blur, whether every
+    pasted block sees only its own style)."""
+    from .fusion import FusedField, StyleSource
+
+    cfg = base.config
+    styles = [StyleSource(z_g=p.record.global_latent, w_plus=p.record.styles) for p in pastes]
+    centers = [(p.placement.x0 + p.placement.width / 2, p.placement.y0 + p.placement.height / 2) for p in pastes]
+
+    def build(b):
+        return FusedField(cfg, styles, centers, b, base=base)
+
+    def pure(field) -> bool:
+        for i, p in enumerate(pastes):
+            maps = field.style_maps(*p.cell_box())
+            grids = ([maps.ss] if maps.ss is not None else []) + maps.convs + maps.rgbs
+            if not all(bool((g[i] == 1).all()) for g in grids):
+                return False
+        return True
+
+    if blur is not None:
+        field = build(blur)
+        return field, blur, pure(field)
+    lo, hi = 1, max(1, int(centers[1][0] - centers[0][0]))  # the largest pure blur, by bisection
+    if not pure(build(lo)):
+        return build(lo), lo, False
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if pure(build(mid)) else (lo, mid - 1)
+    return build(lo), lo, True

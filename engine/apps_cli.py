@@ -1,0 +1,308 @@
+"""igan-invert, igan-outpaint, igan-inbetween: GAN inversion and what it enables.
+
+  igan-invert photo.png --steps 1000 --out photo.inv.safetensors --preview fit.png
+  igan-outpaint photo.inv.safetensors --width 1024 --height 256 --seed 3 --out wide.png
+  igan-inbetween left.png right.png --gap 512 --out between.png
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import determinism  # noqa: F401  (sets MKL's reproducible mode before torch computes)
+from .embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
+from .render import _positive, _size_bytes
+
+OUT_FORMATS = (".png", ".tif", ".tiff")
+
+
+class AppError(ValueError):
+    pass
+
+
+# ---- shared pieces -----------------------------------------------------------------------------
+def _common(p: argparse.ArgumentParser, inverts: bool = True) -> None:
+    p.add_argument("--checkpoint", default=None,
+                   help="official checkpoint or igan .safetensors model (default: the embedded model)")
+    p.add_argument("--config", default=None, help="preset of an official checkpoint (default: inferred)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    p.add_argument("--threads", type=_positive, default=None, help="CPU threads for torch (default: all)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    if inverts:
+        p.add_argument("--steps", type=_positive, default=3000,
+                       help="optimisation steps when an image must be inverted (default 3000, as the official code)")
+        p.add_argument("--lr", type=float, default=0.1, help="base learning rate (default 0.1)")
+        p.add_argument("--inv-seed", type=int, default=0, help="seed of the initial latents (default 0)")
+        p.add_argument("--diff-aug", action="store_true",
+                       help="DiffAugment (color, translation, cutout) before the image losses, as the official configs")
+
+
+def _point(text: str) -> tuple[int, int]:
+    try:
+        x, y = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected X,Y (two integers), got {text!r}") from None
+    return x, y
+
+
+def _check_out(parser, path: str, formats=OUT_FORMATS) -> None:
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in formats:
+        parser.error(f"--out {path!r}: unsupported extension {ext or '(none)'!r}; use {', '.join(formats)}")
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        parser.error(f"--out {path!r}: directory {str(parent)!r} does not exist")
+
+
+def _setup(args):
+    import torch
+
+    from . import checkpoint
+    from .record import model_digest
+    from .runner import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    model = checkpoint.load(args.checkpoint, args.config).to(device)
+    return model, model_digest(model), device
+
+
+def load_image(path: str):
+    """RGB image file -> float32 [3, H, W] in [-1, 1]."""
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    if not Path(path).is_file():
+        raise AppError(f"image {path!r} does not exist")
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.float32)
+    except (UnidentifiedImageError, OSError) as e:
+        raise AppError(f"cannot read image {path!r}: {e}") from e
+    return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
+
+
+def save_png(path: str | os.PathLike, rgb) -> None:
+    """float [3, H, W] in [-1, 1] -> PNG, written atomically."""
+    from PIL import Image
+
+    from .runner import to_uint8
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.igan-tmp-{os.getpid()}")
+    try:
+        Image.fromarray(to_uint8(rgb.cpu()).permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _settings(args):
+    from .invert import InversionSettings
+
+    return InversionSettings(steps=args.steps, lr=args.lr, seed=args.inv_seed, diff_aug=args.diff_aug)
+
+
+def _invert_image(args, model, digest, path, x0=None, y0=None, style=None, label="igan-invert"):
+    from .invert import invert
+
+    target = load_image(path)
+    start = time.perf_counter()
+    rec = invert(model, target, x0=x0, y0=y0, settings=_settings(args), progress=not args.quiet, digest=digest,
+                 style=style)
+    seconds = time.perf_counter() - start
+    print(f"{label}: {path}: {target.shape[2]}x{target.shape[1]} px, {args.steps} steps in {seconds:.1f} s "
+          f"({args.steps / seconds:.1f} it/s), PSNR {rec.losses['final_psnr_db']:.2f} dB", file=sys.stderr)
+    return rec
+
+
+def _is_record(path: str) -> bool:
+    return path.lower().endswith(".safetensors")
+
+
+def _record_or_image(args, model, digest, path, **kw):
+    from .record import InversionRecord
+
+    if _is_record(path):
+        rec = InversionRecord.load(path)
+        rec.check_model(model, digest)
+        return rec, True
+    return _invert_image(args, model, digest, path, **kw), False
+
+
+def _render(args, model, device, request, out: str, tile, batch, budget) -> None:
+    from . import planner, sinks
+    from .render import default_budget
+    from .renderer import Renderer
+    from .runner import TorchRunner
+
+    budget = budget or default_budget(device)
+    if getattr(request.field, "fused", False):
+        budget //= 2  # as igan-render: the spatial-style path holds a style tensor per layer input
+    plan = planner.plan(model.config, request.window, tile=tile, batch=batch, memory_budget=budget)
+    sink = sinks.open_sink(out, request.window.width, request.window.height, band_height=plan.tile_height)
+    stats = Renderer(TorchRunner(model, device)).render(request.field, plan, sink, batch=batch,
+                                                         progress=not args.quiet)
+    print(f"{args.prog}: {stats.summary()} -> {out}")
+
+
+def _render_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0, help="seed of the canvas around the pasted images (default 0)")
+    p.add_argument("--tile", type=_positive, default=None, help="tile size, a multiple of 16 (default: from memory)")
+    p.add_argument("--batch", type=_positive, default=1, help="tiles per forward pass (default 1)")
+    p.add_argument("--memory-budget", type=_size_bytes, default=None, help="memory for one batch of tiles")
+    p.add_argument("--save-record", action="append", default=[], metavar="PATH",
+                   help="also save the inversion record of each inverted image (repeat for several)")
+
+
+def _main(prog: str, parser, argv, run) -> int:
+    args = parser.parse_args(argv)
+    args.prog = prog
+    if getattr(args, "tile", None) is not None and args.tile % 16:
+        parser.error(f"--tile must be a multiple of 16, got {args.tile}")
+    if hasattr(args, "out"):
+        _check_out(parser, args.out, (".safetensors",) if prog == "igan-invert" else OUT_FORMATS)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; no output file was written", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+
+
+# ---- igan-invert ------------------------------------------------------------------------------
+def invert_parser() -> argparse.ArgumentParser:
+    from .invert import PERCEPTUAL_REPLACEMENT
+
+    p = argparse.ArgumentParser(
+        prog="igan-invert",
+        description="Find the latents (z_g, z_l window, W+ styles, noise maps) that make the generator "
+                    "reproduce an image, and save them as an inversion record.",
+        epilog=f"Losses as the official inversion, except LPIPS-VGG, replaced by a {PERCEPTUAL_REPLACEMENT}. "
+               f"Without --checkpoint: the {EMBEDDED_DESCRIPTION}.")
+    p.add_argument("image", help="image file to invert (PNG, JPEG, ...)")
+    p.add_argument("--out", required=True, help="inversion record to write (.safetensors)")
+    p.add_argument("--x0", type=int, default=0, help="canvas column of the image's left edge (default 0)")
+    p.add_argument("--y0", type=int, default=None, help="canvas row of its top edge (default -height//2)")
+    p.add_argument("--preview", default=None, metavar="PNG", help="also write [fit | target] side by side as PNG")
+    _common(p)
+    return p
+
+
+def invert_main(argv: list[str] | None = None) -> int:
+    def run(args):
+        import torch
+
+        model, digest, _ = _setup(args)
+        rec = _invert_image(args, model, digest, args.image, x0=args.x0, y0=args.y0)
+        rec.save(args.out)
+        if args.preview:
+            save_png(args.preview, torch.cat([rec.fit, load_image(args.image)], 2))
+        print(f"igan-invert: PSNR {rec.losses['final_psnr_db']:.2f} dB -> {args.out}"
+              + (f" (preview {args.preview})" if args.preview else ""))
+        return 0
+
+    return _main("igan-invert", invert_parser(), argv, run)
+
+
+# ---- igan-outpaint ----------------------------------------------------------------------------
+def outpaint_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="igan-outpaint",
+        description="Extend an inverted image (a record, or an image that is inverted first) to a larger "
+                    "canvas: its latents are pasted in and the rest is drawn from the seeded canvas.")
+    p.add_argument("input", help="inversion record (.safetensors) or image file")
+    p.add_argument("--width", type=_positive, required=True, help="output width in pixels")
+    p.add_argument("--height", type=_positive, required=True, help="output height in pixels")
+    p.add_argument("--at", type=_point, default=None, metavar="X,Y",
+                   help="output pixel of the image's top-left corner (default: centred)")
+    p.add_argument("--out", required=True, help="output image: .png or .tif/.tiff")
+    _render_args(p)
+    _common(p)
+    return p
+
+
+def outpaint_main(argv: list[str] | None = None) -> int:
+    def run(args):
+        from .apps import outpaint_request
+
+        model, digest, device = _setup(args)
+        rec, _ = _record_or_image(args, model, digest, args.input)
+        request = outpaint_request(rec, args.width, args.height, at=args.at, seed=args.seed)  # checks sizes first
+        for path in args.save_record[:1]:
+            rec.save(path)
+        _render(args, model, device, request, args.out, args.tile, args.batch, args.memory_budget)
+        return 0
+
+    return _main("igan-outpaint", outpaint_parser(), argv, run)
+
+
+# ---- igan-inbetween ---------------------------------------------------------------------------
+def inbetween_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="igan-inbetween",
+        description="Place two inverted images (records or images) side by side, GAP pixels apart, and "
+                    "generate the canvas between them.",
+        epilog="Each end keeps its own style (z_g and W+), blended between the two image centres by spatial "
+               "style fusion; the default blur is the widest that leaves both ends exactly as fitted. With "
+               "--one-style the LEFT style is used everywhere and a RIGHT image is fitted under it.")
+    p.add_argument("left", help="left inversion record (.safetensors) or image")
+    p.add_argument("right", help="right inversion record (.safetensors) or image")
+    p.add_argument("--gap", type=int, required=True, help="pixels between the two images")
+    p.add_argument("--out", required=True, help="output image: .png or .tif/.tiff")
+    p.add_argument("--blur", type=_positive, default=None,
+                   help="style blend width in pixels (default: the widest that keeps both ends as fitted)")
+    p.add_argument("--one-style", action="store_true",
+                   help="no style fusion: the left image's style everywhere (the right image is fitted under it)")
+    _render_args(p)
+    _common(p)
+    return p
+
+
+def inbetween_main(argv: list[str] | None = None) -> int:
+    def run(args):
+        import torch
+
+        from .apps import inbetween_request, right_position
+        from .record import InversionRecord
+
+        if args.gap < 0:
+            raise AppError(f"--gap must be >= 0, got {args.gap}")
+        model, digest, device = _setup(args)
+        if args.one_style and args.blur is not None:
+            raise AppError("--blur is for style fusion; it has no effect with --one-style")
+        left, _ = _record_or_image(args, model, digest, args.left)
+        style = (left.global_latent, left.styles) if args.one_style else None
+        if _is_record(args.right):
+            right = InversionRecord.load(args.right)
+            right.check_model(model, digest)
+            if args.one_style and not (torch.equal(right.global_latent, left.global_latent)
+                                       and torch.equal(right.styles, left.styles)):
+                print("igan-inbetween: warning: the right record has its own style; both ends are rendered with "
+                      "the left style, so the right end differs from its fit (pass the right IMAGE to fit it "
+                      "under the left style)", file=sys.stderr)
+        else:
+            from PIL import Image
+
+            if not Path(args.right).is_file():
+                raise AppError(f"image {args.right!r} does not exist")
+            with Image.open(args.right) as im:
+                w, h = im.size
+            x0, y0 = right_position(left, w, h, args.gap)  # checks the gap before the long inversion
+            right = _invert_image(args, model, digest, args.right, x0=x0, y0=y0, style=style)
+        request = inbetween_request(left, right, args.gap, seed=args.seed, fuse=not args.one_style, blur=args.blur)
+        if request.note:
+            print(f"igan-inbetween: {request.note}", file=sys.stderr)
+        for path, rec in zip(args.save_record, (left, right)):
+            rec.save(path)
+        _render(args, model, device, request, args.out, args.tile, args.batch, args.memory_budget)
+        return 0
+
+    return _main("igan-inbetween", inbetween_parser(), argv, run)
