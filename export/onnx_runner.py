@@ -184,6 +184,9 @@ class OnnxRunner:
 
     def prepare(self, field: Field) -> OnnxPrepared:
         cfg = self.config
+        if getattr(field, "fused", False):
+            raise ValueError("the onnx backend renders one style per image: style fusion (--styles) needs "
+                             "--backend torch or triton")
         z = field.global_latent().reshape(1, -1).numpy().astype(self.np_dtype)
         if z.shape[1] != cfg.global_latent_dim:
             raise ValueError(f"z_global has {z.shape[1]} values, the model expects {cfg.global_latent_dim}")
