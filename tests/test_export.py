@@ -155,6 +155,16 @@ def test_onnx_backend_with_worker_processes(exported, tmp_path):
     assert np.array_equal(np.asarray(Image.open(one)), np.asarray(Image.open(two)))
 
 
+def test_onnx_backend_refuses_style_fusion_and_writes_nothing(exported, tmp_path, capsys):
+    _, _, onnx_dir, _ = exported
+    out = tmp_path / "fused.png"
+    args = ["--width", 40, "--height", 33, "--tile", 16, "--quiet", "--device", "cpu", "--backend", "onnx",
+            "--model", onnx_dir, "--styles", "1,2", "--out", out]
+    assert render_main([*map(str, args)]) != 0
+    assert "style fusion" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_packed_file_round_trip(exported, tmp_path):
     """Loaded without the checkpoint, the packed weights render the same bytes; the tensors
     are the kernels' layouts of the scaled weights."""
