@@ -58,10 +58,11 @@ class TrainingGenerator(nn.Module):
 
     def forward(self, z_slots: torch.Tensor, z_local: torch.Tensor, coords: torch.Tensor | None,
                 inject_index: int | None = None, styles: torch.Tensor | None = None,
-                noise: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+                noise: bool = True, gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """z_slots [B, 2, D]; z_local [B, C, Hz, Wz]; coords [B, 3, Hz, Wz]; styles: W+ to use
         instead of the mapping (path length). Returns (images [B, 3, H, W], the SS output
-        [B, C, Hz - 2 halo, ...] or None, W+ [B, n_latent, D])."""
+        [B, C, Hz - 2 halo, ...] or None, W+ [B, n_latent, D]). Noise maps are drawn from
+        `gen` (a generator on the model's device; None: torch's global one)."""
         cfg = self.config
         if styles is None:
             styles = self.styles(z_slots, inject_index)
@@ -80,7 +81,7 @@ class TrainingGenerator(nn.Module):
             x = _styled(conv.conv, x, styles[:, i])
             if noise and conv.noise is not None:
                 x = x + conv.noise.weight * torch.randn(x.shape[0], 1, x.shape[2], x.shape[3],
-                                                        device=x.device, dtype=x.dtype)
+                                                        device=x.device, dtype=x.dtype, generator=gen)
             x = _bias_lrelu(x, conv.activate.bias)
             if i % 2 == 1:
                 k = i // 2

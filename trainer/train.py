@@ -115,8 +115,9 @@ class Trainer:
             torch.distributed.init_process_group(backend, device_id=self.device if backend == "nccl" else None)
         full = opts.full_size or default_full_size(cfg)
         self.data = PatchDataset(data_dir, full, cfg.patch_size)
-        torch.manual_seed(opts.seed * 1000 + self.rank)  # torch's global RNG: the generator noise
-        self.gen = torch.Generator().manual_seed(opts.seed * 1000 + self.rank)  # data and latents
+        torch.manual_seed(opts.seed)  # the initial weights: the same on every rank
+        self.gen = torch.Generator().manual_seed(opts.seed * 1000 + self.rank)  # data and latents (CPU)
+        self.noise_gen = torch.Generator(self.device).manual_seed(opts.seed * 1000 + self.rank + 1)  # noise maps
         self.g = Generator(cfg).to(self.device)
         self.d = Discriminator(cfg.patch_size, opts.d_width).to(self.device)
         self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False)
@@ -137,8 +138,8 @@ class Trainer:
             self.load(self.out / STATE_NAME)
         if self.dist:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.g_ddp = nn.parallel.DistributedDataParallel(self.g_train, device_ids=ids, broadcast_buffers=False)
-            self.d_ddp = nn.parallel.DistributedDataParallel(self.d, device_ids=ids, broadcast_buffers=False)
+            self.g_ddp = nn.parallel.DistributedDataParallel(self.g_train, device_ids=ids)
+            self.d_ddp = nn.parallel.DistributedDataParallel(self.d, device_ids=ids)
         else:
             self.g_ddp, self.d_ddp = self.g_train, self.d
         fixed = torch.Generator().manual_seed(opts.seed + 12345)
@@ -175,7 +176,7 @@ class Trainer:
         f = self._fakes(o.batch)
         real, real_lab = self._reals()
         with torch.no_grad(), self._autocast():
-            fake, _, _ = self.g_train(f.z_slots, f.z_local, f.coords, f.inject_index)
+            fake, _, _ = self.g_train(f.z_slots, f.z_local, f.coords, f.inject_index, gen=self.noise_gen)
         with self._autocast():
             logits, ac = self.d_ddp(torch.cat([fake, real]))
         logits, ac = logits.float(), ac.float()
@@ -190,7 +191,8 @@ class Trainer:
             real = real.detach().requires_grad_(True)
             logits, ac = self.d_ddp(real)
             r1 = losses.r1_penalty(logits, real)
-            self._optimise(self.d_opt, None, o.r1_gamma / 2 * r1 * o.d_reg_every + 0 * ac.sum(), self.d)
+            self._optimise(self.d_opt, None, o.r1_gamma / 2 * r1 * o.d_reg_every + 0 * (logits.sum() + ac.sum()),
+                            self.d)  # the zero terms give every parameter a gradient, as DDP requires
             out["r1"] = r1.item()
         return out
 
@@ -199,7 +201,7 @@ class Trainer:
         self.d.requires_grad_(False)
         f = self._fakes(o.batch)
         with self._autocast():
-            fake, structure, _ = self.g_ddp(f.z_slots, f.z_local, f.coords, f.inject_index)
+            fake, structure, _ = self.g_ddp(f.z_slots, f.z_local, f.coords, f.inject_index, gen=self.noise_gen)
             logits, ac = self.d(fake)  # D frozen: the bare module, DDP need not sync it
         adv = losses.g_adversarial(logits.float())
         ac_fake = losses.coord_regression(ac.float(), f.labels)
@@ -213,8 +215,8 @@ class Trainer:
         if self.step % o.g_reg_every == 0 and o.path_weight:
             pb = max(2, o.batch // 2 // 2 * 2)
             f = self._fakes(pb)
-            fake, _, styles = self.g_ddp(f.z_slots, f.z_local, f.coords, f.inject_index)
-            noise = torch.randn_like(fake) / math.sqrt(fake.shape[2] * fake.shape[3])
+            fake, _, styles = self.g_ddp(f.z_slots, f.z_local, f.coords, f.inject_index, gen=self.noise_gen)
+            noise = torch.randn(fake.shape, device=fake.device, dtype=fake.dtype, generator=self.noise_gen) / math.sqrt(fake.shape[2] * fake.shape[3])
             lengths = losses.path_lengths(fake, styles, noise)
             pen, self.mean_path = losses.path_penalty(lengths, self.mean_path)
             self._optimise(self.g_opt, None, o.path_weight * o.g_reg_every * pen + 0 * fake[0, 0, 0, 0], self.g)
@@ -257,9 +259,7 @@ class Trainer:
         self._write(self.state_dict())
 
     def _rng_states(self) -> list:
-        mine = {"gen": self.gen.get_state(), "torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            mine["cuda"] = torch.cuda.get_rng_state(self.device)
+        mine = {"gen": self.gen.get_state(), "noise": self.noise_gen.get_state()}
         if not self.dist:
             return [mine]
         allr = [None] * self.world
@@ -293,9 +293,7 @@ class Trainer:
             raise ValueError(f"{str(path)!r} was saved by {len(rng)} processes; resume with the same number")
         mine = rng[self.rank]
         self.gen.set_state(mine["gen"])
-        torch.set_rng_state(mine["torch"])
-        if "cuda" in mine and self.device.type == "cuda":
-            torch.cuda.set_rng_state(mine["cuda"], self.device)
+        self.noise_gen.set_state(mine["noise"])
         self.history = {k: [tuple(p) for p in v] for k, v in st["history"].items()}
 
     # ---- loop ----------------------------------------------------------------------------------
