@@ -28,6 +28,8 @@ setup(
     python_requires=">=3.10",
     packages=packages,
     package_dir=package_dir,
+    # The embedded default model (igan.engine.embedded), trained by igan-train.
+    package_data={"igan.engine": ["default_model.safetensors"]},
     install_requires=[
         "torch>=2.4,<2.15",
         "numpy>=1.24",
@@ -44,5 +46,5 @@ setup(
         "onnx": ["onnx>=1.16", "onnxscript>=0.1", "onnxruntime>=1.18"],
         "gpu": ["onnxruntime-gpu>=1.18"],
     },
-    entry_points={"console_scripts": ["igan-render=igan.engine.render:main"]},
+    entry_points={"console_scripts": ["igan-render=igan.engine.render:main", "igan-train=igan.trainer.cli:main"]},
 )

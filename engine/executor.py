@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from . import planner, sinks
+from .embedded import DEFAULT_WEIGHTS
 from .renderer import RenderStats, Renderer, peak_rss_bytes
 from .runner import RUNNERS
 from .store import StoreError, TileStore, file_digest, work_dir_for
@@ -47,7 +48,8 @@ class Job:
 
     def request(self, model) -> dict:
         """What a resume must match (the model by content, not by path)."""
-        identity = "embedded" if self.checkpoint is None else file_digest(self.checkpoint)
+        identity = ("embedded:" + file_digest(DEFAULT_WEIGHTS) if self.checkpoint is None
+                    else file_digest(self.checkpoint))
         return {"model": identity, "config": model.config.to_json(), "seed": self.seed,
                 "window": dataclasses.asdict(self.window), "width": self.window.width, "height": self.window.height,
                 "tile_height": self.tile[0], "tile_width": self.tile[1], "precision": self.precision,

@@ -266,12 +266,14 @@ class Trainer:
         torch.distributed.all_gather_object(allr, mine)
         return allr
 
-    def state_dict(self) -> dict:
+    def state_dict(self, rng: list | None = None) -> dict:
+        """Everything `load` restores; `rng`: every rank's RNG states (default: gathered now)."""
+        rng = self._rng_states() if rng is None else rng
         return {"step": self.step, "config": self.cfg.to_json(), "options": json.dumps(dataclasses.asdict(self.opts)),
                 "g": self.g.state_dict(), "d": self.d.state_dict(), "g_ema": self.g_ema.state_dict(),
                 "g_optim": self.g_opt.state_dict(), "d_optim": self.d_opt.state_dict(),
                 "g_scaler": self.g_scaler.state_dict(), "d_scaler": self.d_scaler.state_dict(),
-                "mean_path_length": self.mean_path.detach().cpu(), "rng": self._rng_states(),
+                "mean_path_length": self.mean_path.detach().cpu(), "rng": rng,
                 "history": {k: [list(p) for p in v] for k, v in self.history.items()}}
 
     def load(self, path: Path) -> None:
@@ -319,22 +321,10 @@ class Trainer:
             if main and (self.step % o.sample_every == 0 or last):
                 self.samples()
             if self.step % o.save_every == 0 or last:
-                if self.dist:
-                    rng = self._rng_states()  # collective: every rank joins
-                    if main:
-                        st = self.state_dict_with(rng)
-                        self._write(st)
-                elif main:
-                    self._write(self.state_dict())
+                rng = self._rng_states()  # under torchrun a collective: every rank joins
+                if main:
+                    self._write(self.state_dict(rng))
         bar.close()
-
-    def state_dict_with(self, rng: list) -> dict:
-        saved = self._rng_states
-        self._rng_states = lambda: rng  # all ranks' states were gathered already
-        try:
-            return self.state_dict()
-        finally:
-            self._rng_states = saved
 
     def _write(self, state: dict) -> None:
         meta = {"trained_steps": str(self.step), "trainer": json.dumps(dataclasses.asdict(self.opts))}
