@@ -232,7 +232,9 @@ def test_checkpoint_exports(scenes, tmp_path):
         pytest.skip("igan.export has no CLI on this branch yet (branch wip-export)")
     run = tmp_path / "run"
     Trainer(TINY, scenes, run, TrainOptions(steps=1, **FAST), device="cpu", progress=False).run()
-    assert export_cli.main(["--checkpoint", str(run / "model.safetensors"), "--out", str(tmp_path / "g.onnx")]) == 0
+    packed = tmp_path / "g.packed"
+    assert export_cli.main([str(run / "model.safetensors"), "--packed", str(packed), "--quiet"]) == 0
+    assert packed.is_file() and packed.stat().st_size > 0
 
 
 def test_resume_restores_step_weights_and_optimizer_exactly(scenes, tmp_path):
@@ -306,3 +308,28 @@ def test_torchrun_two_gloo_processes(scenes, tmp_path):
     assert not torch.equal(state["rng"][0]["gen"], state["rng"][1]["gen"])  # ranks draw different data
     assert json.loads(state["options"])["batch"] == 2
     checkpoint.load(run / "model.safetensors")
+
+
+def test_embedded_default_is_the_trained_landscape_model():
+    """`igan-render` without --checkpoint uses the shipped weights: the trained `mini` model,
+    which puts sky (bluer, brighter) above the horizon and land or water (greener) below."""
+    from safetensors import safe_open
+
+    from igan.engine.embedded import DEFAULT_WEIGHTS, DESCRIPTION, embedded_model
+    from igan.engine.latent import LatentField
+    from igan.engine.planner import Window, plan
+    from igan.engine.renderer import Renderer
+    from igan.engine.runner import TorchRunner
+
+    with safe_open(str(DEFAULT_WEIGHTS), framework="pt") as f:
+        assert int(f.metadata()["trained_steps"]) >= 1000
+    assert "trained by igan-train" in DESCRIPTION
+    model = embedded_model()
+    assert model.config.name == "mini"
+    window = Window(0, -128, 96, 256)  # centred on the horizon, as igan-render places it
+    rgb = Renderer(TorchRunner(model, "cpu")).render_array(LatentField(model.config, seed=3),
+                                                           plan(model.config, window), uint8=True)
+    rgb = np.asarray(rgb, dtype=np.float64)  # [H, W, 3]
+    top, bottom = rgb[:64].reshape(-1, 3).mean(0), rgb[-64:].reshape(-1, 3).mean(0)
+    assert top[2] - top[1] > bottom[2] - bottom[1] + 10, (top, bottom)
+    assert top.sum() > bottom.sum(), (top, bottom)
