@@ -43,6 +43,8 @@ setup(
     python_requires=">=3.10",
     packages=packages,
     package_dir=package_dir,
+    # The embedded default model (igan.engine.embedded), trained by igan-train.
+    package_data={"igan.engine": ["default_model.safetensors"]},
     install_requires=[
         "torch>=2.4,<2.15",
         "numpy>=1.24",
@@ -66,6 +68,7 @@ setup(
     },
     entry_points={"console_scripts": [
         "igan-render=igan.engine.render:main",
+        "igan-train=igan.trainer.cli:main",
         "igan-export=igan.export.cli:main",
         "igan-bench=igan.engine.bench:main",
         "igan-eval=igan.trainer.eval.cli:main",

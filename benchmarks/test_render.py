@@ -13,7 +13,7 @@ from conftest import record
 from igan.engine import planner, sinks
 from igan.engine.checkpoint import init_deterministic
 from igan.engine.config import PRESETS
-from igan.engine.embedded import embedded_model
+from igan.engine.embedded import placeholder_model
 from igan.engine.latent import LatentField
 from igan.engine.model import Generator
 from igan.engine.renderer import Renderer
@@ -27,7 +27,7 @@ _RESULTS = {}
 
 
 def _model(name):
-    return embedded_model() if name == "small" else init_deterministic(Generator(PRESETS[name]), 0)
+    return placeholder_model() if name == "small" else init_deterministic(Generator(PRESETS[name]), 0)
 
 
 @pytest.mark.parametrize("tiling", ["official-96px", "budget"])

@@ -136,6 +136,10 @@ PRESETS: dict[str, GeneratorConfig] = {
     # Small models with the official geometry (16 px per latent cell, 101 px patches).
     "small": GeneratorConfig(
         name="small", global_latent_dim=128, local_latent_dim=32, n_mlp=4, channels=(64, 64, 64, 32)),
+    # Three TS stages (8 px per latent cell, 53-px patches): the embedded default model,
+    # small enough to train on a CPU in an hour (trainer/, README "Training").
+    "mini": GeneratorConfig(
+        name="mini", patch_size=53, global_latent_dim=128, local_latent_dim=32, n_mlp=4, channels=(64, 64, 32)),
     "tiny": GeneratorConfig(
         name="tiny", patch_size=29, global_latent_dim=16, local_latent_dim=8, n_mlp=2,
         channels=(16, 8), ss_n_layers=2, ss_unfold_radius=1),

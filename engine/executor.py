@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from . import planner, sinks
+from .embedded import DEFAULT_WEIGHTS
 from .renderer import RenderStats, Renderer, peak_rss_bytes
 from .runner import RUNNERS
 from .store import StoreError, TileStore, file_digest, work_dir_for
@@ -48,8 +49,11 @@ class Job:
 
     def request(self, model) -> dict:
         """What a resume must match (the model by content, not by path)."""
-        identity = "embedded" if self.checkpoint is None else file_digest(
-            Path(self.checkpoint) / "manifest.json" if os.path.isdir(self.checkpoint) else self.checkpoint)
+        if self.checkpoint is None:
+            identity = "embedded:" + file_digest(DEFAULT_WEIGHTS)
+        else:
+            identity = file_digest(Path(self.checkpoint) / "manifest.json" if os.path.isdir(self.checkpoint)
+                                   else self.checkpoint)
         extra = {} if self.field is None else {"field": self.field.identity()}
         return extra | {"model": identity, "config": model.config.to_json(), "seed": self.seed,
                 "window": dataclasses.asdict(self.window), "width": self.window.width, "height": self.window.height,

@@ -128,6 +128,7 @@ def test_console_script_shows_progress_and_exit_codes(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "tile/s" in done.stderr
     assert "MP/s" in done.stderr and "100%" in done.stderr
-    assert "random" in subprocess.run([exe, "--help"], capture_output=True, text=True).stdout.lower()
+    help_text = " ".join(subprocess.run([exe, "--help"], capture_output=True, text=True).stdout.lower().split())
+    assert "embedded default model: config 'mini' trained by igan-train" in help_text  # says what it renders
     bad = subprocess.run([exe, "--width", "0", "--out", str(tmp_path / "d.png")], capture_output=True, text=True)
     assert bad.returncode != 0 and "--width" in bad.stderr and not (tmp_path / "d.png").exists()

@@ -1,0 +1,37 @@
+"""Resumable training state: G, D, EMA, both optimisers, step, running path-length mean,
+loss history and the RNG states of every rank, in one file written atomically and read
+back with torch.load(weights_only=True) (plain containers and tensors only: no code runs)."""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import torch
+
+STATE_NAME = "state.pt"
+STATE_VERSION = 1
+
+
+def save_state(state: dict, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(dict(state, version=STATE_VERSION), tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_state(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no training state to resume at {str(path)!r}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"cannot read training state {str(path)!r} (truncated, or not an igan state): {e}") from e
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        raise ValueError(f"{str(path)!r} is not an igan training state (version {STATE_VERSION})")
+    return state
