@@ -151,20 +151,26 @@ def load_official(path: str | os.PathLike, config: str | GeneratorConfig | None 
 
 
 # ---- our format --------------------------------------------------------------------------------
-def save(model: Generator, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
-    """Write weights + config as one safetensors file, atomically."""
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Path:
+    """Tensors + string metadata as one safetensors file, atomically: written under a temporary
+    name beside `path`, then renamed, so a failed write never leaves a truncated file there."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": model.config.to_json()}
-    meta.update(metadata or {})
     tmp = path.with_name(f".{path.name}.igan-tmp-{os.getpid()}")
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp), meta)
+        save_file(tensors, str(tmp), meta)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def save(model: Generator, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """Write weights + config as one safetensors file, atomically."""
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": model.config.to_json()}
+    meta.update(metadata or {})
+    return write_safetensors(path, {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, meta)
 
 
 def load_igan(path: str | os.PathLike) -> Generator:

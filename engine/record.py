@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import write_safetensors
 from .config import GeneratorConfig
 from .geometry import layer_steps, ts_sizes
 from .model import Generator
@@ -115,8 +116,6 @@ class InversionRecord:
     # ---- files --------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (temporary name, then rename)."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         tensors = {"global_latent": self.global_latent, "styles": self.styles, "local_latent": self.local_latent,
                    "fit": self.fit}
@@ -128,13 +127,7 @@ class InversionRecord:
                 "model_digest": self.model_digest, "placement": json.dumps(self.placement.__dict__),
                 "horizon": repr(self.horizon), "losses": json.dumps(self.losses),
                 "settings": json.dumps(self.settings)}
-        tmp = path.with_name(f".{path.name}.igan-tmp-{os.getpid()}")
-        try:
-            save_file(tensors, str(tmp), meta)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return write_safetensors(path, tensors, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "InversionRecord":

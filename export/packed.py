@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from igan.engine.checkpoint import write_safetensors
 from igan.engine.config import GeneratorConfig
 from igan.engine.model import EqualLinear, Generator, ModulatedConv2d
 
@@ -81,8 +82,6 @@ def pack_model(model: Generator) -> dict[str, torch.Tensor]:
 
 def save_packed(model: Generator, path: str | os.PathLike, source_hash: str) -> Path:
     """Write the packed file atomically (temp name, then rename)."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
@@ -90,13 +89,7 @@ def save_packed(model: Generator, path: str | os.PathLike, source_hash: str) -> 
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_json(),
             "igan_version": igan_version(), "source_sha256": source_hash, "payload_sha256": payload_digest(tensors),
             "dtype": "float32", "layout": "conv: [KH*KW*Cin, Cout] (kernels.conv.pack_weight)"}
-    tmp = path.with_name(f".{path.name}.igan-tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_safetensors(path, tensors, meta)
 
 
 def read_packed(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
