@@ -151,6 +151,10 @@ def load_official(path: str | os.PathLike, config: str | GeneratorConfig | None 
 
 
 # ---- our format --------------------------------------------------------------------------------
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once at import: there is no way to read the umask without setting it
+
+
 def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Path:
     """Tensors + string metadata as one safetensors file, atomically: written under a temporary
     name beside `path`, then renamed, so a failed write never leaves a truncated file there."""
@@ -160,6 +164,7 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     tmp = path.with_name(f".{path.name}.igan-tmp-{os.getpid()}")
     try:
         save_file(tensors, str(tmp), meta)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # safetensors creates 0600 files; others (ranks, users) read them too
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

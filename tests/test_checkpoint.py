@@ -171,3 +171,15 @@ def test_presets_by_name_and_json_round_trip():
         assert type(cfg).from_json(cfg.to_json()) == cfg
     with pytest.raises(ValueError, match="unknown model config 'nope'"):
         from_name("nope")
+
+
+def test_saved_models_follow_the_umask_not_0600(tmp_path):
+    """safetensors alone creates 0600 files; a model that other users or ranks read follows the
+    process umask like any file igan writes."""
+    import stat
+
+    from igan.engine.model import Generator
+
+    path = checkpoint.save(Generator(PRESETS["tiny"]), tmp_path / "m.safetensors")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~checkpoint._UMASK
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary left behind
