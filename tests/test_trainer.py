@@ -302,7 +302,8 @@ flat = torch.cat([p.detach().flatten() for m in (tr.g, tr.d) for p in m.paramete
 allp = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
 dist.all_gather(allp, flat)
 assert torch.equal(allp[0], allp[1]), "ranks diverged: gradients were not averaged"
-dist.destroy_process_group()
+tr.close()
+assert not dist.is_initialized()
 """
 
 

@@ -61,14 +61,18 @@ def main(argv: list[str] | None = None) -> int:
             precision=args.precision)
         trainer = Trainer(cfg, args.data, args.out, opts, device=args.device, resume=args.resume,
                           progress=not args.quiet)
-        trainer.run()
+        try:
+            trainer.run()
+        finally:
+            trainer.close()
     except KeyboardInterrupt:
         print("igan-train: interrupted; the last saved state is in --out (resume with --resume)", file=sys.stderr)
         return 130
     except (ValueError, OSError, FloatingPointError) as e:
         print(f"igan-train: error: {e}", file=sys.stderr)
         return 1
-    print(f"igan-train: {trainer.step} steps -> {args.out}/model.safetensors")
+    if trainer.rank == 0:
+        print(f"igan-train: {trainer.step} steps -> {args.out}/model.safetensors")
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -110,7 +111,8 @@ class Trainer:
         self.dist = _dist()
         self.rank, self.world = (self.dist[0], self.dist[1]) if self.dist else (0, 1)
         self.device = self._device(device)
-        if self.dist and not torch.distributed.is_initialized():
+        self._own_group = bool(self.dist) and not torch.distributed.is_initialized()
+        if self._own_group:
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             torch.distributed.init_process_group(backend, device_id=self.device if backend == "nccl" else None)
         full = opts.full_size or default_full_size(cfg)
@@ -299,6 +301,18 @@ class Trainer:
         self.gen.set_state(mine["gen"])
         self.noise_gen.set_state(mine["noise"])
         self.history = {k: [tuple(p) for p in v] for k, v in st["history"].items()}
+
+    def close(self) -> None:
+        """Drop the DDP wrappers, then end the process group (after a barrier) if this trainer
+        started it. A DDP reducer that outlives its gloo group holds it until interpreter
+        teardown, where destroying its threads can abort the process ("terminate called
+        without an active exception") after a finished run."""
+        self.g_ddp = self.d_ddp = None
+        gc.collect()
+        if self._own_group and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+        self._own_group = False
 
     # ---- loop ----------------------------------------------------------------------------------
     def run(self) -> None:
