@@ -141,15 +141,20 @@ class TritonRunner(TorchRunner):
     name = "triton"
 
     def __init__(self, model: Generator, device="cuda", precision: str = "fp32"):
-        from igan.kernels import triton_unavailable_reason
+        from igan.kernels import _state, triton_unavailable_reason
 
         dev = resolve_device(device)
         reason = triton_unavailable_reason(dev)
         if reason:
             raise ValueError(f"the triton backend cannot run on {dev}: {reason}")
-        if dev.type == "cpu" and precision != "fp32":
+        # Inside igan.kernels.aot.capture() nothing runs: launches are recorded to be compiled
+        # for a GPU, so the runner acts as on CUDA (any precision, channels-last) on CPU tensors.
+        tracing = _state.capturing > 0
+        if dev.type == "cpu" and precision != "fp32" and not tracing:
             raise ValueError("the Triton interpreter computes bf16/fp16 wrongly; use fp32 on CPU")
-        super().__init__(model, dev, precision)
+        super().__init__(model, dev, "fp32" if tracing else precision)
+        self.dtype = PRECISIONS[precision]
+        self.channels_last = dev.type == "cuda" or tracing
 
     def prepare(self, field: Field) -> PackedImage:
         from igan.kernels.conv import pack_weight
@@ -168,7 +173,7 @@ class TritonRunner(TorchRunner):
         from igan.kernels.upsample import upconv_triton
 
         model = self.model
-        fmt = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         if isinstance(packed, SpatialPrepared):
             with torch.inference_mode():
                 return model.synthesize_spatial(

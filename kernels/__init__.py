@@ -13,8 +13,17 @@ import os
 IMPLS = ("auto", "triton", "ref")
 
 
+class _State:
+    capturing = 0  # > 0 inside igan.kernels.aot.capture(): launches are recorded, not run
+
+
+_state = _State()
+
+
 def interpreting() -> bool:
     """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    if _state.capturing:  # recorded launches are compiled for a GPU
+        return False
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
@@ -32,6 +41,8 @@ def triton_unavailable_reason(device) -> str | None:
     err = triton_import_error()
     if err:
         return err
+    if _state.capturing:
+        return None
     if device.type == "cuda" or (device.type == "cpu" and interpreting()):
         return None
     if device.type == "cpu":
