@@ -1,5 +1,6 @@
 """GPU report: kernel correctness on the device, a per-layer sweep against the measured
-matmul rate, and end-to-end renders of the default config, as one table saved under
+matmul rate, a block-config sweep of the fused conv, end-to-end renders of the default
+config (in process, and through igan-render writing a file), as one table saved under
 benchmarks/results/<device>-<date>.md.
 
     python benchmarks/gpu_report.py [--size 8192] [--quick]
@@ -12,9 +13,11 @@ import argparse
 import datetime
 import os
 import platform
+import json
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,13 +28,14 @@ import torch  # noqa: E402
 
 import igan.engine  # noqa: E402,F401
 from igan.engine import planner  # noqa: E402
+from igan.engine import checkpoint  # noqa: E402
 from igan.engine.checkpoint import init_deterministic  # noqa: E402
 from igan.engine.config import PRESETS  # noqa: E402
 from igan.engine.latent import LatentField  # noqa: E402
 from igan.engine.model import Generator  # noqa: E402
 from igan.engine.renderer import Renderer  # noqa: E402
 from igan.engine.runner import RUNNERS  # noqa: E402
-from layers import LAYERS, make_case, matmul_peak, time_call  # noqa: E402
+from layers import LAYERS, config_sweep, make_case, matmul_peak, time_call  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -61,11 +65,23 @@ def correctness(lines):
         print(done.stdout[-4000:], done.stderr[-2000:], file=sys.stderr)
 
 
+def budget(lines, size, peak):
+    """What the target asks of the kernels: the FLOPs of a size x size render of the
+    default config and the time they take at the measured matmul rate."""
+    cfg = PRESETS["InfinityGAN"]
+    p = planner.plan(cfg, planner.Window(0, -size // 2, size, size), tile=2048)
+    lines += ["", f"{size}x{size} with the default config is {p.flops / 1e12:.0f} TFLOP "
+                  f"({p.flops / size**2 / 1e6:.2f} MFLOP per pixel, 2048-px tiles, work ratio {p.work_ratio:.3f}): "
+                  f"{p.flops / peak / 1e12:.2f} s at the measured matmul rate, "
+                  f"{2 * p.flops / peak / 1e12:.2f} s at half of it."]
+
+
 def sweep(lines, sizes, batch):
     device = torch.device("cuda")
     lines += ["", "## Layers (bf16 storage, fp32 accumulation)", ""]
     peak = matmul_peak(device, torch.bfloat16)
     lines.append(f"Measured dense bf16 matmul (8192^3): **{peak:.0f} TFLOP/s**.")
+    budget(lines, 8192, peak)
     lines += ["", "| layer | official (grouped) | igan torch | fused Triton | Triton % of matmul |",
               "| --- | --- | --- | --- | --- |"]
     for size in sizes:
@@ -74,6 +90,63 @@ def sweep(lines, sizes, batch):
             rates = {k: case.flops / time_call(fn, device) / 1e12 for k, fn in case.run.items()}
             lines.append(f"| {case.name} | {rates['official']:.1f} | {rates['torch']:.1f} | "
                          f"{rates['triton']:.1f} | {100 * rates['triton'] / peak:.0f}% |")
+            print(lines[-1], flush=True)
+    return peak
+
+
+def tune(lines, peak, size=512, batch=2, top=5):
+    """Block configs of the fused conv on the layers that carry the FLOPs: the runner's
+    default against the best of the sweep (update conv.default_config from this)."""
+    device = torch.device("cuda")
+    lines += ["", f"## Block-config sweep (bf16, {size}px x{batch}; default = the runner's pick)", "",
+              "| layer | config (M,N,K / warps / stages) | TFLOP/s | % of matmul |", "| --- | --- | --- | --- |"]
+    for layer in LAYERS:
+        if layer[1] not in ("conv", "up", "ss"):
+            continue
+        case = make_case(*layer, size=size, batch=batch, device=device, dtype=torch.bfloat16)
+        results = config_sweep(case, device, itemsize=2)
+        ranked = sorted((r for r in results if not isinstance(r[1], str)), key=lambda r: -r[1])
+        shown = ranked[:top] + [r for r in results[:1] if r not in ranked[:top]]
+        for cfg, rate in shown:
+            tag = " (default)" if cfg == case.default else ""
+            lines.append(f"| {case.name} | {cfg.block_m},{cfg.block_n},{cfg.block_k} / {cfg.num_warps} / "
+                         f"{cfg.num_stages}{tag} | {rate:.1f} | {100 * rate / peak:.0f}% |")
+            print(lines[-1], flush=True)
+        failed = [f"{c.block_m},{c.block_n},{c.block_k}/{c.num_warps}/{c.num_stages}: {r}" for c, r in results
+                  if isinstance(r, str)]
+        if failed:
+            lines.append(f"| {case.name} | failed: {'; '.join(failed)} | | |")
+
+
+def _script(name: str) -> str:
+    """A console script of this environment (the venv need not be activated)."""
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else name
+
+
+def cli(lines, size, precision="bf16"):
+    """igan-render end to end (process start, model load, kernels, encoder, file) on a
+    random-weight checkpoint of the default config."""
+    lines += ["", f"## igan-render end to end: {size}x{size}, default config, one GPU", "",
+              "| command | seconds | MP/s | TFLOP/s | peak GPU memory | file |", "| --- | --- | --- | --- | --- | --- |"]
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = checkpoint.save(init_deterministic(Generator(PRESETS["InfinityGAN"]), 0), Path(tmp) / "random.safetensors")
+        for out in ("out.tif", "out.zarr"):
+            stats = Path(tmp) / "stats.json"
+            cmd = [_script("igan-render"), "--checkpoint", str(ckpt), "--width", str(size), "--height", str(size),
+                   "--backend", "triton", "--precision", precision, "--out", str(Path(tmp) / out),
+                   "--stats-json", str(stats), "--quiet"]
+            start = time.perf_counter()
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            wall = time.perf_counter() - start
+            shown = " ".join(["igan-render"] + cmd[1:-3]).replace(tmp + os.sep, "")
+            if done.returncode:
+                lines.append(f"| `{shown}` | failed (exit {done.returncode}): {done.stderr.strip()[-300:]} | | | | |")
+            else:
+                st = json.loads(stats.read_text())
+                lines.append(f"| `{shown}` | {wall:.2f} (render {st.get('seconds', float('nan')):.2f}) | "
+                             f"{size * size / 1e6 / wall:.1f} | {st.get('tflops', float('nan')):.0f} | "
+                             f"{(st.get('peak_device') or 0) / 2**30:.1f} GiB | {out} |")
             print(lines[-1], flush=True)
 
 
@@ -123,9 +196,12 @@ def main():
     start = time.perf_counter()
     if not args.skip_tests:
         correctness(lines)
-    sweep(lines, [512] if args.quick else [256, 1024], batch=2)
+    peak = sweep(lines, [512] if args.quick else [256, 1024], batch=2)
+    if not args.quick:
+        tune(lines, peak)
     render(lines, args.size, ["torch", "triton"], ["bf16"] if args.quick else ["bf16", "fp16", "fp32"],
            args.tile, args.batch)
+    cli(lines, args.size)
     lines += ["", f"Report took {time.perf_counter() - start:.0f} s."]
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     out = Path(args.out or HERE / "results" / f"{slug}-{datetime.date.today()}.md")

@@ -34,6 +34,8 @@ class Case:
     kind: str
     flops: int
     run: dict  # formulation -> zero-argument callable
+    with_config: object = None  # CUDA: BlockConfig -> the fused kernel with that config
+    default: object = None  # CUDA: the BlockConfig the runner would pick for this layer
 
 
 def _sync(device):
@@ -89,7 +91,12 @@ def make_case(name, kind, c_in, c_out, k, *, size: int, batch: int, device, dtyp
     run = {"official": lambda: _official(kind, x, coords, raw, style, noise, bias, skip),
            "torch": lambda: _torch(kind, x, coords, folded, noise, bias, skip)}
     if device.type == "cuda":
+        from igan.kernels.conv import default_config
+
         run["triton"] = _triton_fn(kind, x, coords, folded, noise, bias, skip)
+        return Case(f"{name} {out_h}px x{batch}", kind, 2 * macs, run,
+                    lambda cfg: _triton_fn(kind, x, coords, folded, noise, bias, skip, cfg),
+                    default_config(c_tot, c_out, dtype))
     return Case(f"{name} {out_h}px x{batch}", kind, 2 * macs, run)
 
 
@@ -127,16 +134,43 @@ def _torch(kind, x, coords, folded, noise, bias, skip):
     return ops.bias_lrelu_(y, bias)
 
 
-def _triton_fn(kind, x, coords, folded, noise, bias, skip):
+# Block configs the GPU report sweeps (M, N, K, warps, stages); default_config's pick is
+# always added. Shared memory is stages * (M + N) * K * itemsize: all fit sm_90's 227 KiB.
+SWEEP = [(m, n, k, w, s) for (m, n, k) in [(128, 128, 64), (128, 256, 64), (256, 128, 64), (128, 128, 128),
+                                          (64, 256, 64), (128, 64, 64), (64, 128, 64)]
+         for w in (4, 8) for s in (3, 4)]
+
+
+def config_sweep(case: Case, device, itemsize: int, configs=SWEEP) -> list[tuple[object, object]]:
+    """(BlockConfig, TFLOP/s or the error's name) of the case's fused kernel for each config
+    whose shared memory fits sm_90; the runner's default config first."""
+    from igan.kernels.conv import BlockConfig
+
+    out = []
+    for cfg in [case.default] + [c for c in map(lambda t: BlockConfig(*t), configs) if c != case.default]:
+        if cfg.num_stages * (cfg.block_m + cfg.block_n) * cfg.block_k * itemsize > 227 * 1024:
+            continue
+        try:
+            seconds = time_call(case.with_config(cfg), device)
+        except Exception as e:  # out of resources on this device: reported, not fatal
+            out.append((cfg, type(e).__name__))
+            continue
+        out.append((cfg, case.flops / seconds / 1e12))
+    return out
+
+
+def _triton_fn(kind, x, coords, folded, noise, bias, skip, config=None):
     from igan.kernels.conv import conv_triton, pack_weight
     from igan.kernels.upsample import phase_weights, upconv_triton
 
     x = x.contiguous(memory_format=torch.channels_last)
     if kind == "up":
         phases = [pack_weight(p) for p in phase_weights(folded)]
-        return lambda: upconv_triton(x, folded, noise=noise, noise_strength=0.5, bias=bias, act=True, phases=phases)
+        return lambda: upconv_triton(x, folded, noise=noise, noise_strength=0.5, bias=bias, act=True, phases=phases,
+                                     config=config)
     packed = pack_weight(folded)
     if kind == "rgb":
-        return lambda: conv_triton(x, folded, bias=bias, skip=skip, packed=packed, out_dtype=torch.float32)
+        return lambda: conv_triton(x, folded, bias=bias, skip=skip, packed=packed, out_dtype=torch.float32,
+                                   config=config)
     return lambda: conv_triton(x, folded, coords=coords, noise=noise, noise_strength=0.5, bias=bias,
-                               act=kind != "rgb", packed=packed)
+                               act=kind != "rgb", packed=packed, config=config)

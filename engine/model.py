@@ -246,7 +246,10 @@ def _mix(maps: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     out = maps[:, 0:1] * s[0]
     for i in range(1, maps.shape[1]):
         out += maps[:, i:i + 1] * s[i]  # mul, then add: no FMA, whose use varies by code path
-    return out if maps.device.type == "cpu" else out.contiguous(memory_format=torch.channels_last)
+    from igan.kernels import tracing
+
+    on_gpu = maps.device.type != "cpu" or tracing()
+    return out.contiguous(memory_format=torch.channels_last) if on_gpu else out
 
 
 def _spatial_conv(x: torch.Tensor, sp: SpatialLayer, style: torch.Tensor, noise: torch.Tensor | None,

@@ -141,7 +141,7 @@ class TritonRunner(TorchRunner):
     name = "triton"
 
     def __init__(self, model: Generator, device="cuda", precision: str = "fp32"):
-        from igan.kernels import _state, triton_unavailable_reason
+        from igan.kernels import tracing, triton_unavailable_reason
 
         dev = resolve_device(device)
         reason = triton_unavailable_reason(dev)
@@ -149,12 +149,12 @@ class TritonRunner(TorchRunner):
             raise ValueError(f"the triton backend cannot run on {dev}: {reason}")
         # Inside igan.kernels.aot.capture() nothing runs: launches are recorded to be compiled
         # for a GPU, so the runner acts as on CUDA (any precision, channels-last) on CPU tensors.
-        tracing = _state.capturing > 0
-        if dev.type == "cpu" and precision != "fp32" and not tracing:
+        traced = tracing()
+        if dev.type == "cpu" and precision != "fp32" and not traced:
             raise ValueError("the Triton interpreter computes bf16/fp16 wrongly; use fp32 on CPU")
-        super().__init__(model, dev, "fp32" if tracing else precision)
+        super().__init__(model, dev, "fp32" if traced else precision)
         self.dtype = PRECISIONS[precision]
-        self.channels_last = dev.type == "cuda" or tracing
+        self.channels_last = dev.type == "cuda" or traced
 
     def prepare(self, field: Field) -> PackedImage:
         from igan.kernels.conv import pack_weight

@@ -20,6 +20,12 @@ class _State:
 _state = _State()
 
 
+def tracing() -> bool:
+    """True inside igan.kernels.aot.capture(): launches are recorded to be compiled for a
+    GPU, so code that lays tensors out for the device should act as on CUDA."""
+    return _state.capturing > 0
+
+
 def interpreting() -> bool:
     """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
     if _state.capturing:  # recorded launches are compiled for a GPU

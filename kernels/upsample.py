@@ -107,10 +107,11 @@ if triton is not None:
 
 
 def upconv_triton(x, weight, *, style=None, wsq=None, noise=None, noise_strength=0.0, bias=None, act=True,
-                  out_dtype=None, phases=None, out=None, block=1024):
+                  out_dtype=None, phases=None, out=None, block=1024, config=None):
     """Four polyphase conv launches into the interleaved buffer, then the blur epilogue.
     `phases` may hold the four packed phase weights computed once per image; `out` a
-    [N, Cout, 2H-3, 2W-3] tensor (any strides) to write into."""
+    [N, Cout, 2H-3, 2W-3] tensor (any strides) to write into; `config` a BlockConfig for
+    the phase convs (default: conv.default_config)."""
     n, _, h, w = x.shape
     cout = weight.shape[0]
     if h < 3 or w < 3:
@@ -122,7 +123,7 @@ def upconv_triton(x, weight, *, style=None, wsq=None, noise=None, noise_strength
     subs = phase_weights(weight)
     packed = phases or [pack_weight(s) for s in subs]
     for (py, px), sub, pk in zip([(0, 0), (0, 1), (1, 0), (1, 1)], subs, packed):
-        conv_triton(x, sub, style=style, out=pre, out_step=2, out_phase=(py, px), packed=pk)
+        conv_triton(x, sub, style=style, out=pre, out_step=2, out_phase=(py, px), packed=pk, config=config)
     d = upsample_linear(demod_map(style, wsq)).contiguous() if style is not None and wsq is not None else None
     oh, ow = 2 * h - 3, 2 * w - 3
     if out is None:
