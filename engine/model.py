@@ -14,7 +14,7 @@ per-tile work `synthesize()` then runs plain valid convolutions on those weights
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -212,6 +212,18 @@ class SpatialLayer:
     weight: torch.Tensor  # scale * W [out, in, k, k]
     wsq: torch.Tensor | None  # [in, out], None without demodulation (ToRGB)
     s: torch.Tensor  # [in] for one style; stacked [S, in] over the styles
+    _packed: object = field(default=None, repr=False, compare=False)
+
+    def packed(self, upsample: bool = False):
+        """The weight in the Triton kernels' layout (the four polyphase kernels when
+        upsampling), computed on first use: it is the same for every batch of the image."""
+        if self._packed is None:
+            from igan.kernels.conv import pack_weight
+            from igan.kernels.upsample import phase_weights
+
+            w = self.weight
+            self._packed = [pack_weight(p) for p in phase_weights(w)] if upsample else pack_weight(w)
+        return self._packed
 
     def to(self, device=None, dtype=None) -> "SpatialLayer":
         return SpatialLayer(self.weight.to(device=device, dtype=dtype),
@@ -265,7 +277,10 @@ def _spatial_conv(x: torch.Tensor, sp: SpatialLayer, style: torch.Tensor, noise:
     n, c, h, w = x.shape
     row_bytes = max(c, sp.weight.shape[0]) * 9 * w * 4
     t = max(1, ops._CPU_BAND_BYTES // row_bytes)  # input rows per band
-    if x.device.type != "cpu" or use_triton(impl, x.device) or t + 2 >= h:
+    if use_triton(impl, x.device):
+        kw["phases" if upsample else "packed"] = sp.packed(upsample)
+        return fn(x, sp.weight, style=style, wsq=sp.wsq, noise=noise, impl=impl, **kw)
+    if x.device.type != "cpu" or t + 2 >= h:
         return fn(x, sp.weight, style=style, wsq=sp.wsq, noise=noise, impl=impl, **kw)
     out_h = 2 * h - 3 if upsample else h - 2
     out = x.new_empty(n, sp.weight.shape[0], out_h, 2 * w - 3 if upsample else w - 2)
@@ -350,9 +365,11 @@ class Generator(nn.Module):
         weight the S styles on the SS input grid and on each TS conv's and ToRGB's input grid;
         activations are modulated per pixel and demodulated per pixel (official spatial-style
         path, section 3.6). impl: "ref" (torch) or "triton"/"auto" (the fused kernels)."""
+        from igan.kernels import use_triton
         from igan.kernels.conv import fused_conv
 
         cfg = self.config
+        fast = use_triton(impl, local_latent.device)
         if len(noises) != cfg.num_convs:
             raise ValueError(f"expected {cfg.num_convs} noise maps, got {len(noises)}")
         x = local_latent
@@ -365,7 +382,7 @@ class Generator(nn.Module):
             for l, (layer, sp) in enumerate(zip(self.structure_synthesizer.layers, prepared.ss)):
                 m = maps.ss[:, :, l * r:maps.ss.shape[2] - l * r, l * r:maps.ss.shape[3] - l * r]
                 x = fused_conv(x, sp.weight, coords=coords, coords_offset=l * r, style=_mix(m, sp.s), wsq=sp.wsq,
-                               bias=layer.activate.bias, act=True, impl=impl)
+                               bias=layer.activate.bias, act=True, impl=impl, packed=sp.packed() if fast else None)
         ts = self.texture_synthesizer
         rgb = None
         for i, (conv, sp) in enumerate(zip(ts.convs, prepared.convs)):
@@ -376,7 +393,8 @@ class Generator(nn.Module):
                 k = i // 2
                 rp = prepared.rgbs[k]
                 rgb = fused_conv(x, rp.weight, style=_mix(maps.rgbs[k], rp.s), bias=ts.to_rgbs[k].bias.view(-1),
-                                 skip=rgb, out_dtype=torch.promote_types(x.dtype, torch.float32), impl=impl)
+                                 skip=rgb, out_dtype=torch.promote_types(x.dtype, torch.float32), impl=impl,
+                                 packed=rp.packed() if fast else None)
         return rgb
 
     def synthesize(self, prepared: Prepared, local_latent: torch.Tensor, coords: torch.Tensor | None,

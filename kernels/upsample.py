@@ -20,6 +20,7 @@ from . import use_triton
 from .conv import DEMOD_EPS, SLOPE, SQRT2, conv_triton, pack_weight
 
 _FLIP = [2, 0]
+_PHASE_TAPS = [(1, 1), (1, 2), (2, 1), (2, 2)]  # (rows, cols) of the four phase kernels, phase_weights order
 
 
 def phase_weights(weight: torch.Tensor) -> list[torch.Tensor]:
@@ -120,8 +121,12 @@ def upconv_triton(x, weight, *, style=None, wsq=None, noise=None, noise_strength
                                   and x.is_contiguous(memory_format=torch.channels_last)) else torch.contiguous_format
     pre = torch.empty(n, cout, 2 * h - 1, 2 * w - 1, device=x.device,
                       dtype=torch.float32 if style is not None else x.dtype, memory_format=fmt)
-    subs = phase_weights(weight)
-    packed = phases or [pack_weight(s) for s in subs]
+    if phases is None:
+        subs = phase_weights(weight)
+        packed = [pack_weight(s) for s in subs]
+    else:  # views of the right shapes only: the values come from `phases` (phase_weights copies)
+        subs = [weight[:, :, :kh, :kw] for kh, kw in _PHASE_TAPS]
+        packed = phases
     for (py, px), sub, pk in zip([(0, 0), (0, 1), (1, 0), (1, 1)], subs, packed):
         conv_triton(x, sub, style=style, out=pre, out_step=2, out_phase=(py, px), packed=pk, config=config)
     d = upsample_linear(demod_map(style, wsq)).contiguous() if style is not None and wsq is not None else None

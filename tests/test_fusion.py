@@ -174,6 +174,9 @@ def test_triton_spatial_path_matches_the_torch_path():
     ref = _render(model, field, window)
     out = _render(model, field, window, runner=TritonRunner)
     assert np.abs(out - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
+    # in 2x2 tiles: the weights packed for the kernels on the first batch serve every later one
+    tiled = _render(model, field, window, tile=16, runner=TritonRunner)
+    assert np.abs(tiled - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
 
 
 # ---- the API the inversion tools use ---------------------------------------------------------------
