@@ -76,7 +76,8 @@ class ModulatedConv2d(nn.Module):
         op as in `fold`), the shared kernel scale * W and, with demodulation, wsq [in, out]
         = sum over taps of (scale * W)^2."""
         w = self.scale * self.weight[0]
-        wsq = w.pow(2).sum([2, 3]).t().contiguous() if self.demodulate else None
+        # [in, out] with `in` contiguous: the kernels' TF32 demodulation GEMM reads it K-major
+        wsq = w.pow(2).sum([2, 3]).t() if self.demodulate else None
         return SpatialLayer(w, wsq, self.modulation(style)[0])
 
     def run(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -62,6 +62,12 @@ class Compiled:
         return None
 
     @property
+    def mma_inputs(self) -> list[str]:
+        """Operand types of the tensor-core instructions, e.g. ["bf16"] or ["bf16", "tf32"]."""
+        found = re.findall(r"wgmma\.mma_async\.\S*?\.f32\.(\w+)\.\w+|mma\.sync\.\S*?\.f32\.(\w+)\.\w+\.f32", self.ptx)
+        return sorted({a or b for a, b in found})
+
+    @property
     def async_copy_bytes(self) -> list[int]:
         """Widths of the cp.async global->shared copies (16 = fully vectorised)."""
         found = re.findall(r"cp\.async\.c[ag]\.shared\.global\S*\s+\[[^\]]+\],\s*\[[^\]]+\],\s*(0x[0-9a-f]+|\d+)",
@@ -238,6 +244,7 @@ def check(config: str = "InfinityGAN", precisions=("bf16",), archs=("sm_90",), f
                     blocks = {k: v for k, v in c.constexprs.items() if k.startswith("BLOCK")}
                     row.update(ok=True, blocks=blocks, num_warps=c.num_warps, num_stages=c.num_stages,
                                shared_bytes=c.shared_bytes, shared_limit=c.shared_limit, tensor_core=c.tensor_core,
+                               mma_inputs=c.mma_inputs, demod=bool(c.constexprs.get("DEMOD")),
                                async_copy_bytes=c.async_copy_bytes, load_bits=c.vector_loads())
                 rows.append(row)
     return rows
@@ -262,7 +269,8 @@ def table(rows: list[dict]) -> str:
         b = r["blocks"]
         blocks = ",".join(str(b[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K") if k in b) or str(b.get("BLOCK", ""))
         line = (f"{head} {blocks} / {r['num_warps']} / {r['num_stages']} | {r['shared_bytes'] / 1024:.0f} | "
-                f"{r['tensor_core'] or '-'} | {','.join(map(str, r['async_copy_bytes'])) or '-'} |")
+                f"{(r['tensor_core'] + ' ' + '+'.join(r['mma_inputs'])) if r['tensor_core'] else '-'} | "
+                f"{','.join(map(str, r['async_copy_bytes'])) or '-'} |")
         if line not in out:
             out.append(line)
     return "\n".join(out)

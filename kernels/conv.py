@@ -86,7 +86,7 @@ if triton is not None:
         x_ptr, sxn, sxc, sxh, sxw,
         c_ptr, scn, scc, sch, scw, c_off,
         s_ptr, ssn, ssc, ssh, ssw,
-        w_ptr, wsq_ptr,
+        w_ptr, wsq_ptr, sqc, sqo,
         n_ptr, snn, snh, snw, strength,
         b_ptr,
         k_ptr, skn, skc, skh, skw,
@@ -170,9 +170,12 @@ if triton is not None:
                 k_ok = ch < ctot
                 s = tl.load(s_ptr + s_base[:, None] + ch[None, :] * ssc,
                             mask=m_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
-                q = tl.load(wsq_ptr + ch[:, None] * COUT + offs_n[None, :],
+                q = tl.load(wsq_ptr + ch[:, None] * sqc + offs_n[None, :] * sqo,
                             mask=k_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)
-                dsum += tl.dot(s * s, q, input_precision="ieee")
+                if IEEE:
+                    dsum += tl.dot(s * s, q, input_precision="ieee")
+                else:  # bf16/fp16 renders: TF32 tensor cores, not a GEMM-sized FMA loop (~1/9 of the conv)
+                    dsum += tl.dot(s * s, q, input_precision="tf32")
             acc = acc * tl.math.rsqrt(dsum + 1e-8)
         if HAS_NOISE:
             nz = tl.load(n_ptr + n_idx * snn + oh * snh + ow * snw, mask=m_ok, other=0.0)
@@ -268,6 +271,8 @@ def conv_triton(x, weight, *, coords=None, coords_offset=0, style=None, wsq=None
     packed = pack_weight(weight) if packed is None else packed
     cfg = (config or default_config(ctot, cout, x.dtype)).check()
     demod = style is not None and wsq is not None
+    if demod and tuple(wsq.shape) != (ctot, cout):
+        raise ValueError(f"wsq has shape {tuple(wsq.shape)}, expected {(ctot, cout)} (input channels, filters)")
     dummy = x
     c = coords if coords is not None else dummy
     s = style if style is not None else dummy
@@ -277,7 +282,7 @@ def conv_triton(x, weight, *, coords=None, coords_offset=0, style=None, wsq=None
         x, *x.stride(),
         c, *(c.stride() if coords is not None else (0, 0, 0, 0)), coords_offset,
         s, *(s.stride() if style is not None else (0, 0, 0, 0)),
-        packed, wsq if demod else packed,
+        packed, wsq if demod else packed, *(wsq.stride() if demod else (0, 0)),
         nz, *((nz.stride(0), nz.stride(2), nz.stride(3)) if noise is not None else (0, 0, 0)), float(noise_strength),
         bias if bias is not None else packed,
         skip if skip is not None else packed, *(skip.stride() if skip is not None else (0, 0, 0, 0)),

@@ -82,11 +82,22 @@ def test_half_precision_convs_run_on_the_tensor_cores(rows, arch, instr):
     assert all(r["tensor_core"] == instr for r in convs), {(r["C1"], r["COUT"], r["tensor_core"]) for r in convs}
 
 
+def test_the_per_pixel_demodulation_of_half_precision_renders_runs_on_tf32_tensor_cores(rows):
+    """The fused-style path's demodulation is a second GEMM (pixels x channels x filters, 1/9
+    of the conv's): as an FMA loop it would cost more than the conv; it runs on TF32 instead."""
+    demod = [r for r in _convs(rows, fused=True) if r["demod"]]
+    assert demod and all(r["precision"] == "bf16" for r in demod)
+    assert all(r["mma_inputs"] == ["bf16", "tf32"] for r in demod), {(r["arch"], tuple(r["mma_inputs"])) for r in demod}
+    plain = [r for r in _convs(rows) if r["precision"] in ("bf16", "fp16") and not r["demod"]]
+    ptx_type = {"bf16": "bf16", "fp16": "f16"}
+    assert all(r["mma_inputs"] == [ptx_type[r["precision"]]] for r in plain), {tuple(r["mma_inputs"]) for r in plain}
+
+
 def test_fp32_means_fp32_without_tf32(rows):
     """--precision fp32 reproduces the official fp32 outputs: no TF32 tensor-core GEMMs."""
     convs = _convs(rows, precision="fp32")
     assert convs
-    assert all(r["tensor_core"] is None for r in convs)
+    assert all(r["tensor_core"] is None and r["mma_inputs"] == [] for r in convs)
 
 
 def test_conv_operands_are_copied_in_16_byte_vectors(rows):

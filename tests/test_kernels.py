@@ -52,7 +52,9 @@ def _case(rng, device, *, coords=False, spatial=False, k=3):
     if coords:
         kw.update(coords=torch.randn(n, c2, h + 6, w + 6, generator=g), coords_offset=int(rng.integers(0, 4)))
     if spatial:
-        kw.update(style=torch.rand(n, c1 + c2, h, w, generator=g) + 0.5, wsq=(weight**2).sum([2, 3]).t().contiguous())
+        wsq = (weight**2).sum([2, 3]).t()  # [in, out], `in` contiguous (as the model makes it) or not
+        kw.update(style=torch.rand(n, c1 + c2, h, w, generator=g) + 0.5,
+                  wsq=wsq if rng.integers(2) else wsq.contiguous())
     if rng.random() < 0.8:
         kw["noise"] = torch.randn(n, 1, oh, ow, generator=g)
     if rng.random() < 0.8:
@@ -161,6 +163,8 @@ def test_bad_shapes_are_refused():
         conv_triton(x[:, :, :5], torch.randn(4, 4, 7, 7))
     with pytest.raises(ValueError, match="coords"):
         conv_triton(x, torch.randn(4, 7, 3, 3), coords=torch.randn(1, 3, 8, 8), coords_offset=2)
+    with pytest.raises(ValueError, match=r"wsq has shape \(6, 4\), expected \(4, 6\)"):
+        conv_triton(x, torch.randn(6, 4, 3, 3), style=torch.ones_like(x), wsq=torch.rand(6, 4))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
