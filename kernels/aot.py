@@ -74,6 +74,26 @@ class Compiled:
                            self.ptx)
         return sorted({int(b, 0) for b in found})
 
+    def resources(self) -> dict[str, int]:
+        """Registers per thread and spill bytes, from ptxas -v on the PTX (the ptxas that
+        ships with Triton, for the PTX's own target, e.g. sm_90a)."""
+        import subprocess
+        import tempfile
+
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        target = re.search(r"^\.target\s+(\w+)", self.ptx, re.M).group(1)
+        with tempfile.TemporaryDirectory() as tmp:
+            src = os.path.join(tmp, "k.ptx")
+            with open(src, "w") as f:
+                f.write(self.ptx)
+            done = subprocess.run([get_ptxas(ARCHS[self.arch][0]).path, "-v", f"--gpu-name={target}", src, "-o", os.path.join(tmp, "k.o")],
+                                  capture_output=True, text=True, check=True)
+        info = done.stderr
+        num = lambda pattern: sum(int(v) for v in re.findall(pattern, info))  # noqa: E731
+        return {"registers": num(r"Used (\d+) registers"), "spill_stores": num(r"(\d+) bytes spill stores"),
+                "spill_loads": num(r"(\d+) bytes spill loads")}
+
     def vector_loads(self) -> dict[int, int]:
         """Count of global loads by width in bits (ld.global[.v2|.v4].b32 ...)."""
         counts: dict[int, int] = {}
@@ -245,7 +265,7 @@ def check(config: str = "InfinityGAN", precisions=("bf16",), archs=("sm_90",), f
                     row.update(ok=True, blocks=blocks, num_warps=c.num_warps, num_stages=c.num_stages,
                                shared_bytes=c.shared_bytes, shared_limit=c.shared_limit, tensor_core=c.tensor_core,
                                mma_inputs=c.mma_inputs, demod=bool(c.constexprs.get("DEMOD")),
-                               async_copy_bytes=c.async_copy_bytes, load_bits=c.vector_loads())
+                               async_copy_bytes=c.async_copy_bytes, load_bits=c.vector_loads(), **c.resources())
                 rows.append(row)
     return rows
 
@@ -254,8 +274,8 @@ def table(rows: list[dict]) -> str:
     """The records as a markdown table (launches that differ only in their argument
     specialisation, e.g. the SS layers' coordinate offsets, share one row)."""
     out = ["| config | styles | prec | arch | kernel | Cin+Cc -> Cout, k | blocks (M,N,K) / warps / stages | "
-           "shared KiB | tensor core | cp.async bytes |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "shared KiB | regs / spilled bytes | tensor core | cp.async bytes |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if r["kernel"] == "_conv_kernel":
             shape = f"{r['C1']}+{r['C2']} -> {r['COUT']}, {r['KH']}x{r['KW']}" + (" /2 phase" if r["y_step"] == 2 else "")
@@ -264,11 +284,12 @@ def table(rows: list[dict]) -> str:
         head = (f"| {r['config']} | {'fused' if r['fused'] else 'one'} | {r['precision']} | {r['arch']} | "
                 f"{r['kernel'].strip('_')} | {shape} |")
         if not r["ok"]:
-            out.append(f"{head} FAILED: {r['error']} | | | |")
+            out.append(f"{head} FAILED: {r['error']} | | | | |")
             continue
         b = r["blocks"]
         blocks = ",".join(str(b[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K") if k in b) or str(b.get("BLOCK", ""))
         line = (f"{head} {blocks} / {r['num_warps']} / {r['num_stages']} | {r['shared_bytes'] / 1024:.0f} | "
+                f"{r['registers']} / {r['spill_stores']} | "
                 f"{(r['tensor_core'] + ' ' + '+'.join(r['mma_inputs'])) if r['tensor_core'] else '-'} | "
                 f"{','.join(map(str, r['async_copy_bytes'])) or '-'} |")
         if line not in out:

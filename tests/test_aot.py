@@ -75,6 +75,17 @@ def test_every_kernel_fits_the_shared_memory_of_its_architecture(rows):
     assert not over, [(r["config"], r["precision"], r["arch"], r["shared_bytes"]) for r in over]
 
 
+def test_the_kernels_of_a_plain_render_spill_no_registers(rows):
+    """ptxas -v: the kernels of one-style renders (the hot path, every precision) keep their
+    accumulators in registers. (The fused-style SS and 3x3 convs, which carry two GEMMs'
+    worth of state, spill up to 140 bytes; the compile report lists them.)"""
+    plain = [r for r in rows if not r["fused"]]
+    assert plain and all(r["registers"] > 0 for r in plain)
+    spilled = [(r["config"], r["precision"], r["arch"], r.get("C1"), r.get("KH"), r["spill_stores"])
+               for r in plain if r["spill_stores"] or r["spill_loads"]]
+    assert not spilled, spilled
+
+
 @pytest.mark.parametrize("arch,instr", [("sm_90", "wgmma"), ("sm_80", "mma.sync")])
 def test_half_precision_convs_run_on_the_tensor_cores(rows, arch, instr):
     convs = [r for r in _convs(rows, arch=arch) if r["precision"] in ("bf16", "fp16")]
