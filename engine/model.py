@@ -278,10 +278,10 @@ def _spatial_conv(x: torch.Tensor, sp: SpatialLayer, style: torch.Tensor, noise:
     n, c, h, w = x.shape
     row_bytes = max(c, sp.weight.shape[0]) * 9 * w * 4
     t = max(1, ops._CPU_BAND_BYTES // row_bytes)  # input rows per band
-    if use_triton(impl, x.device):
+    fast = use_triton(impl, x.device)
+    if fast:
         kw["phases" if upsample else "packed"] = sp.packed(upsample)
-        return fn(x, sp.weight, style=style, wsq=sp.wsq, noise=noise, impl=impl, **kw)
-    if x.device.type != "cpu" or t + 2 >= h:
+    if fast or x.device.type != "cpu" or t + 2 >= h:
         return fn(x, sp.weight, style=style, wsq=sp.wsq, noise=noise, impl=impl, **kw)
     out_h = 2 * h - 3 if upsample else h - 2
     out = x.new_empty(n, sp.weight.shape[0], out_h, 2 * w - 3 if upsample else w - 2)

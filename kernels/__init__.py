@@ -28,7 +28,7 @@ def tracing() -> bool:
 
 def interpreting() -> bool:
     """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
-    if _state.capturing:  # recorded launches are compiled for a GPU
+    if tracing():  # recorded launches are compiled for a GPU
         return False
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -47,7 +47,7 @@ def triton_unavailable_reason(device) -> str | None:
     err = triton_import_error()
     if err:
         return err
-    if _state.capturing:
+    if tracing():
         return None
     if device.type == "cuda" or (device.type == "cpu" and interpreting()):
         return None

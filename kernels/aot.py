@@ -139,19 +139,15 @@ def capture():
         _state.capturing -= 1
 
 
-@contextlib.contextmanager
-def _compiling():
-    """Triton's code generator reads TRITON_INTERPRET while it runs (constexpr handling);
-    the tests set it for the interpreter, the compile must not see it."""
-    saved = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "0"
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = saved
+def _check_compiler():
+    """Under TRITON_INTERPRET=1 at import, triton.language's own @jit helpers (tl.zeros, ...)
+    become interpreter objects that the compiler cannot use: refuse with the reason."""
+    import triton.language as tl
+    from triton.runtime.jit import JITFunction
+
+    if not isinstance(tl.zeros, JITFunction):
+        raise RuntimeError("triton was imported with TRITON_INTERPRET=1, so this process cannot compile for a "
+                           "GPU; compile in a process started without it (as tests/test_aot.py does)")
 
 
 def _jit_function(kernel):
@@ -173,6 +169,7 @@ def compile_launch(launch: Launch, arch: str = "sm_90") -> Compiled:
 
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
+    _check_compiler()
     target = GPUTarget("cuda", ARCHS[arch][0], 32)
     backend = make_backend(target)
     jf = _jit_function(launch.kernel)
@@ -180,9 +177,7 @@ def compile_launch(launch: Launch, arch: str = "sm_90") -> Compiled:
     binder = create_function_from_signature(jf.signature, jf.params, backend)
     bound, spec, options = binder(*launch.args, **kwargs)
     options, signature, constexprs, attrs = jf._pack_args(backend, kwargs, bound, spec, options)
-    with _compiling():
-        compiled = triton.compile(ASTSource(jf, signature, constexprs, attrs), target=target,
-                                  options=options.__dict__)
+    compiled = triton.compile(ASTSource(jf, signature, constexprs, attrs), target=target, options=options.__dict__)
     names = {(i,): p.name for i, p in enumerate(jf.params)}
     consts = {names[k]: v for k, v in constexprs.items() if k in names and jf.params[k[0]].is_constexpr}
     md = compiled.metadata

@@ -133,3 +133,20 @@ def test_the_command_refuses_the_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1")
     done = subprocess.run([sys.executable, "-m", "igan.kernels.aot"], capture_output=True, text=True, env=env)
     assert done.returncode == 2 and "TRITON_INTERPRET" in done.stderr
+
+
+def test_a_process_under_the_interpreter_refuses_to_compile_with_the_reason():
+    """This test process runs the kernels in the interpreter (conftest.py): compiling here
+    must fail with the reason, not with an error from deep inside Triton."""
+    import torch
+
+    from igan.kernels import aot
+    from igan.kernels.conv import conv_triton
+
+    if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        pytest.skip("this process was started without TRITON_INTERPRET=1")
+    with aot.capture() as launches:
+        conv_triton(torch.randn(1, 16, 8, 8), torch.randn(16, 16, 3, 3))
+    assert len(launches) == 1
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1.*process started without it"):
+        aot.compile_launch(launches[0], "sm_90")
