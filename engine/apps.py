@@ -100,7 +100,7 @@ def inbetween_request(left: InversionRecord, right: InversionRecord, gap: int, *
 def _fused(base: PastedField, pastes: list[Paste], blur: int | None):
     """(FusedField over `base` with one style per paste at its image centre, blur, whether every
     pasted block sees only its own style)."""
-    from .fusion import FusedField, StyleSource
+    from .fusion import MAX_BLUR, FusedField, StyleSource
 
     cfg = base.config
     styles = [StyleSource(z_g=p.record.global_latent, w_plus=p.record.styles) for p in pastes]
@@ -120,7 +120,7 @@ def _fused(base: PastedField, pastes: list[Paste], blur: int | None):
     if blur is not None:
         field = build(blur)
         return field, blur, pure(field)
-    lo, hi = 1, max(1, int(centers[1][0] - centers[0][0]))  # the largest pure blur, by bisection
+    lo, hi = 1, max(1, min(MAX_BLUR, int(centers[1][0] - centers[0][0])))  # the largest pure blur, by bisection
     if not pure(build(lo)):
         return build(lo), lo, False
     while lo < hi:

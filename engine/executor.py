@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ from . import planner, sinks
 from .embedded import DEFAULT_WEIGHTS
 from .renderer import RenderStats, Renderer, peak_rss_bytes
 from .runner import RUNNERS
-from .store import StoreError, TileStore, file_digest, work_dir_for
+from .store import (FINISHED, MARKER, Lease, StoreError, TileStore, file_digest, is_work_dir, sweep_stale,
+                    work_dir_for)
 
 BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} tiles [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]"
 
@@ -73,6 +73,23 @@ def build(job: Job, device, model=None):
     return renderer, field, plan
 
 
+def failpoint(name: str) -> str | None:
+    """Tests only: the argument of `name` in IGAN_FAILPOINT ("name:arg,name:arg"), else None."""
+    for entry in os.environ.get("IGAN_FAILPOINT", "").split(","):
+        key, _, arg = entry.partition(":")
+        if key == name:
+            return arg
+    return None
+
+
+def _kill_point(stage: str) -> None:
+    """Tests only: IGAN_FAILPOINT=kill:<stage> SIGKILLs this process at `stage`."""
+    if failpoint("kill") == stage:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def render_groups(renderer: Renderer, field, plan, store: TileStore, groups, on_done=None) -> None:
     """Render tile groups into the store (each tile recorded in the manifest once on disk);
     on_done(tiles) after each group."""
@@ -86,8 +103,10 @@ def render_groups(renderer: Renderer, field, plan, store: TileStore, groups, on_
             yield group
 
     finished = []
+    delay = float(failpoint("tile-delay") or 0)  # tests: a slow render, to act while it runs
     for tile, img in renderer.pixels(field, plan, groups=counted()):
         store.put(tile.index, tile.y, tile.x, np.ascontiguousarray(img))
+        time.sleep(delay)
         finished.append(tile)
         if len(finished) == sizes[0]:
             sizes.pop(0)
@@ -114,7 +133,8 @@ class Assembler:
             y = self.next_row * self.plan.tile_height
             h = min(self.plan.tile_height, self.plan.window.height - y)
             if self.sink is not None:
-                self.sink.write(0, y, self.store.band(y, h))
+                row = [t for t in self.plan.tiles if t.row == self.next_row]
+                self.sink.write(0, y, self.store.band(y, h, row))
             self.next_row += 1
 
     @property
@@ -126,62 +146,131 @@ def _groups(tiles: list, batch: int) -> list[list]:
     return [tiles[i:i + batch] for i in range(0, len(tiles), batch)]
 
 
-def open_store(job: Job, model, out: Path, *, resume: bool, restart: bool) -> TileStore:
-    """The work directory of this render: new, resumed (request checked), or restarted."""
+def _say(message: str) -> None:
+    print(f"igan-render: {message}", file=sys.stderr)
+
+
+def open_store(job: Job, model, out: Path, *, resume: bool, restart: bool, keep_work: bool = False
+               ) -> TileStore | None:
+    """The work directory of this render, with its lease held: new, resumed (request
+    checked) or restarted. None when `out` is already a finished render of this request
+    (`--resume` after a kill between the output's rename and the work directory's removal).
+
+    Refuses (StoreError) a folder with the work directory's name that igan did not create, a
+    work directory another live process holds (StoreBusy, naming it), and unfinished work
+    without --resume/--restart. Deletes only work directories it holds the lease of."""
     if not out.parent.is_dir():
         raise sinks.SinkError(f"cannot write '{out}': directory '{out.parent}' does not exist")
     root = work_dir_for(out)
     request = job.request(model)
-    if root.exists() and restart:
-        shutil.rmtree(root)
-    if root.exists():
-        if resume:
-            return TileStore.open(root, request)
+    zarr_out = out.suffix.lower() == ".zarr"
+    sweep_stale(root)
+    while True:
+        if not os.path.lexists(root):
+            if zarr_out and os.path.lexists(out):
+                raise sinks.SinkError(f"--out '{out}' already exists; igan does not overwrite a Zarr store: "
+                                      f"remove it or choose another --out")
+            if resume:
+                _say(f"nothing to resume for {str(out)!r}; starting a new render")
+            store = TileStore.create(root, request, lease=True)
+            if store is not None:
+                return store
+            continue  # another process created it this instant: look again
+        if not root.is_dir() or root.is_symlink() or not is_work_dir(root):
+            raise StoreError(f"{str(root)!r} is in the way of the work directory of {str(out)!r} but igan did "
+                             f"not create it (no {MARKER}); igan deletes only what it created: move it away "
+                             f"or choose another --out")
+        lease = Lease.take(root)
+        if lease is None:
+            continue  # removed or replaced meanwhile
+        held = TileStore(root, {}, None, lease)  # enough to remove() it
         try:
-            done = len(TileStore.open(root).done())
-        except StoreError:
-            done = "?"
-        raise StoreError(f"an unfinished render of {str(out)!r} is in {str(root)!r} ({done} tiles done): "
-                         f"add --resume to finish it, or --restart to discard it")
-    if resume:
-        print(f"igan-render: nothing to resume for {str(out)!r}; starting a new render", file=sys.stderr)
-    return TileStore.create(root, request)
+            has_tiles = (root / "tiles.zarr").is_dir()
+            finished = (root / FINISHED).is_file() or (zarr_out and not has_tiles and out.exists())
+            if restart or (finished and not out.exists() and not has_tiles):
+                if not restart:
+                    _say(f"{str(root)!r} held a finished render whose output is gone; starting a new render")
+                held.remove()
+                continue
+            if finished and out.exists():
+                if not resume:
+                    raise StoreError(f"{str(out)!r} is a finished render and its work directory {str(root)!r} "
+                                     f"is still there: add --resume to keep it as it is, or --restart to "
+                                     f"render it again")
+                TileStore.check_request(root, request)
+                _say(f"{str(out)!r} is already finished; nothing to do")
+                held.release() if keep_work else held.remove()
+                return None
+            if not resume:
+                try:
+                    done = len(TileStore.open(root).done())
+                except StoreError:
+                    done = "?"
+                raise StoreError(f"an unfinished render of {str(out)!r} is in {str(root)!r} ({done} tiles done): "
+                                 f"add --resume to finish it, or --restart to discard it")
+            store = TileStore.open(root, request, lease=lease)
+            store.clear_tmp()
+            (root / FINISHED).unlink(missing_ok=True)  # its output was removed: assemble it again
+            return store
+        except BaseException:
+            lease.release()
+            raise
 
 
-def open_output(out: Path, plan, sink_args: dict):
-    """The final sink, opened (so an unwritable path fails) before any rendering; None when
-    the Zarr store itself is the product."""
+def verified_done(store: TileStore, plan, quiet: bool = False) -> set[int]:
+    """The finished tiles whose data is on disk; the others are rendered again."""
+    done = store.done()
+    lost = store.missing([t for t in plan.tiles if t.index in done])
+    if lost and not quiet:
+        _say(f"{len(lost)} tile(s) recorded as finished have no data in {str(store.root)!r} "
+             f"(e.g. tile {lost[0].index}); rendering them again")
+        done -= {t.index for t in lost}
+    return done
+
+
+def open_output(out: Path, plan, sink_args: dict, store: TileStore):
+    """The final sink, its temporaries in the work directory; None when the Zarr store
+    itself is the product."""
     if out.suffix.lower() == ".zarr":
-        if out.exists():
-            raise sinks.SinkError(f"cannot write '{out}': it already exists")
-        if not out.parent.is_dir():
-            raise sinks.SinkError(f"cannot write '{out}': directory '{out.parent}' does not exist")
-        if sink_args.get("preview"):
-            raise ValueError("--preview is not available for .zarr outputs")
         return None
-    return sinks.open_sink(out, plan.window.width, plan.window.height, band_height=plan.tile_height, **sink_args)
+    return sinks.open_sink(out, plan.window.width, plan.window.height, band_height=plan.tile_height,
+                           temp_dir=store.tmp, **sink_args)
 
 
 def finish(store: TileStore, sink, out: Path, keep_work: bool) -> None:
-    """Close the sink (atomic rename) or move the Zarr product into place; drop the work dir."""
+    """Close the sink (atomic rename) or move the Zarr product into place; mark the work
+    directory finished, then drop it (or just its lease with keep_work)."""
+    _kill_point("before-output")
     if sink is None:
         store.close()
+        store.clear_tmp()  # zarr's partial chunks of killed writers must not ship
+        if os.path.lexists(out):
+            raise sinks.SinkError(f"cannot move the finished render to '{out}': something was created there "
+                                  f"meanwhile; the tiles stay in {str(store.root)!r}")
         os.replace(store.root / "tiles.zarr", out)
-        if not keep_work:
-            store.remove()
-        return
-    sink.close()
-    if not keep_work:
+    else:
+        sink.close()
+    _kill_point("after-output")
+    store.mark_finished(out)
+    _kill_point("after-finished")
+    if keep_work:
+        store.release()
+    else:
         store.remove()
 
 
 def abandon(store: TileStore, sink, total: int) -> None:
-    """After a failure: no partial output file; finished tiles stay for --resume."""
+    """After a failure: no partial output file; finished tiles stay for --resume (a work
+    directory with none is removed: it holds nothing worth keeping)."""
     if sink is not None:
         sink.abort()
-    store.close()
-    print(f"igan-render: {len(store.done())} of {total} tiles are finished and kept in {str(store.root)!r}; "
-          f"run the same command with --resume to continue", file=sys.stderr)
+    done = len(store.done())
+    if done == 0:
+        store.remove()
+        return
+    store.release()
+    _say(f"{done} of {total} tiles are finished and kept in {str(store.root)!r}; "
+         f"run the same command with --resume to continue")
 
 
 class Progress:
@@ -206,17 +295,20 @@ def _stats(plan, rendered: int, seconds: float, peak_device) -> RenderStats:
 
 
 def run_local(job: Job, model, device, out: Path, *, resume=False, restart=False, keep_work=False,
-              progress=True, sink_args=None) -> RenderStats:
-    """One process, one device."""
+              progress=True, sink_args=None) -> RenderStats | None:
+    """One process, one device. None when `out` was already finished (nothing rendered)."""
     renderer, field, plan = build(job, device, model)
-    store = open_store(job, model, out, resume=resume, restart=restart)
+    store = open_store(job, model, out, resume=resume, restart=restart, keep_work=keep_work)
+    if store is None:
+        return None
     start = time.perf_counter()
-    sink = None
-    done = store.done()
-    todo = [t for t in plan.tiles if t.index not in done]
-    bar = Progress(len(plan.tiles), len(done), progress)
+    sink = bar = None
+    todo = []
     try:
-        sink = open_output(out, plan, sink_args or {})
+        done = verified_done(store, plan)
+        todo = [t for t in plan.tiles if t.index not in done]
+        bar = Progress(len(plan.tiles), len(done), progress)
+        sink = open_output(out, plan, sink_args or {}, store)
         store.writer(f"local-{os.getpid()}")
         assembler = Assembler(plan, store, sink, done)
         assembler.advance()
@@ -232,7 +324,8 @@ def run_local(job: Job, model, device, out: Path, *, resume=False, restart=False
         abandon(store, sink, len(plan.tiles))
         raise
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     return _stats(plan, len(todo), time.perf_counter() - start, renderer.runner.peak_memory())
 
 
@@ -243,8 +336,24 @@ def run_local(job: Job, model, device, out: Path, *, resume=False, restart=False
 _PREFETCH = 2  # batches a worker holds: one rendering, one waiting (Renderer.pixels reads one ahead)
 
 
-def _worker(wid: int, job: Job, device: str, threads: int | None, root: str, conn) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this worker when the main process dies (Linux; even when the
+    main process is SIGKILLed), so no orphan keeps rendering for nobody. Elsewhere a worker
+    notices at its next message (EOF on its pipe) and exits quietly."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _worker(wid: int, job: Job, device: str, threads: int | None, root: str, conn, parent: int) -> None:
     """A worker process: render the batches it receives into the store."""
+    _die_with_parent(parent)
     try:
         from . import determinism  # noqa: F401  (MKL's reproducible mode, before any GEMM)
 
@@ -253,8 +362,8 @@ def _worker(wid: int, job: Job, device: str, threads: int | None, root: str, con
         renderer, field, plan = build(job, device)
         store = TileStore.open(root)
         store.writer(f"worker{wid}-{os.getpid()}")
-        failpoint = os.environ.get("IGAN_FAILPOINT", "")  # tests: "worker-exit:<wid>:<batches before>"
-        exit_at = int(failpoint.split(":")[2]) if failpoint.startswith(f"worker-exit:{wid}:") else -1
+        exit_at = (failpoint("worker-exit") or ":-1").split(":")  # tests: "worker-exit:<wid>:<batches before>"
+        exit_at = int(exit_at[1]) if exit_at[0] == str(wid) else -1
 
         def groups():
             n = 0
@@ -272,12 +381,17 @@ def _worker(wid: int, job: Job, device: str, threads: int | None, root: str, con
         render_groups(renderer, field, plan, store, groups(),
                       lambda group: conn.send(("done", [t.index for t in group])))
         conn.send(("exit", renderer.runner.peak_memory()))
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        os._exit(1)  # the main process is gone: nobody to report to, nothing to say
     except BaseException as exc:  # reported to the main process, which stops the render
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        try:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        except OSError:
+            os._exit(1)
 
 
 def run_processes(job: Job, model, devices: list[str], out: Path, *, threads_per_worker=None, resume=False,
-                  restart=False, keep_work=False, progress=True, sink_args=None) -> RenderStats:
+                  restart=False, keep_work=False, progress=True, sink_args=None) -> RenderStats | None:
     """One worker process per device; this process hands out batches and assembles the
     output while they render. A worker that dies has its batches handed to the others."""
     import collections
@@ -286,24 +400,34 @@ def run_processes(job: Job, model, devices: list[str], out: Path, *, threads_per
     import torch.multiprocessing as mp
 
     plan = planner.plan(model.config, job.window, tile=job.tile, batch=job.batch)
-    store = open_store(job, model, out, resume=resume, restart=restart)
-    done = store.done()
-    todo = [t for t in plan.tiles if t.index not in done]
-    pending = collections.deque(tuple(t.index for t in g) for g in _groups(todo, job.batch))
+    store = open_store(job, model, out, resume=resume, restart=restart, keep_work=keep_work)
+    if store is None:
+        return None
     start = time.perf_counter()
-    sink = None
-    bar = Progress(len(plan.tiles), len(done), progress)
+    sink = bar = None
+    todo = []
     ctx = mp.get_context("spawn")
     procs, conns, held = {}, {}, {}
     peaks = []
+
+    def stop_workers():
+        for p in procs.values():
+            if p.is_alive():
+                p.terminate()
+            p.join(timeout=10)
+
     try:
-        sink = open_output(out, plan, sink_args or {})
+        done = verified_done(store, plan)
+        todo = [t for t in plan.tiles if t.index not in done]
+        pending = collections.deque(tuple(t.index for t in g) for g in _groups(todo, job.batch))
+        bar = Progress(len(plan.tiles), len(done), progress)
+        sink = open_output(out, plan, sink_args or {}, store)
         assembler = Assembler(plan, store, sink, done)
         assembler.advance()
         for wid, device in enumerate(devices):
             parent, child = ctx.Pipe()
-            procs[wid] = ctx.Process(target=_worker, args=(wid, job, device, threads_per_worker, str(store.root), child),
-                                     daemon=True)
+            procs[wid] = ctx.Process(target=_worker, daemon=True,
+                                     args=(wid, job, device, threads_per_worker, str(store.root), child, os.getpid()))
             procs[wid].start()
             child.close()
             conns[wid], held[wid] = parent, collections.deque()
@@ -367,14 +491,13 @@ def run_processes(job: Job, model, devices: list[str], out: Path, *, threads_per
         assert assembler.complete
         finish(store, sink, out, keep_work)
     except BaseException:
+        stop_workers()  # before abandon(): nobody may write into a work directory being removed
         abandon(store, sink, len(plan.tiles))
         raise
     finally:
-        bar.close()
-        for p in procs.values():
-            if p.is_alive():
-                p.terminate()
-            p.join(timeout=10)
+        if bar is not None:
+            bar.close()
+        stop_workers()
     peak = max((x for x in peaks if x is not None), default=None)
     return _stats(plan, len(todo), time.perf_counter() - start, peak)
 
@@ -400,22 +523,28 @@ def run_torchrun(job: Job, model, device, out: Path, *, resume=False, restart=Fa
     store = sink = None
     start = time.perf_counter()
     try:
-        failed = torch.zeros(1)
+        state = torch.zeros(1)  # rank 0's outcome: 0 go, 1 failed, 2 already finished
         if rank == 0:
             try:
-                store = open_store(job, model, out, resume=resume, restart=restart)
-                sink = open_output(out, plan, sink_args or {})
+                store = open_store(job, model, out, resume=resume, restart=restart, keep_work=keep_work)
+                if store is None:
+                    state += 2
+                else:
+                    sink = open_output(out, plan, sink_args or {}, store)
             except BaseException:
-                failed += 1
+                state += 1
                 raise
             finally:
-                dist.broadcast(failed, 0)
+                dist.broadcast(state, 0)
         else:
-            dist.broadcast(failed, 0)
-            if failed.item():
+            dist.broadcast(state, 0)
+            if state.item() == 1:
                 raise RuntimeError("rank 0 could not open the output; see its error")
-            store = TileStore.open(work_dir_for(out), job.request(model))
-        done = store.done()
+            if state.item() == 0:
+                store = TileStore.open(work_dir_for(out), job.request(model))
+        if store is None:
+            return None
+        done = verified_done(store, plan, quiet=rank != 0)
         dist.barrier()  # every rank has read the same manifest before anyone adds to it
         todo = [t for t in plan.tiles if t.index not in done]
         mine = todo[rank::world]

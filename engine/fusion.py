@@ -160,6 +160,9 @@ class LabelMap:
         return self.labels_[rows[:, None], cols[None, :]]
 
 
+MAX_BLUR = 4096  # pixels: each tile's weights need a (tile + blur)^2 label region, ~20 bytes a pixel
+
+
 def box_weights(assign, count: int, blur: int, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
     """float32 [count, R, W]: the share of each style among the blur x blur canvas pixels
     around each (ys[r], xs[c]) (box [p - blur//2, p - blur//2 + blur) per axis).
@@ -238,8 +241,8 @@ class FusedField(Field):
         sources = [as_source(s) for s in styles]
         if not sources:
             raise ValueError("style fusion needs at least one style")
-        if not isinstance(blur, int) or isinstance(blur, bool) or blur < 1:
-            raise ValueError(f"blur must be a positive integer (pixels), got {blur!r}")
+        if not isinstance(blur, int) or isinstance(blur, bool) or not 1 <= blur <= MAX_BLUR:
+            raise ValueError(f"blur must be an integer from 1 to {MAX_BLUR} (pixels), got {blur!r}")
         if (centers is None) == (label_map is None):
             raise ValueError("give either centers or a label_map")
         if base is not None and base.config.architecture() != config.architecture():

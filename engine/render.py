@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -32,9 +33,19 @@ def _size_bytes(text: str) -> int:
         value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4GiB, 512M)") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    if not math.isfinite(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"must be a finite size of at least one byte (e.g. 4GiB, 512M), got {text!r}")
     return int(value)
+
+
+def _blur(text: str) -> int:
+    from .fusion import MAX_BLUR
+
+    value = _positive(text)
+    if value > MAX_BLUR:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_BLUR} pixels (the blend of each tile is computed "
+                                         f"over the tile plus the blur), got {value}")
+    return value
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -122,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     fusion.add_argument("--style-map", default=None, metavar="PNG",
                         help="instead of centres: an image whose distinct colours (numbered in order of first "
                              "appearance, top-left first) say where each style goes, stretched to the window")
-    fusion.add_argument("--style-blur", type=_positive, default=None, metavar="K",
+    fusion.add_argument("--style-blur", type=_blur, default=None, metavar="K",
                         help="width of the box blur between styles, in output pixels (default 127)")
     fusion.add_argument("--wrap", action="store_true",
                         help="cyclic panorama: the canvas repeats horizontally every --width pixels, so the "
@@ -183,8 +194,52 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def preview_path(args) -> str | None:
+    """Where --preview writes (its default: OUT's stem + .preview.png), or None."""
+    if args.preview is None:
+        return None
+    return args.preview or os.path.splitext(args.out)[0] + ".preview.png"
+
+
+def check_paths(args) -> None:
+    """Every output of `args` is writable, takes its options, and collides with no input
+    or other output; checked before anything is loaded or created (ValueError/OSError
+    naming the value). The C++ API passes through here too."""
+    from . import sinks
+    from .paths import check_distinct, check_writable
+    from .store import work_dir_for
+
+    out = Path(args.out)
+    ext = out.suffix.lower()
+    preview = preview_path(args)
+    if ext == ".zarr" and preview is not None:
+        raise ValueError(f"--preview is not available for .zarr outputs (--out {args.out!r})")
+    sinks.check_compression(out, args.compression)
+    if ext == ".zarr" and os.path.lexists(out) and not os.path.lexists(work_dir_for(out)):
+        raise ValueError(f"--out {args.out!r} already exists; igan does not overwrite a Zarr store: remove it "
+                         f"or choose another --out")
+    outputs = {"--out": args.out, "--preview": preview, "--stats-json": args.stats_json}
+    check_distinct({"--checkpoint": args.checkpoint, "--model": args.model, "--style-map": args.style_map}, outputs)
+    for flag, path in outputs.items():
+        if path is not None and not (flag == "--out" and ext == ".zarr" and os.path.lexists(path)):
+            check_writable(flag, path)  # an existing Zarr --out is a finished render (checked above)
+
+
+def _write_json(path: str, data: dict) -> None:
+    """Atomically: a kill never leaves a truncated file under `path`."""
+    tmp = f"{path}.igan-tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def _run(args, model=None) -> int:
     """Render as `args` say, with `model` if given (the C++ API passes the one it holds)."""
+    check_paths(args)
     import torch
 
     from . import checkpoint, executor, planner
@@ -207,25 +262,22 @@ def _run(args, model=None) -> int:
                         itemsize=PRECISIONS[args.precision].itemsize)
     job = executor.Job(source, args.config, args.seed, window, (plan.tile_height, plan.tile_width),
                        args.batch, args.backend, args.precision, spec)
-    preview = None
-    if args.preview is not None:
-        preview = args.preview or os.path.splitext(args.out)[0] + ".preview.png"
+    preview = preview_path(args)
     common = dict(resume=args.resume, restart=args.restart, keep_work=args.keep_work, progress=not args.quiet,
                   sink_args=dict(preview=preview, preview_size=args.preview_size, compression=args.compression))
     out = Path(args.out)
     if dist is not None:
         stats = executor.run_torchrun(job, model, devices[0], out, **common)
-        if stats is None:
-            return 0
     elif len(devices) > 1:
         threads = max(1, (os.cpu_count() or 1) // len(devices)) if devices[0] == "cpu" else None
         stats = executor.run_processes(job, model, devices, out, threads_per_worker=threads, **common)
     else:
         stats = executor.run_local(job, model, devices[0], out, **common)
+    if stats is None:  # another rank's summary, or nothing to do (already finished)
+        return 0
     print(f"igan-render: {stats.summary()} -> {args.out}" + (f" (preview {preview})" if preview else ""))
     if args.stats_json:
-        with open(args.stats_json, "w") as f:
-            json.dump(dataclasses.asdict(stats) | {"mp_per_s": stats.mp_per_s, "out": args.out}, f, indent=1)
+        _write_json(args.stats_json, dataclasses.asdict(stats) | {"mp_per_s": stats.mp_per_s, "out": args.out})
     return 0
 
 
@@ -247,7 +299,9 @@ def _devices(args, dist) -> list[str]:
         rank, world, local = dist
         if args.gpus or args.workers:
             raise ValueError("under torchrun each rank is one worker: drop --gpus/--workers")
-        return [f"cuda:{local}" if args.device in ("auto", "cuda") and torch.cuda.is_available() else args.device]
+        if args.device == "auto":  # each rank on its own: its local GPU, else the CPU
+            return [f"cuda:{local}" if torch.cuda.is_available() else "cpu"]
+        return [f"cuda:{local}" if args.device == "cuda" else args.device]
     if args.gpus:
         have = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if have < args.gpus:

@@ -3,8 +3,10 @@
 The renderer hands uint8 tiles to `Sink.write()`; tiles arrive in bands of `band_height` rows,
 in any order. One writer thread assembles complete bands and encodes them strictly top to
 bottom, so encoding overlaps rendering. Memory is O(width x band_height), never O(height).
-Output goes to a temporary file next to the final path; only `close()` renames it into place,
-so a failed or aborted render never leaves a partial file behind.
+Output goes to a temporary file (in `temp_dir`, the render's work directory, or else next to the
+final path); only `close()` renames it into place, so a failed or aborted render never leaves a
+partial file behind. Every temporary is flocked while its sink lives: one that a killed process
+left next to a final path is recognised (unlocked) and deleted by the next sink for that path.
 
 * PngSink: hand-rolled PNG (libpng-like adaptive row filters, one zlib stream, bounded IDATs).
 * TiffSink: tiled BigTIFF with a 2x pyramid in SubIFDs, written by tifffile. A reduced level is
@@ -16,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import collections
 import errno
+import fcntl
+import glob
 import io
 import math
 import operator
@@ -46,21 +50,62 @@ class _Aborted(Exception):
     """Unwinds the writer thread after abort()."""
 
 
+def _same_device(a: Path, b: Path) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False
+
+
+def sweep_temps(final: Path) -> None:
+    """Delete the temporaries of `final` that killed sinks left beside it: igan's own names
+    (`.{name}.igan-tmp-*`), and only those no live sink holds the flock of."""
+    for tmp in Path(final).parent.glob(f".{glob.escape(Path(final).name)}.igan-tmp-*"):
+        try:
+            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a live sink's
+        else:
+            tmp.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+
 def open_sink(path, width, height, *, band_height, preview=None, preview_size=1024,
-              compression=None, tiff_tile=256, queue_tiles=64, workers=None) -> Sink:
+              compression=None, tiff_tile=256, queue_tiles=64, workers=None, temp_dir=None) -> Sink:
     """Open a streaming sink; the format follows the extension (.png, .tif, .tiff).
-    `workers`: compression threads (default min(8, CPUs)); the bytes do not depend on it."""
+    `workers`: compression threads (default min(8, CPUs)); the bytes do not depend on it.
+    `temp_dir`: where the temporaries go (on the output's filesystem; default: beside it)."""
     path = Path(path)
     ext = path.suffix.lower()
     workers = _check_int("workers", workers) if workers is not None else min(8, os.cpu_count() or 1)
     kw = dict(band_height=band_height, preview=preview, preview_size=preview_size,
-              compression=compression, queue_tiles=queue_tiles, workers=workers)
+              compression=compression, queue_tiles=queue_tiles, workers=workers, temp_dir=temp_dir)
     if ext == ".png":
         return PngSink(path, width, height, **kw)
     if ext in (".tif", ".tiff"):
         return TiffSink(path, width, height, tile=tiff_tile, **kw)
     raise ValueError(f"unsupported output extension {ext or '(none)'!r} for '{path}': "
                      f"supported are .png, .tif, .tiff")
+
+
+def check_compression(path, compression) -> None:
+    """ValueError naming `compression` unless the format of `path` takes it (checked before
+    a render creates anything)."""
+    ext = Path(path).suffix.lower()
+    if compression is None:
+        return
+    if ext == ".png":
+        level = int(compression) if isinstance(compression, str) and compression.isdigit() else compression
+        _check_int("--compression for PNG (a zlib level)", level, 0, 9)
+    elif ext in (".tif", ".tiff"):
+        _tiff_codec(compression)
+    else:
+        raise ValueError(f"--compression {compression!r} is for .png and .tif outputs, not {ext or 'this output'}")
 
 
 def _check_int(name: str, value, minimum: int = 1, maximum: float = math.inf) -> int:
@@ -146,8 +191,9 @@ class Sink:
     (complete bands, top to bottom) and writes the whole file through `self._file`."""
 
     def __init__(self, path, width, height, *, band_height, preview=None, preview_size=1024,
-                 queue_tiles=64):
+                 queue_tiles=64, temp_dir=None):
         self.path = Path(path)
+        self.temp_dir = None if temp_dir is None else Path(temp_dir)
         self.width = _check_int("width", width)
         self.height = _check_int("height", height)
         self.band_height = _check_int("band_height", band_height)
@@ -265,8 +311,14 @@ class Sink:
 
     # -- temporary files ---------------------------------------------------------------------
     def _create_temp(self, final: Path, suffix: str = "") -> tuple[Path, int]:
-        """Create `.{name}.igan-tmp-{pid}-{random}{suffix}` next to `final`; fail early."""
-        tmp = final.with_name(f".{final.name}.igan-tmp-{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+        """Create `.{name}.igan-tmp-{pid}-{random}{suffix}` in temp_dir when it is on the
+        same filesystem as `final` (so the final rename is atomic), else next to `final`;
+        flocked while this sink lives. Fails early, naming `final`."""
+        sweep_temps(final)
+        folder = final.parent
+        if self.temp_dir is not None and _same_device(self.temp_dir, final.parent):
+            folder = self.temp_dir
+        tmp = folder / f".{final.name}.igan-tmp-{os.getpid()}-{secrets.token_hex(4)}{suffix}"
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         except FileNotFoundError as exc:
@@ -276,9 +328,10 @@ class Sink:
                               f"does not exist", exc) from exc
         except PermissionError as exc:
             raise _sink_error(f"cannot write '{final}': permission denied in directory "
-                              f"'{final.parent}'", exc) from exc
+                              f"'{folder}'", exc) from exc
         except OSError as exc:
             raise _sink_error(f"cannot write '{final}': {exc.strerror or exc}", exc) from exc
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a fresh file: never contended
         with self._lock:
             self._temps[tmp] = fd
         return tmp, fd
@@ -475,10 +528,8 @@ class PngSink(Sink):
     deflate runs on several threads (_ParallelDeflate)."""
 
     def __init__(self, path, width, height, *, compression=None, workers=1, **kw):
-        level = PNG_LEVEL if compression is None else compression
-        if isinstance(level, str) and level.isdigit():  # as given on a command line
-            level = int(level)
-        self.level = _check_int("PNG compression (a zlib level)", level, 0, 9)
+        check_compression(path, compression)
+        self.level = PNG_LEVEL if compression is None else int(compression)
         self.workers = workers
         super().__init__(path, width, height, **kw)
 
@@ -531,7 +582,7 @@ def _tiff_codec(value) -> tuple[str | None, dict | None]:
     lo, hi, default = _TIFF_CODECS.get(name, (0, -1, 0))
     level = default if not level else int(level) if level.isdigit() else -1
     if not lo <= level <= hi or (name == "zstd" and not _zstd_available()):
-        raise ValueError(f"TIFF compression must be 'zstd' (needs imagecodecs), 'zlib' or 'none', "
+        raise ValueError(f"TIFF compression (--compression) must be 'zstd' (needs imagecodecs), 'zlib' or 'none', "
                          f"optionally with a level as in 'zstd:5' (1-22) or 'zlib:9' (0-9), "
                          f"got {value!r}")
     return name, {"level": level}

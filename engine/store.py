@@ -2,6 +2,12 @@
 makes a render resumable and shareable between processes and machines.
 
 A render's work directory (next to the output: `.{name}.igan-work/`) holds
+- `igan-work.json`: the marker written at creation (igan version, store version, request
+  digest). igan only ever deletes a folder that carries it.
+- `lock`: the lease. The process that owns the render (the main process, or torchrun's rank
+  0) holds an exclusive `flock` on it for as long as it runs; the kernel drops it when that
+  process dies, even by SIGKILL, so a killed render never blocks `--resume`, while a second
+  live render of the same output is refused with the owner's PID (written in the file).
 - `request.json`: what is being rendered (model identity, config, seed, window, tiling,
   precision). A resume must match it exactly.
 - `tiles.zarr`: a Zarr v3 uint8 array of the whole window whose chunks are exactly the
@@ -12,23 +18,43 @@ A render's work directory (next to the output: `.{name}.igan-work/`) holds
 - `manifest/<writer>.log`: one line per finished tile, appended and fsynced by its writer
   after the chunk is on disk. The union of the logs is the set of finished tiles; a line
   cut short by a kill is ignored, and its tile is rendered again.
+- `tmp/`: the output file's temporaries (the file being encoded, TIFF pyramid levels); a
+  kill leaves them here, and the next owner of the lease empties the folder.
+- `finished.json`: written once the output is in place; a work directory that has it is
+  recognised as finished (e.g. after a kill between the output's rename and the removal).
+
+The directory is created whole (built under a staging name, then renamed into place) and
+removed whole (renamed away, then deleted), so another process never sees half of one.
 """
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
+import secrets
 import shutil
+import socket
+import time
 from pathlib import Path
 
 import numpy as np
 
 STORE_VERSION = 1
+MARKER = "igan-work.json"
+LOCK = "lock"
+TMP = "tmp"
+FINISHED = "finished.json"
+_STALE_SECONDS = 60  # a staging/removal folder with no lock file is left alone this long (it may be starting)
 
 
 class StoreError(ValueError):
     """A work directory that cannot be used for this request."""
+
+
+class StoreBusy(StoreError):
+    """Another live process holds the work directory's lease."""
 
 
 class StoreWriteError(OSError):
@@ -48,42 +74,178 @@ def file_digest(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def request_digest(request: dict) -> str:
+    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+
+
+# ---- the lease ------------------------------------------------------------------------------------
+class Lease:
+    """An exclusive flock on `<work dir>/lock`, held by the process that owns a render."""
+
+    def __init__(self, fd: int, root: Path):
+        self.fd, self.root = fd, root
+
+    @staticmethod
+    def _owner(fd_or_path) -> str:
+        try:
+            if isinstance(fd_or_path, int):
+                text = os.pread(fd_or_path, 4096, 0).decode(errors="replace")
+            else:
+                text = Path(fd_or_path).read_text(errors="replace")
+            info = json.loads(text)
+            return f"PID {info['pid']} on {info['host']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "an unknown process"
+
+    @classmethod
+    def take(cls, root: Path, *, create: bool = False) -> "Lease | None":
+        """The lease of `root`; StoreBusy if a live process holds it; None if `root` was
+        renamed away or replaced meanwhile (the caller looks again)."""
+        path = root / LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0), 0o644)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = cls._owner(fd)
+            os.close(fd)
+            raise StoreBusy(f"another igan process ({owner}) is rendering into {str(root)!r}: wait for it "
+                            f"to finish or stop it; two renders of one output would corrupt it") from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if not same:  # removed or replaced between our open and our lock
+            os.close(fd)
+            return None
+        info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info.encode(), 0)
+        return cls(fd, root)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _unlocked(root: Path) -> bool:
+    """True when no live process holds `root`'s lock (or it has none and is old)."""
+    try:
+        fd = os.open(root / LOCK, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        try:
+            return time.time() - root.stat().st_mtime > _STALE_SECONDS
+        except FileNotFoundError:
+            return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # also drops the probe's lock
+
+
+def sweep_stale(root: Path) -> None:
+    """Delete staging (`.new-*`) and removal (`.del-*`) folders of `root` left by killed
+    processes: igan's own names, and only when no live process holds their lock."""
+    for pattern in (f"{root.name}.new-*", f"{root.name}.del-*"):
+        for stale in root.parent.glob(pattern):
+            if stale.is_dir() and not stale.is_symlink() and _unlocked(stale):
+                shutil.rmtree(stale, ignore_errors=True)
+
+
+def is_work_dir(root: Path) -> bool:
+    """Does `root` carry igan's marker (or, from igan before the marker, its request.json)?"""
+    if (root / MARKER).is_file():
+        return True
+    try:
+        return "store_version" in json.loads((root / "request.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+# ---- the store --------------------------------------------------------------------------------------
 class TileStore:
-    def __init__(self, root: Path, request: dict, array):
+    def __init__(self, root: Path, request: dict, array, lease: Lease | None = None):
         self.root = root
         self.request = request
         self.array = array
+        self.lease = lease
         self._log = None
 
     # ---- opening ------------------------------------------------------------------------------
     @classmethod
-    def create(cls, root: str | os.PathLike, request: dict) -> "TileStore":
+    def create(cls, root: str | os.PathLike, request: dict, *, lease: bool = False) -> "TileStore | None":
         """A fresh work directory for `request` (which must hold width, height, tile_height,
-        tile_width)."""
+        tile_width), built under a staging name and renamed into place. With `lease`, its
+        lease is held from the start. StoreError if `root` exists; None if another process
+        created it at the same moment."""
         import zarr
+
+        from igan.export import igan_version
 
         root = Path(root)
         if root.exists():
             raise StoreError(f"work directory {str(root)!r} already exists")
-        root.mkdir()
-        (root / "manifest").mkdir()
-        request = dict(request, store_version=STORE_VERSION)
-        array = zarr.create_array(
-            store=str(root / "tiles.zarr"), shape=(request["height"], request["width"], 3),
-            chunks=(request["tile_height"], request["tile_width"], 3), dtype="uint8",
-            compressors=zarr.codecs.ZstdCodec(level=1), fill_value=0, config={"write_empty_chunks": True},
-            attributes={"igan": request})
-        _write_atomic(root / "request.json", json.dumps(request, indent=1, sort_keys=True))
-        return cls(root, request, array)
+        stage = root.with_name(f"{root.name}.new-{os.getpid()}-{secrets.token_hex(4)}")
+        stage.mkdir()
+        held = None
+        try:
+            held = Lease.take(stage, create=True)
+            request = dict(request, store_version=STORE_VERSION)
+            (stage / "manifest").mkdir()
+            (stage / TMP).mkdir()
+            _write_atomic(stage / MARKER, json.dumps({"igan": igan_version(), "store_version": STORE_VERSION,
+                                                      "request_sha256": request_digest(request)}, indent=1))
+            zarr.create_array(
+                store=str(stage / "tiles.zarr"), shape=(request["height"], request["width"], 3),
+                chunks=(request["tile_height"], request["tile_width"], 3), dtype="uint8",
+                chunk_key_encoding={"name": "default", "separator": "/"},
+                compressors=zarr.codecs.ZstdCodec(level=1), fill_value=0, config={"write_empty_chunks": True},
+                attributes={"igan": request})
+            _write_atomic(stage / "request.json", json.dumps(request, indent=1, sort_keys=True))
+            try:
+                os.rename(stage, root)
+            except OSError as e:
+                if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    return None  # another process won the race: the caller opens theirs
+                raise
+            stage = None
+            held.root = root
+            array = zarr.open_array(str(root / "tiles.zarr"), mode="r+")
+            store = cls(root, request, array, held if lease else None)
+            if not lease:
+                held.release()
+            held = None
+            return store
+        finally:
+            if held is not None:
+                held.release()
+            if stage is not None:
+                shutil.rmtree(stage, ignore_errors=True)
 
     @classmethod
-    def open(cls, root: str | os.PathLike, request: dict | None = None) -> "TileStore":
+    def open(cls, root: str | os.PathLike, request: dict | None = None, *, lease: Lease | None = None) -> "TileStore":
         """An existing work directory; with `request`, checks it describes the same render."""
         import zarr
 
         root = Path(root)
+        stored = cls.check_request(root, request)
         try:
-            stored = json.loads((root / "request.json").read_text())
+            array = zarr.open_array(str(root / "tiles.zarr"), mode="r+")
+        except (OSError, ValueError, KeyError) as e:
+            raise StoreError(f"{str(root)!r} has no usable tile array ({type(e).__name__}: {e})") from e
+        return cls(root, stored, array, lease)
+
+    @staticmethod
+    def check_request(root: Path, request: dict | None) -> dict:
+        """The stored request of `root`; StoreError if `request` is given and differs."""
+        try:
+            stored = json.loads((Path(root) / "request.json").read_text())
         except (OSError, ValueError) as e:
             raise StoreError(f"{str(root)!r} is not a usable igan work directory ({e})") from e
         if request is not None:
@@ -92,8 +254,7 @@ class TileStore:
             if diff:
                 details = "; ".join(f"{k}: was {stored.get(k)!r}, now {wanted.get(k)!r}" for k in diff)
                 raise StoreError(f"cannot resume from {str(root)!r}: it holds a different render ({details})")
-        array = zarr.open_array(str(root / "tiles.zarr"), mode="r+")
-        return cls(root, stored, array)
+        return stored
 
     # ---- tiles ----------------------------------------------------------------------------------
     def done(self) -> set[int]:
@@ -106,9 +267,19 @@ class TileStore:
                     finished.add(int(parts[1]))
         return finished
 
+    def chunk_path(self, y: int, x: int) -> Path:
+        """The file of the chunk holding image pixel (y, x) (the chunks are the tiles)."""
+        th, tw = self.array.chunks[:2]
+        return self.root / "tiles.zarr" / "c" / str(y // th) / str(x // tw) / "0"
+
+    def missing(self, tiles) -> list:
+        """Those of `tiles` (planner Tiles) whose chunk is not on disk."""
+        return [t for t in tiles if not self.chunk_path(t.y, t.x).is_file()]
+
     def writer(self, name: str) -> None:
         """Open this process's manifest log (`name` must be unique among live writers)."""
-        self._log = os.open(self.root / "manifest" / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._log = os.open(self.root / "manifest" / f"{name}.log",
+                            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
 
     def put(self, index: int, y: int, x: int, tile: np.ndarray) -> None:
         """Store one finished tile (image coordinates) and record it in the manifest."""
@@ -122,18 +293,62 @@ class TileStore:
             raise StoreWriteError(e.errno, f"{what} while storing tile {index} in '{self.root}' "
                                            f"({e.strerror or e})") from e
 
-    def band(self, y: int, height: int) -> np.ndarray:
-        """Rows [y, y + height) of the image, all columns."""
+    def band(self, y: int, height: int, tiles=()) -> np.ndarray:
+        """Rows [y, y + height) of the image, all columns. `tiles` (the band's planner Tiles)
+        must all be on disk: a missing chunk would read back as zeros, so it is an error."""
+        gone = self.missing(tiles)
+        if gone:
+            t = gone[0]
+            raise StoreError(f"tile {t.index} (rows {t.y}-{t.y + t.height - 1}, columns {t.x}-{t.x + t.width - 1}) "
+                             f"is recorded as finished but its data {str(self.chunk_path(t.y, t.x))!r} is missing"
+                             f"{f' (and {len(gone) - 1} more)' if len(gone) > 1 else ''}; run the same command "
+                             f"with --resume to render it again")
         return self.array[y:y + height]
+
+    # ---- life cycle -----------------------------------------------------------------------------
+    @property
+    def tmp(self) -> Path:
+        """Where the output's temporaries go (emptied by the next owner after a kill)."""
+        return self.root / TMP
+
+    def clear_tmp(self) -> None:
+        """Delete what killed owners left in tmp/ and zarr's partial chunks (lease held)."""
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(exist_ok=True)
+        for partial in (self.root / "tiles.zarr").rglob("*.partial"):
+            partial.unlink(missing_ok=True)
+
+    def finished(self) -> bool:
+        return (self.root / FINISHED).is_file()
+
+    def mark_finished(self, out: Path) -> None:
+        """Record that the output is in place (a kill after this leaves a finished store)."""
+        _write_atomic(self.root / FINISHED, json.dumps({"out": out.name, "time": time.time()}))
 
     def close(self) -> None:
         if self._log is not None:
             os.close(self._log)
             self._log = None
 
-    def remove(self) -> None:
+    def release(self) -> None:
+        """Close the manifest log and drop the lease; the directory stays."""
         self.close()
-        shutil.rmtree(self.root, ignore_errors=True)
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
+
+    def remove(self) -> None:
+        """Delete the work directory: renamed away first (so nobody opens half of it), then
+        deleted, then the lease dropped."""
+        self.close()
+        gone = self.root.with_name(f"{self.root.name}.del-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            os.rename(self.root, gone)
+        except FileNotFoundError:
+            gone = None
+        if gone is not None:
+            shutil.rmtree(gone, ignore_errors=True)
+        self.release()
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -79,6 +79,8 @@ def _assert_no_output(tmp_path, name):
     (["--width", "abc"], "must be a positive integer, got 'abc'"),
     (["--width", str(2**21)], f"width {2**21} exceeds the limit"),
     (["--tile", "20"], "--tile must be a multiple of 16, got 20"),
+    (["--memory-budget", "inf"], "argument --memory-budget: must be a finite size"),
+    (["--memory-budget", "nan"], "argument --memory-budget: must be a finite size"),
     (["--precision", "fp8"], "invalid choice: 'fp8'"),
     (["--device", "tpu"], "unknown device 'tpu'"),
     (["--checkpoint", "/nonexistent/best_fid.pth.tar"], "'/nonexistent/best_fid.pth.tar' does not exist"),

@@ -223,8 +223,10 @@ def test_bad_fusion_arguments_are_refused(tmp_path):
         StyleSource()
     with pytest.raises(ValueError, match="2 styles but 1 centers"):
         FusedField(TINY, [1, 2], [(0.0, 0.0)], 5, 0)
-    with pytest.raises(ValueError, match="blur must be a positive integer.*0"):
+    with pytest.raises(ValueError, match="blur must be an integer from 1 to 4096.*got 0"):
         FusedField(TINY, [1], [(0.0, 0.0)], 0, 0)
+    with pytest.raises(ValueError, match="blur must be an integer from 1 to 4096.*got 100000000"):
+        FusedField(TINY, [1], [(0.0, 0.0)], 100_000_000, 0)  # not a raw allocator error
     with pytest.raises(ValueError, match="z_g has 3 values"):
         FusedField(TINY, [StyleSource(z_g=torch.zeros(3))], [(0.0, 0.0)], 5, 0)
     with pytest.raises(ValueError, match="finite"):
@@ -278,6 +280,7 @@ def test_cli_styles_render_and_map_equals_centres(tmp_path, tiny_checkpoint):
     (["--styles", "1,x"], "comma-separated integer seeds"),
     (["--styles", "1", "--style-centers", "0.5;0.5"], "X,Y pairs"),
     (["--styles", "1", "--style-blur", "0"], "positive integer"),
+    (["--styles", "1,2", "--style-blur", "100000000"], "argument --style-blur: must be at most 4096 pixels"),
     (["--styles", "1", "--style-centers", "0.5,0.5", "--style-map", "m.png"], "exclude each other"),
 ])
 def test_cli_rejects_bad_fusion_flags(tmp_path, tiny_checkpoint, capsys, args, message):

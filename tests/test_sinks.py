@@ -479,3 +479,43 @@ def test_compression_threads_do_not_change_the_bytes(tmp_path, ext):
     assert data[0] == data[1]
     decoded = np.asarray(Image.open(tmp_path / f"w1{ext}")) if ext == ".png" else tifffile.imread(tmp_path / f"w1{ext}")
     assert np.array_equal(decoded, img)
+
+
+_KILLED_SINK = """
+import os, sys, numpy as np
+from igan.engine.sinks import open_sink
+sink = open_sink(sys.argv[1], 64, 64, band_height=32, preview=sys.argv[2] if len(sys.argv) > 2 else None)
+sink.write(0, 0, np.zeros((32, 64, 3), np.uint8))
+os.kill(os.getpid(), 9)
+"""
+
+
+@pytest.mark.parametrize("name", ["k.png", "k.tif"])
+def test_temporaries_of_a_killed_sink_are_swept_by_the_next_one(tmp_path, name):
+    """A sink without a work directory keeps its temporaries beside the output, flocked: a
+    killed sink's are deleted by the next sink for that path, a live sink's never."""
+    out = tmp_path / name
+    subprocess.run([sys.executable, "-c", _KILLED_SINK, str(out)], check=False, timeout=120)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left and all(n.startswith(f".{name}.igan-tmp-") for n in left)  # what a SIGKILL leaves
+    live = open_sink(tmp_path / name, 64, 64, band_height=64)  # sweeps the dead ones, not its own
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name not in left) == [live._tmp.name]
+    other = open_sink(tmp_path / name, 64, 64, band_height=64)  # a second live sink keeps the first's
+    assert live._tmp.exists() and other._tmp.exists()
+    for sink in (live, other):
+        sink.write(0, 0, np.zeros((64, 64, 3), np.uint8))
+    other.abort()
+    live.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_temporaries_go_to_temp_dir_on_the_same_filesystem(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    sink = open_sink(tmp_path / "o.tif", 600, 600, band_height=600, temp_dir=work, tiff_tile=256,
+                     preview=tmp_path / "p.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+    sink.write(0, 0, np.zeros((600, 600, 3), np.uint8))
+    sink.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.tif", "p.png", "work"]
+    assert list(work.iterdir()) == []
