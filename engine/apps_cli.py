@@ -52,9 +52,6 @@ def _check_out(parser, path: str, formats=OUT_FORMATS) -> None:
     ext = os.path.splitext(path)[1].lower()
     if ext not in formats:
         parser.error(f"--out {path!r}: unsupported extension {ext or '(none)'!r}; use {', '.join(formats)}")
-    parent = Path(path).resolve().parent
-    if not parent.is_dir():
-        parser.error(f"--out {path!r}: directory {str(parent)!r} does not exist")
 
 
 def _setup(args):
@@ -71,20 +68,48 @@ def _setup(args):
     return model, model_digest(model), device
 
 
+def _require_file(path: str, what: str) -> None:
+    """A missing input and a directory given as one are different mistakes: say which."""
+    if Path(path).is_dir():
+        raise AppError(f"{what} {path!r} is a directory, not a file")
+    if not Path(path).is_file():
+        raise AppError(f"{what} {path!r} does not exist")
+
+
+def _open_image(path: str):
+    """PIL image of `path` (to be used in a `with`), or AppError naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    _require_file(path, "image")
+    try:
+        return Image.open(path)
+    except (UnidentifiedImageError, OSError) as e:
+        raise AppError(f"cannot read image {path!r}: {e}") from e
+
+
 def load_image(path: str):
     """RGB image file -> float32 [3, H, W] in [-1, 1]."""
     import numpy as np
     import torch
-    from PIL import Image, UnidentifiedImageError
 
-    if not Path(path).is_file():
-        raise AppError(f"image {path!r} does not exist")
-    try:
-        with Image.open(path) as im:
+    with _open_image(path) as im:
+        try:
             arr = np.asarray(im.convert("RGB"), dtype=np.float32)
-    except (UnidentifiedImageError, OSError) as e:
-        raise AppError(f"cannot read image {path!r}: {e}") from e
+        except OSError as e:  # a header that opens, over pixel data that does not decode
+            raise AppError(f"cannot read image {path!r}: {e}") from e
     return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
+
+
+def _check_source(path: str) -> None:
+    """An image or record input is there and readable (a record fully, an image by its header),
+    checked before the model loads and before any inversion, which may take many minutes."""
+    from .record import InversionRecord
+
+    if _is_record(path):
+        _require_file(path, "inversion record")
+        InversionRecord.load(path)
+    else:
+        _open_image(path).close()
 
 
 def save_png(path: str | os.PathLike, rgb) -> None:
@@ -160,14 +185,21 @@ def _render_args(p: argparse.ArgumentParser) -> None:
                    help="also save the inversion record of each inverted image (repeat for several)")
 
 
-def _main(prog: str, parser, argv, run) -> int:
+def _main(prog: str, parser, argv, run, sources, outputs) -> int:
+    """Parse, check every path, then run. `sources(args)` names the image/record inputs and
+    `outputs(args)` the files written, by option: none may be another (see paths.py), outputs
+    must be writable and inputs readable before the model loads or an inversion starts."""
+    from .paths import refuse_unsafe_paths
+
     args = parser.parse_args(argv)
     args.prog = prog
     if getattr(args, "tile", None) is not None and args.tile % 16:
         parser.error(f"--tile must be a multiple of 16, got {args.tile}")
-    if hasattr(args, "out"):
-        _check_out(parser, args.out, (".safetensors",) if prog == "igan-invert" else OUT_FORMATS)
+    _check_out(parser, args.out, (".safetensors",) if prog == "igan-invert" else OUT_FORMATS)
+    refuse_unsafe_paths(parser, sources(args) | {"--checkpoint": args.checkpoint}, outputs(args))
     try:
+        for path in sources(args).values():
+            _check_source(path)
         return run(args)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; no output file was written", file=sys.stderr)
@@ -209,7 +241,8 @@ def invert_main(argv: list[str] | None = None) -> int:
               + (f" (preview {args.preview})" if args.preview else ""))
         return 0
 
-    return _main("igan-invert", invert_parser(), argv, run)
+    return _main("igan-invert", invert_parser(), argv, run, lambda a: {"IMAGE": a.image},
+                 lambda a: {"--out": a.out, "--preview": a.preview})
 
 
 # ---- igan-outpaint ----------------------------------------------------------------------------
@@ -241,7 +274,8 @@ def outpaint_main(argv: list[str] | None = None) -> int:
         _render(args, model, device, request, args.out, args.tile, args.batch, args.memory_budget)
         return 0
 
-    return _main("igan-outpaint", outpaint_parser(), argv, run)
+    return _main("igan-outpaint", outpaint_parser(), argv, run, lambda a: {"INPUT": a.input},
+                 lambda a: {"--out": a.out, "--save-record": (a.save_record or [None])[0]})
 
 
 # ---- igan-inbetween ---------------------------------------------------------------------------
@@ -289,11 +323,7 @@ def inbetween_main(argv: list[str] | None = None) -> int:
                       "the left style, so the right end differs from its fit (pass the right IMAGE to fit it "
                       "under the left style)", file=sys.stderr)
         else:
-            from PIL import Image
-
-            if not Path(args.right).is_file():
-                raise AppError(f"image {args.right!r} does not exist")
-            with Image.open(args.right) as im:
+            with _open_image(args.right) as im:
                 w, h = im.size
             x0, y0 = right_position(left, w, h, args.gap)  # checks the gap before the long inversion
             right = _invert_image(args, model, digest, args.right, x0=x0, y0=y0, style=style)
@@ -305,4 +335,9 @@ def inbetween_main(argv: list[str] | None = None) -> int:
         _render(args, model, device, request, args.out, args.tile, args.batch, args.memory_budget)
         return 0
 
-    return _main("igan-inbetween", inbetween_parser(), argv, run)
+    def outputs(args):
+        records = dict(zip(("--save-record (left)", "--save-record (right)"), args.save_record))
+        return {"--out": args.out} | records
+
+    return _main("igan-inbetween", inbetween_parser(), argv, run, lambda a: {"LEFT": a.left, "RIGHT": a.right},
+                 outputs)

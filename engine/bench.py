@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import determinism  # noqa: F401  (MKL reproducible mode before torch computes)
 from .embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
+from .paths import refuse_unsafe_paths
 from .render import _positive, _size_bytes
 
 
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.plot.lower().endswith(".png"):
         parser.error(f"--plot {args.plot!r} must end in .png")
+    refuse_unsafe_paths(parser, {"--checkpoint": args.checkpoint}, {"--plot": args.plot, "--json": args.json})
     try:
         sizes = parse_sizes(args.sizes)
     except ValueError as e:

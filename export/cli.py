@@ -7,6 +7,7 @@ import sys
 import time
 
 from igan.engine import determinism  # noqa: F401  (MKL's reproducible mode before torch computes)
+from igan.engine.paths import refuse_unsafe_paths
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.packed is not None and not args.packed.endswith(".packed"):
         parser.error(f"--packed {args.packed!r}: the file name must end in .packed (igan-render reads it by suffix)")
     precisions = tuple(p.strip() for p in args.precisions.split(",") if p.strip())
+    refuse_unsafe_paths(parser, {"CHECKPOINT": args.checkpoint}, {"--packed": args.packed}, {"--onnx": args.onnx})
     if args.onnx is not None and os.path.exists(args.onnx):  # checked before anything is written
         parser.error(f"--onnx {args.onnx!r} already exists: choose a new directory for the export")
     try:

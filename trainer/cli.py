@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from igan.engine.config import PRESETS, from_name
+from igan.engine.paths import refuse_unsafe_paths
 
 from .train import Trainer, TrainOptions
 
@@ -46,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    refuse_unsafe_paths(parser, {"--data": args.data}, {}, {"--out": args.out})  # before the run folder is made
     import torch
 
     if args.threads:

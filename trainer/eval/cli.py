@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from igan.engine import determinism  # noqa: F401  (MKL reproducible mode before torch computes)
+from igan.engine.paths import refuse_unsafe_paths
 from igan.engine.render import _positive, _size_bytes
 
 from .inception import WEIGHTS_FILE, WEIGHTS_SHA256_PREFIX
@@ -52,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    refuse_unsafe_paths(parser, {"--checkpoint": args.checkpoint, "--real": args.real, "--inception": args.inception},
+                        {"--save-real-stats": args.save_real_stats, "--json": args.json})
     try:
         return _scaleinv(args)
     except KeyboardInterrupt:
