@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 import re
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -119,17 +120,54 @@ def infer_config(state: dict) -> GeneratorConfig:
     return cfg
 
 
-def _load_torch_file(path: Path) -> dict:
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."  # torch.save's pre-1.6 format: a pickled magic number
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _unreadable_reason(path: Path) -> str:
+    """Why torch.load(weights_only=True) refused `path`, from the file itself, in igan's words:
+    torch's own text suggests retrying with weights_only=False, which would run code from the
+    file, so none of it is passed on (and its OSErrors, e.g. EINVAL for a cut zip, mislead)."""
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).split("\n")[-1].strip() or str(e)
-        raise CheckpointError(
-            f"refusing to load {str(path)!r}: it holds objects outside igan's allow list, and loading "
-            f"never runs code from a checkpoint ({first[:300]})") from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"cannot read {str(path)!r}: not a torch checkpoint, or truncated ({e})") from e
+        with open(path, "rb") as f:
+            head = f.read(len(_LEGACY_MAGIC))
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    if not head:
+        return "the file is empty"
+    if head.startswith(_ZIP_MAGIC):
+        try:
+            with zipfile.ZipFile(path) as z:
+                if not any(n.endswith("/data.pkl") for n in z.namelist()):
+                    return "it is a zip archive but not a torch file (no data.pkl)"
+        except zipfile.BadZipFile:
+            return "it is a truncated or corrupted torch file (a zip archive without its end)"
+        return "it is a corrupted torch file, or one holding more than tensors and plain containers"
+    if head == _LEGACY_MAGIC:
+        return "it is a truncated or corrupted torch file"
+    return "it is not a torch checkpoint file, or it is corrupted"
+
+
+def safe_torch_load(path: str | os.PathLike, what: str, allow=()) -> object:
+    """torch.load(path, weights_only=True) with the extra globals `allow`, so loading never runs
+    code from the file; every failure becomes a one-line CheckpointError naming `what` and the
+    file: not a torch file, truncated, or a disallowed global (named)."""
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling junk raises many types (UnpicklingError, RuntimeError, EOFError, ...)
+        found = _GLOBAL.search(str(e)) if isinstance(e, pickle.UnpicklingError) else None
+        if found:
+            raise CheckpointError(
+                f"refusing to load {what} {str(path)!r}: it references {found.group(1)}, which is outside "
+                f"igan's allow list (igan never runs code from a file)") from e
+        raise CheckpointError(f"cannot read {what} {str(path)!r}: {_unreadable_reason(path)}") from e
+
+
+def _load_torch_file(path: Path) -> dict:
+    obj = safe_torch_load(path, "checkpoint", _numpy_safe_globals())
     if not isinstance(obj, dict):
         raise CheckpointError(f"{str(path)!r} holds a {type(obj).__name__}, not a checkpoint dict")
     return obj

@@ -4,10 +4,11 @@ back with torch.load(weights_only=True) (plain containers and tensors only: no c
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 
 import torch
+
+from igan.engine.checkpoint import safe_torch_load
 
 STATE_NAME = "state.pt"
 STATE_VERSION = 1
@@ -28,10 +29,7 @@ def load_state(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"no training state to resume at {str(path)!r}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f"cannot read training state {str(path)!r} (truncated, or not an igan state): {e}") from e
+    state = safe_torch_load(path, "training state")
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         raise ValueError(f"{str(path)!r} is not an igan training state (version {STATE_VERSION})")
     return state

@@ -221,18 +221,14 @@ def load_fid_inception(path: str | os.PathLike) -> FIDInceptionV3:
     """The FID Inception with the weights of `path` (pytorch-fid's pt_inception-2015-12-05-
     6726825d.pth state dict), loaded with weights_only=True and checked strictly by key and
     shape. Raises ValueError naming the file and what does not match."""
-    from igan.engine.checkpoint import CheckpointError, check_state_dict
+    from igan.engine.checkpoint import CheckpointError, check_state_dict, safe_torch_load
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
             f"Inception weights {str(path)!r} not found: pass pytorch-fid's FID Inception state dict "
             f"{WEIGHTS_FILE} (it cannot be downloaded at run time here)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling raises many types (UnpicklingError, RuntimeError, EOFError, ...)
-        raise CheckpointError(f"cannot read Inception weights {str(path)!r} with torch.load(weights_only=True): "
-                              f"{type(e).__name__}: {e}") from e
+    state = safe_torch_load(path, "Inception weights")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
