@@ -287,8 +287,13 @@ def test_cli_errors_exit_non_zero(tmp_path, capsys):
 
     assert main(["--data", str(tmp_path / "missing"), "--config", "tiny", "--out", str(tmp_path / "r")]) == 1
     assert "is not a folder" in capsys.readouterr().err
-    assert main(["--data", str(tmp_path), "--config", "tiny", "--out", str(tmp_path / "r"), "--batch", "3"]) == 1
+    (tmp_path / "data").mkdir()
+    assert main(["--data", str(tmp_path / "data"), "--config", "tiny", "--out", str(tmp_path / "r"),
+                 "--batch", "3"]) == 1
     assert "--batch must be even" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the run's samples would be found as training images
+        main(["--data", str(tmp_path), "--config", "tiny", "--out", str(tmp_path / "r")])
+    assert "lies inside --data" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
 DDP_SCRIPT = """

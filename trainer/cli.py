@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from igan.engine.config import PRESETS, from_name
-from igan.engine.paths import refuse_unsafe_paths
+from igan.engine.paths import is_within, refuse_unsafe_paths
 
 from .train import Trainer, TrainOptions
 
@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     refuse_unsafe_paths(parser, {"--data": args.data}, {}, {"--out": args.out})  # before the run folder is made
+    if is_within(args.out, args.data):  # images are found recursively: the run's samples would become data
+        parser.error(f"--out {args.out!r} lies inside --data {args.data!r}: the run's sample images would be "
+                     f"read as training images; choose a run folder outside the data")
     import torch
 
     if args.threads:
