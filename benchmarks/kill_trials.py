@@ -13,7 +13,10 @@ moment (the main process only, or its whole process group), runs the same comman
     .venv/bin/python benchmarks/kill_trials.py -n 20          # prints "20/20 identical"
 
 The sink, the worker count and the kill target cycle through every combination (12 with the
-defaults), in an order drawn from --seed. Exits 1 if any trial is not identical.
+defaults), in an order drawn from --seed. Kill times are uniform in [0, the duration of an
+uninterrupted render of that sink and worker count): first the reference's, then the latest
+uninterrupted run a trial saw (the load of a shared machine drifts). Exits 1 if any trial is
+not identical (or leaves litter, or orphans).
 This script only drives subprocesses: it never imports torch (or igan).
 """
 from __future__ import annotations
@@ -87,6 +90,7 @@ class Trial:
     litter: list = field(default_factory=list)  # leftover paths in the output's directory
     orphans: list = field(default_factory=list)  # "PID cmdline" of processes still alive
     seconds: float = 0.0
+    full_run: float | None = None  # duration of an uninterrupted run seen in this trial (for the kill-time scale)
     root: Path | None = None
 
     @property
@@ -310,6 +314,7 @@ def run_trial(index: int, sink: str, workers: int, target: str, kill_at: float, 
     rc = proc.wait()
     if rc == 0:
         trial.finished_before_kill = True
+        trial.full_run = time.perf_counter() - start
     elif rc != -signal.SIGKILL:
         trial.resumes.append((rc, 0.0, f"first run failed before the kill: {_last_line(root / 'log-run.txt')}"))
     session = proc.pid  # start_new_session: the killed render's processes share its session id
@@ -331,6 +336,8 @@ def run_trial(index: int, sink: str, workers: int, target: str, kill_at: float, 
             if rrc != 0:
                 note = f"failed: {_last_line(logname)}"
             trial.resumes.append((rrc, time.perf_counter() - r0, note))
+            if rrc == 0 and note == "started fresh":
+                trial.full_run = trial.resumes[-1][1]
             stray = wait_orphans(set(), resume.pid)  # what the resume itself left running
             if stray:
                 trial.orphans += [f"{pid} (of --resume run {attempt + 1}) {cmd}" for pid, cmd in stray.items()]
@@ -442,10 +449,15 @@ def main(argv=None) -> int:
                         print(f"warning: uninterrupted --workers {workers} {sink} output is {same} to --workers 1",
                               file=sys.stderr)
                 print(f"reference {sink} --workers {workers}: {ref.seconds:.1f}s{note}", flush=True)
+        # The kill times' scale: the latest uninterrupted run of that sink and worker count (the
+        # machine's load may change during the trials; a stale scale lands every kill too late or early).
+        scale = {key: ref.seconds for key, ref in refs.items()}
         for i, (sink, workers, target, frac) in enumerate(plan, 1):
             ref = refs.get((sink, 1), refs[sink, workers])  # what every trial of this sink must produce
-            t = run_trial(i, sink, workers, target, frac * args.kill_max * refs[sink, workers].seconds, ref,
+            t = run_trial(i, sink, workers, target, frac * args.kill_max * scale[sink, workers], ref,
                           render, root / f"trial-{i:03d}")
+            if t.full_run is not None:
+                scale[sink, workers] = t.full_run
             trials.append(t)
             print(describe(t), flush=True)
     except KeyboardInterrupt:
