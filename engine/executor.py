@@ -27,7 +27,7 @@ from . import planner, sinks
 from .embedded import DEFAULT_WEIGHTS
 from .renderer import RenderStats, Renderer, peak_rss_bytes
 from .runner import RUNNERS
-from .store import (FINISHED, MARKER, Lease, StoreError, TileStore, file_digest, is_work_dir, sweep_stale,
+from .store import (FINISHED, MARKER, STORE_VERSION, Lease, StoreError, TileStore, file_digest, is_work_dir, sweep_stale,
                     work_dir_for)
 
 BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} tiles [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]"
@@ -168,6 +168,9 @@ def open_store(job: Job, model, out: Path, *, resume: bool, restart: bool, keep_
     while True:
         if not os.path.lexists(root):
             if zarr_out and os.path.lexists(out):
+                if resume and _zarr_request(out) == dict(request, store_version=STORE_VERSION):
+                    _say(f"{str(out)!r} is already finished; nothing to do")
+                    return None
                 raise sinks.SinkError(f"--out '{out}' already exists; igan does not overwrite a Zarr store: "
                                       f"remove it or choose another --out")
             if resume:
@@ -215,6 +218,16 @@ def open_store(job: Job, model, out: Path, *, resume: bool, restart: bool, keep_
         except BaseException:
             lease.release()
             raise
+
+
+def _zarr_request(out: Path) -> dict | None:
+    """The request a finished igan Zarr output was rendered from (its attributes), or None."""
+    import zarr
+
+    try:
+        return dict(zarr.open_array(str(out), mode="r").attrs.get("igan") or {}) or None
+    except Exception:  # not a Zarr array at all: zarr raises many kinds
+        return None
 
 
 def verified_done(store: TileStore, plan, quiet: bool = False) -> set[int]:

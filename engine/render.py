@@ -215,7 +215,7 @@ def check_paths(args) -> None:
     if ext == ".zarr" and preview is not None:
         raise ValueError(f"--preview is not available for .zarr outputs (--out {args.out!r})")
     sinks.check_compression(out, args.compression)
-    if ext == ".zarr" and os.path.lexists(out) and not os.path.lexists(work_dir_for(out)):
+    if ext == ".zarr" and os.path.lexists(out) and not os.path.lexists(work_dir_for(out)) and not args.resume:
         raise ValueError(f"--out {args.out!r} already exists; igan does not overwrite a Zarr store: remove it "
                          f"or choose another --out")
     outputs = {"--out": args.out, "--preview": preview, "--stats-json": args.stats_json}

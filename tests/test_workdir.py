@@ -150,6 +150,15 @@ def test_rerunning_a_finished_zarr_is_refused_before_anything(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert "already exists" in err and "--resume" not in err
     assert _litter(tmp_path, set()) == ["z.zarr"] and _same(out, reference)
+    # --resume of a finished store (the kill came after the work dir was removed) has nothing to do;
+    # a store of another request is still refused
+    assert main([*ARGS, "--out", str(out), "--resume"]) == 0
+    assert "already finished" in capsys.readouterr().err
+    other = list(ARGS)
+    other[ARGS.index("--seed") + 1] = "6"
+    assert main([*other, "--out", str(out), "--resume"]) != 0
+    assert "already exists" in capsys.readouterr().err
+    assert _litter(tmp_path, set()) == ["z.zarr"] and _same(out, reference)
 
 
 @pytest.mark.parametrize("inputs,outputs", [
