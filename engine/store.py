@@ -121,8 +121,8 @@ class Lease:
             os.close(fd)
             return None
         info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, info.encode(), 0)
+        os.pwrite(fd, info.encode(), 0)  # then cut: a reader never sees an empty file
+        os.ftruncate(fd, len(info.encode()))
         return cls(fd, root)
 
     def release(self) -> None:

@@ -89,13 +89,14 @@ def test_a_second_render_of_a_live_output_is_refused_naming_the_owner(tmp_path, 
     assert _same(out, reference) and _litter(tmp_path, set()) == [out.name]
 
 
-def test_a_killed_owner_never_blocks_resume(tmp_path, reference):
+@pytest.mark.parametrize("flag", ["--resume", "--restart"])
+def test_a_killed_owner_never_blocks_resume_or_restart(tmp_path, reference, flag):
     out = tmp_path / "k.png"
     proc = _popen(*ARGS, "--out", out, failpoint="kill:before-output")
     proc.communicate(timeout=300)
     assert proc.returncode == -signal.SIGKILL and not out.exists()
-    assert main([*ARGS, "--out", str(out), "--resume"]) == 0
-    assert _same(out, reference)
+    assert main([*ARGS, "--out", str(out), flag]) == 0
+    assert _same(out, reference) and _litter(tmp_path, set()) == [out.name]
 
 
 # ---- igan deletes only what it created -----------------------------------------------------------
