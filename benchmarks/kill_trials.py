@@ -13,16 +13,17 @@ moment (the main process only, or its whole process group), runs the same comman
     .venv/bin/python benchmarks/kill_trials.py -n 20          # prints "20/20 identical"
 
 The sink, the worker count and the kill target cycle through every combination (12 with the
-defaults), in an order drawn from --seed. Kill times are uniform in [0, the duration of an
-uninterrupted render of that sink and worker count): first the reference's, then the latest
-uninterrupted run a trial saw (the load of a shared machine drifts). Exits 1 if any trial is
+defaults), in an order drawn from --seed. Every other kill time is uniform in [0, the duration
+of an uninterrupted render of that sink and worker count): first the reference's, then the
+latest uninterrupted run a trial saw (the load of a shared machine drifts); so these land in
+start-up, rendering or the final write. The others land mid-render: after a random number of
+finished tiles plus up to one tile's time. Exits 1 if any trial is
 not identical (or leaves litter, or orphans).
 This script only drives subprocesses: it never imports torch (or igan).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import math
 import os
@@ -80,7 +81,7 @@ class Trial:
     sink: str
     workers: int
     target: str
-    kill_at: float  # seconds after the start of the first run
+    kill_at: float | tuple  # seconds after the start of the first run, or ("tiles", k, extra seconds)
     killed_after: float = math.nan  # when the SIGKILL was actually sent
     at_kill: str = "?"  # what the work directory held just before the kill
     finished_before_kill: bool = False
@@ -182,13 +183,10 @@ def output_name(sink: str) -> str:
     return f"out.{sink}"
 
 
-def work_state(out: Path, total: int) -> str:
-    """What the render has done so far, read from its work directory (for the trial table)."""
-    work = out.with_name(f".{out.name}.igan-work")
-    if not work.exists():
-        return "output written" if out.exists() else "no work dir"
+def tiles_done(out: Path) -> int:
+    """Finished tiles in the render's manifest logs (0 without a work directory)."""
     done = set()
-    for log in work.rglob("manifest/*.log"):
+    for log in out.with_name(f".{out.name}.igan-work").rglob("manifest/*.log"):
         try:
             for line in log.read_bytes().split(b"\n"):
                 parts = line.split()
@@ -196,7 +194,15 @@ def work_state(out: Path, total: int) -> str:
                     done.add(int(parts[1]))
         except OSError:
             pass
-    state = f"{len(done)}/{total} tiles"
+    return len(done)
+
+
+def work_state(out: Path, total: int) -> str:
+    """What the render has done so far, read from its work directory (for the trial table)."""
+    work = out.with_name(f".{out.name}.igan-work")
+    if not work.exists():
+        return "output written" if out.exists() else "no work dir"
+    state = f"{tiles_done(out)}/{total} tiles"
     return state + ", output written" if out.exists() else state
 
 
@@ -287,7 +293,8 @@ def warm_up() -> None:
 
 def run_trial(index: int, sink: str, workers: int, target: str, kill_at: float, ref: Reference,
               render: Render, root: Path) -> Trial:
-    """Render, SIGKILL after `kill_at` seconds, resume until done, compare with `ref` and check
+    """Render, SIGKILL after `kill_at` seconds (or ("tiles", k, s): s seconds after the k-th
+    finished tile), resume until done, compare with `ref` and check
     litter and orphans. `root` is this trial's own (fresh) directory."""
     assert target in TARGETS, target
     trial = Trial(index, sink, workers, target, kill_at, root=root)
@@ -298,6 +305,11 @@ def run_trial(index: int, sink: str, workers: int, target: str, kill_at: float, 
         proc = subprocess.Popen(render.command(out, workers), stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     start = time.perf_counter()
+    if isinstance(kill_at, tuple):  # ("tiles", k, extra): once k tiles are finished, then `extra` seconds
+        _, k, extra = kill_at
+        while proc.poll() is None and tiles_done(out) < k:
+            time.sleep(0.01)
+        kill_at = time.perf_counter() - start + extra
     while proc.poll() is None and time.perf_counter() - start < kill_at:
         time.sleep(min(0.02, max(0.0, kill_at - (time.perf_counter() - start))))
     kids = descendants(proc.pid)  # collected just before the kill: the workers it may orphan
@@ -357,15 +369,19 @@ def run_trial(index: int, sink: str, workers: int, target: str, kill_at: float, 
 
 # ---- the schedule and the report --------------------------------------------------------------------
 def schedule(n: int, rng: random.Random, sinks=SINKS, workers=(1, 2), targets=TARGETS) -> list[tuple]:
-    """n (sink, workers, target, kill fraction) tuples: every combination once per cycle, each
-    cycle in its own random order; the kill fraction (of the reference's duration) uniform in [0, 1)."""
+    """n (sink, workers, target, kill fraction, kill tile) tuples: every combination once per
+    cycle, each cycle in its own random order. Every other trial is killed at a random moment
+    (the fraction of the reference's duration, uniform in [0, 1): start-up, rendering or the
+    final write); the others once a random share of the tiles is finished (kill tile uniform in
+    (0, 1), a fraction of the tile count), so that most kills land mid-render whatever the
+    start-up costs."""
     combos = list(itertools.product(sinks, workers, targets))
     out = []
     while len(out) < n:
         cycle = combos[:]
         rng.shuffle(cycle)
         out += cycle
-    return [c + (rng.random(),) for c in out[:n]]
+    return [c + (rng.random(), rng.random() if i % 2 else None) for i, c in enumerate(out[:n])]
 
 
 def describe(t: Trial) -> str:
@@ -452,10 +468,12 @@ def main(argv=None) -> int:
         # The kill times' scale: the latest uninterrupted run of that sink and worker count (the
         # machine's load may change during the trials; a stale scale lands every kill too late or early).
         scale = {key: ref.seconds for key, ref in refs.items()}
-        for i, (sink, workers, target, frac) in enumerate(plan, 1):
+        for i, (sink, workers, target, frac, tile_frac) in enumerate(plan, 1):
             ref = refs.get((sink, 1), refs[sink, workers])  # what every trial of this sink must produce
-            t = run_trial(i, sink, workers, target, frac * args.kill_max * scale[sink, workers], ref,
-                          render, root / f"trial-{i:03d}")
+            kill_at = frac * args.kill_max * scale[sink, workers]
+            if tile_frac is not None:  # after a random share of the tiles, plus up to one tile's time
+                kill_at = ("tiles", 1 + int(tile_frac * (render.tiles - 1)), frac * scale[sink, workers] / render.tiles)
+            t = run_trial(i, sink, workers, target, kill_at, ref, render, root / f"trial-{i:03d}")
             if t.full_run is not None:
                 scale[sink, workers] = t.full_run
             trials.append(t)

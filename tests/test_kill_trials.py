@@ -29,8 +29,8 @@ def test_killed_and_resumed_renders_are_identical(tmp_path):
     trials = []
     for i, (sink, workers, target) in enumerate(cases, 1):
         ref = kt.make_reference(sink, render, tmp_path)
-        # 20-80% of an uninterrupted render (workers start slower): mostly after start-up, before the end
-        kill_at = ref.seconds * rng.uniform(0.2, 0.8) * (1.5 if workers > 1 else 1.0)
+        # mid-render: once a random number of tiles is finished (start-up costs vary with the load)
+        kill_at = ("tiles", rng.randint(1, render.tiles - 1), rng.uniform(0.0, 0.3))
         trials.append(kt.run_trial(i, sink, workers, target, kill_at, ref, render, tmp_path / f"trial-{i}"))
     report = kt.table(trials)
     assert all(t.identical for t in trials), report
