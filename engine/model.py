@@ -20,14 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ops
+from . import ops, walk
 from .config import GeneratorConfig
 from .latent import official_coords
 
 
 class PixelNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(torch.mean(x * x, dim=1, keepdim=True) + 1e-8)
+        return x * torch.rsqrt(torch.mean(x * x, dim=1, keepdim=True) + ops.EPS)
 
 
 class EqualLinear(nn.Module):
@@ -68,7 +68,7 @@ class ModulatedConv2d(nn.Module):
         s = self.modulation(style)
         w = self.scale * self.weight * s[:, None, :, None, None]
         if self.demodulate:
-            w = w * torch.rsqrt(w.pow(2).sum([2, 3, 4]) + 1e-8)[:, :, None, None, None]
+            w = w * torch.rsqrt(w.pow(2).sum([2, 3, 4]) + ops.EPS)[:, :, None, None, None]
         return w
 
     def spatial(self, style: torch.Tensor) -> "SpatialLayer":
@@ -158,14 +158,6 @@ class StructureSynthesizer(nn.Module):
     def layers(self) -> list[StyledConv]:
         return [block.conv for block in self.implicit_model.conv_stack]
 
-    def run(self, weights: list[torch.Tensor], z_local: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        h = z_local
-        for l, (layer, w) in enumerate(zip(self.layers, weights)):
-            r = l * self.radius
-            c = coords[:, :, r:coords.shape[2] - r, r:coords.shape[3] - r]
-            h = layer.run(torch.cat([h, c.expand(h.shape[0], -1, -1, -1)], 1), w, None)
-        return h
-
 
 class TextureSynthesizer(nn.Module):
     def __init__(self, cfg: GeneratorConfig):
@@ -181,15 +173,6 @@ class TextureSynthesizer(nn.Module):
             self.convs.append(StyledConv(c_out, c_out, 3, d))
             self.to_rgbs.append(ToRGB(c_out, d))
             c_in = c_out
-
-    def run(self, conv_w: list[torch.Tensor], rgb_w: list[torch.Tensor], x: torch.Tensor,
-            noises: list[torch.Tensor | None]) -> torch.Tensor:
-        rgb = None
-        for i, conv in enumerate(self.convs):
-            x = conv.run(x, conv_w[i], noises[i])
-            if i % 2 == 1:
-                rgb = self.to_rgbs[i // 2].run(x, rgb_w[i // 2], rgb)
-        return rgb
 
 
 @dataclass
@@ -298,6 +281,59 @@ def _spatial_conv(x: torch.Tensor, sp: SpatialLayer, style: torch.Tensor, noise:
         a += t
 
 
+class FoldedOps:
+    """The torch reference's layers (walk.Ops): one image's style folded into its weights."""
+
+    def __init__(self, model: "Generator", prepared: Prepared):
+        self.model, self.prepared = model, prepared
+
+    def ss_layer(self, l, x, coords, offset):
+        c = walk.crop(coords, offset)
+        layer = self.model.structure_synthesizer.layers[l]
+        return layer.run(torch.cat([x, c.expand(x.shape[0], -1, -1, -1)], 1), self.prepared.ss[l], None)
+
+    def conv(self, i, x, noise):
+        return self.model.texture_synthesizer.convs[i].run(x, self.prepared.convs[i], noise)
+
+    def to_rgb(self, k, x, skip):
+        return self.model.texture_synthesizer.to_rgbs[k].run(x, self.prepared.rgbs[k], skip)
+
+
+class SpatialOps:
+    """The spatial-style path's layers (walk.Ops): activations modulated per pixel by the
+    style maps' mix, demodulated per pixel; the torch reference or the fused kernels."""
+
+    def __init__(self, model: "Generator", prepared: SpatialPrepared, maps, impl: str, device: torch.device):
+        from igan.kernels import use_triton
+
+        self.model, self.prepared, self.maps, self.impl = model, prepared, maps, impl
+        self.fast = use_triton(impl, device)
+
+    def ss_layer(self, l, x, coords, offset):
+        from igan.kernels.conv import fused_conv
+
+        sp = self.prepared.ss[l]
+        m = walk.crop(self.maps.ss, offset)
+        return fused_conv(x, sp.weight, coords=coords, coords_offset=offset, style=_mix(m, sp.s), wsq=sp.wsq,
+                          bias=self.model.structure_synthesizer.layers[l].activate.bias, act=True, impl=self.impl,
+                          packed=sp.packed() if self.fast else None)
+
+    def conv(self, i, x, noise):
+        sp = self.prepared.convs[i]
+        return _spatial_conv(x, sp, _mix(self.maps.convs[i], sp.s), None if noise is None else noise.to(x.dtype),
+                             i % 2 == 0, self.impl, bias=self.model.texture_synthesizer.convs[i].activate.bias,
+                             act=True, noise_strength=self.prepared.noise_strengths[i])
+
+    def to_rgb(self, k, x, skip):
+        from igan.kernels.conv import fused_conv
+
+        rp = self.prepared.rgbs[k]
+        return fused_conv(x, rp.weight, style=_mix(self.maps.rgbs[k], rp.s),
+                          bias=self.model.texture_synthesizer.to_rgbs[k].bias.view(-1), skip=skip,
+                          out_dtype=torch.promote_types(x.dtype, torch.float32), impl=self.impl,
+                          packed=rp.packed() if self.fast else None)
+
+
 class Generator(nn.Module):
     """InfinityGAN generator. `prepare` once per image, then `synthesize` any latent window."""
 
@@ -366,37 +402,10 @@ class Generator(nn.Module):
         weight the S styles on the SS input grid and on each TS conv's and ToRGB's input grid;
         activations are modulated per pixel and demodulated per pixel (official spatial-style
         path, section 3.6). impl: "ref" (torch) or "triton"/"auto" (the fused kernels)."""
-        from igan.kernels import use_triton
-        from igan.kernels.conv import fused_conv
-
-        cfg = self.config
-        fast = use_triton(impl, local_latent.device)
-        if len(noises) != cfg.num_convs:
-            raise ValueError(f"expected {cfg.num_convs} noise maps, got {len(noises)}")
-        x = local_latent
-        n = x.shape[0]
-        if self.structure_synthesizer is not None:
-            if coords is None:
-                raise ValueError("this model has a structure synthesizer: coords are required")
-            coords = coords.to(x.dtype).expand(n, -1, -1, -1)
-            r = cfg.ss_unfold_radius
-            for l, (layer, sp) in enumerate(zip(self.structure_synthesizer.layers, prepared.ss)):
-                m = maps.ss[:, :, l * r:maps.ss.shape[2] - l * r, l * r:maps.ss.shape[3] - l * r]
-                x = fused_conv(x, sp.weight, coords=coords, coords_offset=l * r, style=_mix(m, sp.s), wsq=sp.wsq,
-                               bias=layer.activate.bias, act=True, impl=impl, packed=sp.packed() if fast else None)
-        ts = self.texture_synthesizer
-        rgb = None
-        for i, (conv, sp) in enumerate(zip(ts.convs, prepared.convs)):
-            x = _spatial_conv(x, sp, _mix(maps.convs[i], sp.s), None if noises[i] is None else noises[i].to(x.dtype),
-                              i % 2 == 0, impl, bias=conv.activate.bias, act=True,
-                              noise_strength=prepared.noise_strengths[i])
-            if i % 2 == 1:
-                k = i // 2
-                rp = prepared.rgbs[k]
-                rgb = fused_conv(x, rp.weight, style=_mix(maps.rgbs[k], rp.s), bias=ts.to_rgbs[k].bias.view(-1),
-                                 skip=rgb, out_dtype=torch.promote_types(x.dtype, torch.float32), impl=impl,
-                                 packed=rp.packed() if fast else None)
-        return rgb
+        ops = SpatialOps(self, prepared, maps, impl, local_latent.device)
+        if coords is not None:
+            coords = coords.to(local_latent.dtype).expand(local_latent.shape[0], -1, -1, -1)
+        return walk.synthesize(self.config, ops, local_latent, coords, noises)
 
     def synthesize(self, prepared: Prepared, local_latent: torch.Tensor, coords: torch.Tensor | None,
                    noises: list[torch.Tensor | None]) -> torch.Tensor:
@@ -406,15 +415,9 @@ class Generator(nn.Module):
         noises: one [N, 1, h_i, w_i] tensor (or None for no noise) per TS conv.
         Returns [N, 3, 2^U (Hz - 2 halo - 5) + 5, ...].
         """
-        cfg = self.config
-        if len(noises) != cfg.num_convs:
-            raise ValueError(f"expected {cfg.num_convs} noise maps, got {len(noises)}")
-        x = local_latent
-        if self.structure_synthesizer is not None:
-            if coords is None:
-                raise ValueError("this model has a structure synthesizer: coords are required")
-            x = self.structure_synthesizer.run(prepared.ss, x, coords.to(x.dtype))
-        return self.texture_synthesizer.run(prepared.convs, prepared.rgbs, x, noises)
+        if coords is not None:
+            coords = coords.to(local_latent.dtype)
+        return walk.synthesize(self.config, FoldedOps(self, prepared), local_latent, coords, noises)
 
     def forward(self, global_latent: torch.Tensor, local_latent: torch.Tensor,
                 coords: torch.Tensor | None = None, noises: list[torch.Tensor | None] | None = None,

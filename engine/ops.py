@@ -12,8 +12,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-SQRT2 = math.sqrt(2.0)
-LRELU_SLOPE = 0.2
+# The generator's constants, defined once (the Triton kernels, the ONNX graphs, the trainer
+# and the references all read them from here).
+SQRT2 = math.sqrt(2.0)  # gain of the activation (fused_leaky_relu's scale)
+LRELU_SLOPE = 0.2  # negative slope of every leaky ReLU
+EPS = 1e-8  # demodulation and PixelNorm: rsqrt(mean or sum of squares + EPS)
 # Scratch budget of one CPU conv call (its im2col buffer); larger convs run in row bands.
 _CPU_BAND_BYTES = 8 << 20
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import walk
 from .determinism import reproducible_cpu_convs
 from .latent import Field
 from .model import Generator, Prepared, SpatialPrepared
@@ -169,38 +170,46 @@ class TritonRunner(TorchRunner):
         return PackedImage(p, [pack_weight(w) for w in p.ss], convs, [pack_weight(w) for w in p.rgbs], strengths)
 
     def run(self, packed: PackedImage | SpatialPrepared, batch: Batch) -> torch.Tensor:
+        model = self.model
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        with torch.inference_mode():
+            x = batch.local_latent.to(self.dtype).contiguous(memory_format=fmt)
+            noises = [n.to(self.dtype) for n in batch.noises]
+            if isinstance(packed, SpatialPrepared):
+                return model.synthesize_spatial(packed, x, batch.coords, noises, batch.style_maps,
+                                                impl="triton").contiguous()
+            coords = None if batch.coords is None else batch.coords.to(self.dtype)
+            return walk.synthesize(model.config, TritonOps(model, packed), x, coords, noises).contiguous()
+
+
+class TritonOps:
+    """The fused Triton kernels' layers (walk.Ops) on one image's packed weights: bias,
+    noise and activation in the conv epilogue, the RGB skip accumulated in float32."""
+
+    def __init__(self, model: Generator, packed: PackedImage):
+        self.model, self.packed = model, packed
+
+    def ss_layer(self, l, x, coords, offset):
+        from igan.kernels.conv import conv_triton
+
+        layer = self.model.structure_synthesizer.layers[l]
+        return conv_triton(x, self.packed.prepared.ss[l], coords=coords, coords_offset=offset,
+                           bias=layer.activate.bias, act=True, packed=self.packed.ss[l])
+
+    def conv(self, i, x, noise):
         from igan.kernels.conv import conv_triton
         from igan.kernels.upsample import upconv_triton
 
-        model = self.model
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        if isinstance(packed, SpatialPrepared):
-            with torch.inference_mode():
-                return model.synthesize_spatial(
-                    packed, batch.local_latent.to(self.dtype).contiguous(memory_format=fmt), batch.coords,
-                    [n.to(self.dtype) for n in batch.noises], batch.style_maps, impl="triton").contiguous()
-        p = packed.prepared
-        with torch.inference_mode():
-            x = batch.local_latent.to(self.dtype).contiguous(memory_format=fmt)
-            if model.structure_synthesizer is not None:
-                coords = batch.coords.to(self.dtype)
-                radius = model.config.ss_unfold_radius
-                for l, (layer, w, pk) in enumerate(zip(model.structure_synthesizer.layers, p.ss, packed.ss)):
-                    x = conv_triton(x, w, coords=coords, coords_offset=l * radius, bias=layer.activate.bias,
-                                    act=True, packed=pk)
-            rgb = None
-            ts = model.texture_synthesizer
-            for i, (conv, w, pk) in enumerate(zip(ts.convs, p.convs, packed.convs)):
-                common = dict(noise=batch.noises[i].to(self.dtype), noise_strength=packed.noise_strengths[i],
-                              bias=conv.activate.bias, act=True)
-                if i % 2 == 0:
-                    x = upconv_triton(x, w, phases=pk, **common)
-                else:
-                    x = conv_triton(x, w, packed=pk, **common)
-                    k = i // 2
-                    rgb = conv_triton(x, p.rgbs[k], bias=ts.to_rgbs[k].bias.view(-1), skip=rgb,
-                                      packed=packed.rgbs[k], out_dtype=torch.float32)
-            return rgb.contiguous()
+        w, pk = self.packed.prepared.convs[i], self.packed.convs[i]
+        common = dict(noise=noise, noise_strength=self.packed.noise_strengths[i],
+                      bias=self.model.texture_synthesizer.convs[i].activate.bias, act=True)
+        return upconv_triton(x, w, phases=pk, **common) if i % 2 == 0 else conv_triton(x, w, packed=pk, **common)
+
+    def to_rgb(self, k, x, skip):
+        from igan.kernels.conv import conv_triton
+
+        return conv_triton(x, self.packed.prepared.rgbs[k], bias=self.model.texture_synthesizer.to_rgbs[k].bias.view(-1),
+                           skip=skip, packed=self.packed.rgbs[k], out_dtype=torch.float32)
 
 
 def _onnx_runner(model, device="auto", precision: str = "fp32"):

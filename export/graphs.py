@@ -27,11 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from igan.engine import walk
 from igan.engine.model import EqualLinear, Generator, ModulatedConv2d, StyledConv
-
-SQRT2 = 2.0 ** 0.5
-SLOPE = 0.2
-EPS = 1e-8
+from igan.engine.ops import EPS, LRELU_SLOPE as SLOPE, SQRT2
 
 
 def static_weight(conv: ModulatedConv2d) -> torch.Tensor:
@@ -133,15 +131,13 @@ class StructureGraph(nn.Module):
         if model.structure_synthesizer is None:
             raise ValueError(f"model {model.config.name!r} has no structure synthesizer")
         self.layers = nn.ModuleList(Styled(layer) for layer in model.structure_synthesizer.layers)
-        self.radius = model.config.ss_unfold_radius
+        self.config = model.config
 
     def forward(self, z_global, z_local, coords):
-        h = z_local
-        for l, layer in enumerate(self.layers):
-            r = l * self.radius
-            c = coords[:, :, r:coords.shape[2] - r, r:coords.shape[3] - r]
-            h = layer(torch.cat([h, c], 1), z_global)
-        return h
+        return walk.structure(self.config, _Bound(self, z_global), z_local, coords)
+
+    def ss_layer(self, style, l, x, coords, offset):
+        return self.layers[l](torch.cat([x, walk.crop(coords, offset)], 1), style)
 
 
 class TextureGraph(nn.Module):
@@ -155,14 +151,30 @@ class TextureGraph(nn.Module):
         self.rgbs = nn.ModuleList(ModConv(rgb.conv) for rgb in ts.to_rgbs)
         for k, rgb in enumerate(ts.to_rgbs):
             self.register_buffer(f"rgb_bias{k}", rgb.bias.detach().clone())  # [1, 3, 1, 1]
-        self.rgb_slots = [cfg.torgb_slot(k) for k in range(len(ts.to_rgbs))]
+        self.config = cfg
 
     def forward(self, styles, features, noises: list[torch.Tensor]):
-        x, rgb = features, None
-        for i, conv in enumerate(self.convs):
-            x = conv(x, styles[:, i], noises[i])
-            if i % 2 == 1:
-                k = i // 2
-                out = self.rgbs[k](x, styles[:, self.rgb_slots[k]]) + getattr(self, f"rgb_bias{k}")
-                rgb = out if rgb is None else out + upsample_linear(rgb)[:, :, 2:-2, 2:-2]
-        return rgb
+        return walk.texture(self.config, _Bound(self, styles), features, noises)
+
+    def conv(self, styles, i, x, noise):
+        return self.convs[i](x, styles[:, i], noise)
+
+    def to_rgb(self, styles, k, x, skip):
+        out = self.rgbs[k](x, styles[:, self.config.torgb_slot(k)]) + getattr(self, f"rgb_bias{k}")
+        return out if skip is None else out + upsample_linear(skip)[:, :, 2:-2, 2:-2]
+
+
+class _Bound:
+    """A graph's layers as walk.Ops, bound to the forward's style input."""
+
+    def __init__(self, graph, style):
+        self.graph, self.style = graph, style
+
+    def ss_layer(self, l, x, coords, offset):
+        return self.graph.ss_layer(self.style, l, x, coords, offset)
+
+    def conv(self, i, x, noise):
+        return self.graph.conv(self.style, i, x, noise)
+
+    def to_rgb(self, k, x, skip):
+        return self.graph.to_rgb(self.style, k, x, skip)

@@ -18,19 +18,14 @@ depend only on (Cin, Cout, dtype).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from igan.engine.ops import upsample_linear
+from igan.engine.ops import EPS as DEMOD_EPS, LRELU_SLOPE as SLOPE, SQRT2, upsample_linear
 
 from . import interpreting, use_triton
-
-SQRT2 = math.sqrt(2.0)
-SLOPE = 0.2
-DEMOD_EPS = 1e-8
 
 
 # ---- reference ------------------------------------------------------------------------------

@@ -11,9 +11,10 @@ import torch
 from conftest import random_model, small_config
 from PIL import Image
 
-from igan.engine import checkpoint, planner
+from igan.engine import checkpoint, planner, walk
 from igan.engine.config import PRESETS
 from igan.engine.latent import LatentField
+from igan.engine.model import FoldedOps
 from igan.engine.render import main as render_main
 from igan.engine.renderer import Renderer
 from igan.engine.runner import TorchRunner
@@ -64,7 +65,7 @@ def _check_graphs(model, onnx_dir, batch, n_h, n_w, seed):
         if cfg.use_ss:
             out = _session(onnx_dir / "structure.fp32.onnx").run(
                 None, {"z_global": zg.numpy(), "z_local": z.numpy(), "coords": coords.numpy()})[0]
-            ref = torch.cat([model.structure_synthesizer.run(model.prepare(zg[k]).ss, z[k:k + 1], coords[k:k + 1])
+            ref = torch.cat([walk.structure(cfg, FoldedOps(model, model.prepare(zg[k])), z[k:k + 1], coords[k:k + 1])
                              for k in range(batch)])
             assert out.shape == tuple(ref.shape)
             assert np.abs(out - ref.numpy()).max() < TOL
@@ -72,9 +73,8 @@ def _check_graphs(model, onnx_dir, batch, n_h, n_w, seed):
         feed = {"styles": styles.numpy(), "features": feats.numpy()}
         feed.update({f"noise_{i}": n.numpy() for i, n in enumerate(noises)})
         rgb = _session(onnx_dir / "texture.fp32.onnx").run(None, feed)[0]
-        ts = model.texture_synthesizer
-        ref = torch.cat([ts.run(p.convs, p.rgbs, feats[k:k + 1], [n[k:k + 1] for n in noises])
-                         for k in range(batch) for p in [model.prepare(zg[k], styles[k])]])
+        ref = torch.cat([walk.texture(cfg, FoldedOps(model, model.prepare(zg[k], styles[k])), feats[k:k + 1],
+                                      [n[k:k + 1] for n in noises]) for k in range(batch)])
     assert rgb.shape == tuple(ref.shape)
     assert np.abs(rgb - ref.numpy()).max() < TOL
 

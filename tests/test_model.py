@@ -8,9 +8,10 @@ from conftest import official_state_dict, random_model, small_config
 from official_reference import official_coords as ref_coords
 from official_reference import official_forward, ts_out_sizes
 
-from igan.engine import geometry
+from igan.engine import geometry, walk
 from igan.engine.config import PRESETS
 from igan.engine.latent import LatentField, official_coords
+from igan.engine.model import FoldedOps
 
 
 def _reference(model, z, z_l, coords, noises):
@@ -126,21 +127,20 @@ def test_alignment_and_receptive_fields_match_the_spec():
     prepared = model.prepare(z)
     x = torch.randn(1, 256, 11, 11, generator=gen)
     noises = [None] * 8
-    ts = model.texture_synthesizer
+    ops = FoldedOps(model, prepared)
     with torch.no_grad():
-        base = ts.run(prepared.convs, prepared.rgbs, x, noises)
+        base = walk.texture(cfg, ops, x, noises)
         for t, expected in [(1, (0, 31)), (2, (0, 47)), (5, (5, 95)), (8, (53, 100)), (9, (69, 100))]:
             x2 = x.clone()
             x2[:, :, t, t] += 1.0
-            rows, cols = _changed_extent(ts.run(prepared.convs, prepared.rgbs, x2, noises) - base)
+            rows, cols = _changed_extent(walk.texture(cfg, ops, x2, noises) - base)
             assert rows == cols == expected, t
             assert geometry.cell_to_pixel(cfg, t + cfg.ss_halo) == 16 * t - 30  # centre pixel
         coords = official_coords(cfg, 35, 35)[None]
         z_l = torch.randn(1, 256, 35, 35, generator=gen)
-        ss = model.structure_synthesizer
-        sbase = ss.run(prepared.ss, z_l, coords)
+        sbase = walk.structure(cfg, ops, z_l, coords)
         for k, expected in [(0, (0, 0)), (5, (0, 5)), (34, (10, 10))]:
             z2 = z_l.clone()
             z2[:, :, k, k] += 1.0
-            assert _changed_extent(ss.run(prepared.ss, z2, coords) - sbase) == (expected, expected)
+            assert _changed_extent(walk.structure(cfg, ops, z2, coords) - sbase) == (expected, expected)
     assert geometry.pixel_to_cell(cfg, 50) == 17  # the centre pixel of a patch <-> the centre z_l cell

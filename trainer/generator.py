@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from igan.engine import ops
+from igan.engine import ops, walk
 from igan.engine.model import Generator, ModulatedConv2d
 
 
@@ -63,31 +63,38 @@ class TrainingGenerator(nn.Module):
         instead of the mapping (path length). Returns (images [B, 3, H, W], the SS output
         [B, C, Hz - 2 halo, ...] or None, W+ [B, n_latent, D]). Noise maps are drawn from
         `gen` (a generator on the model's device; None: torch's global one)."""
-        cfg = self.config
         if styles is None:
             styles = self.styles(z_slots, inject_index)
-        x = z_local
-        structure = None
+        ops = _TrainOps(self.g, z_slots[:, 0], styles, noise, gen)
+        x, structure = z_local, None
         if self.g.structure_synthesizer is not None:
-            r = cfg.ss_unfold_radius
-            for l, layer in enumerate(self.g.structure_synthesizer.layers):
-                c = coords[:, :, l * r:coords.shape[2] - l * r, l * r:coords.shape[3] - l * r]
-                x = _bias_lrelu(_styled(layer.conv, torch.cat([x, c.to(x.dtype)], 1), z_slots[:, 0]),
-                                layer.activate.bias)
-            structure = x
-        ts = self.g.texture_synthesizer
-        rgb = None
-        for i, conv in enumerate(ts.convs):
-            x = _styled(conv.conv, x, styles[:, i])
-            if noise and conv.noise is not None:
-                x = x + conv.noise.weight * torch.randn(x.shape[0], 1, x.shape[2], x.shape[3],
-                                                        device=x.device, dtype=x.dtype, generator=gen)
-            x = _bias_lrelu(x, conv.activate.bias)
-            if i % 2 == 1:
-                k = i // 2
-                to_rgb = ts.to_rgbs[k]
-                out = _grouped(x, to_rgb.conv.fold(styles[:, cfg.torgb_slot(k)]), False) + to_rgb.bias
-                if rgb is not None:
-                    out = out + ops.crop_to(ops.upsample_linear(rgb), out.shape[2], out.shape[3])
-                rgb = out
-        return rgb, structure, styles
+            x = structure = walk.structure(self.config, ops, x, coords)
+        return walk.texture(self.config, ops, x, [None] * self.config.num_convs), structure, styles
+
+
+class _TrainOps:
+    """The training forward's layers (walk.Ops): grouped convs, one group per sample, the SS
+    conditioned on the raw z_g, W+ for the TS, fresh noise from `gen`."""
+
+    def __init__(self, g: Generator, z_global: torch.Tensor, styles: torch.Tensor, noise: bool, gen):
+        self.g, self.z_global, self.styles, self.noise, self.gen = g, z_global, styles, noise, gen
+
+    def ss_layer(self, l, x, coords, offset):
+        layer = self.g.structure_synthesizer.layers[l]
+        c = walk.crop(coords, offset)
+        return _bias_lrelu(_styled(layer.conv, torch.cat([x, c.to(x.dtype)], 1), self.z_global), layer.activate.bias)
+
+    def conv(self, i, x, noise):
+        conv = self.g.texture_synthesizer.convs[i]
+        x = _styled(conv.conv, x, self.styles[:, i])
+        if self.noise and conv.noise is not None:
+            x = x + conv.noise.weight * torch.randn(x.shape[0], 1, x.shape[2], x.shape[3],
+                                                    device=x.device, dtype=x.dtype, generator=self.gen)
+        return _bias_lrelu(x, conv.activate.bias)
+
+    def to_rgb(self, k, x, skip):
+        to_rgb = self.g.texture_synthesizer.to_rgbs[k]
+        out = _grouped(x, to_rgb.conv.fold(self.styles[:, self.g.config.torgb_slot(k)]), False) + to_rgb.bias
+        if skip is not None:
+            out = out + ops.crop_to(ops.upsample_linear(skip), out.shape[2], out.shape[3])
+        return out
