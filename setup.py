@@ -10,12 +10,13 @@ from importlib.metadata import PackageNotFoundError, version
 from setuptools import find_packages, setup
 
 TOP_LEVEL = ["engine", "kernels", "export", "trainer"]
+ROOT = "engine/_root"  # igan/__init__.py itself: the public API (import igan; igan.load())
 
 
 def _packages():
-    names, dirs = [], {}
+    names, dirs = ["igan"], {"igan": ROOT}
     for top in TOP_LEVEL:
-        for sub in [""] + ["." + p for p in find_packages(top)]:
+        for sub in [""] + ["." + p for p in find_packages(top, exclude=["_root"])]:
             name = f"igan.{top}{sub}"
             names.append(name)
             dirs[name] = top + sub.replace(".", "/")

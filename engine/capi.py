@@ -8,9 +8,12 @@ as igan::Error with the same message.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from . import render  # first: sets MKL's reproducible mode before torch computes
+from .request import RenderRequest
 
 # igan-render options the C++ API has no field for: one model, one process.
 _UNSUPPORTED = ("gpus", "workers")
@@ -19,7 +22,8 @@ _UNSUPPORTED = ("gpus", "workers")
 class Session:
     """One model on one device, as igan::Model holds it."""
 
-    def __init__(self, checkpoint: str, config: str, device: str, precision: str, backend: str, threads: int):
+    def __init__(self, checkpoint: str, config: str, device: str, precision: str, backend: str, threads: int,
+                 model: str = ""):
         import torch
 
         from . import checkpoint as ckpt
@@ -29,8 +33,8 @@ class Session:
         if threads:
             torch.set_num_threads(threads)
         self.options = dict(checkpoint=checkpoint or None, config=config or None, device=device,
-                            precision=precision, backend=backend, threads=threads or None)
-        self.model = ckpt.load(self.options["checkpoint"], self.options["config"])
+                            precision=precision, backend=backend, threads=threads or None, model=model or None)
+        self.model = ckpt.load(self.options["model"] or self.options["checkpoint"], self.options["config"])
         self.runner = RUNNERS[backend](self.model, device, precision)
         self.renderer = Renderer(self.runner)
         self.budget = render.default_budget(self.runner.device)
@@ -49,25 +53,18 @@ class Session:
             out[t.y:t.y + t.height, t.x:t.x + t.width] = img
 
     def render_file(self, options: dict) -> None:
-        """igan-render with this session's model: `options` are igan-render's arguments by
-        their argparse names (those not given keep igan-render's defaults)."""
-        args = render.parse_args([])
-        for key, value in {**options, **self.options}.items():
-            if not hasattr(args, key):
-                raise ValueError(f"unknown igan-render option {key!r}")
-            setattr(args, key, value)
-        render._run(args, model=self.model)
+        """igan-render with this session's model: `options` are igan-render's options by
+        their RenderRequest names (those not given keep igan-render's defaults; an unknown
+        name is refused)."""
+        render.run(RenderRequest.from_options({**options, **self.options}), model=self.model)
 
 
 def parse_command_line(argv: list[str]) -> dict:
-    """igan-render's arguments -> their values by argparse name, y0 resolved (argparse
+    """igan-render's arguments -> their values by RenderRequest name, y0 resolved (argparse
     prints the usage and raises SystemExit on bad input or --help)."""
-    args = render.parse_args(argv)
+    request = render.parse_args(argv)
     for name in _UNSUPPORTED:
-        if getattr(args, name):
+        if getattr(request, name):
             raise ValueError(f"--{name} is not available through the C++ API (one model in one process); "
                              f"use igan-render for it")
-    if args.y0 is None:
-        args.y0 = -(args.height // 2)
-    return vars(args)
-
+    return dataclasses.asdict(request.replace(y0=request.top))

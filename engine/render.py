@@ -12,8 +12,7 @@ from pathlib import Path
 
 from . import determinism  # noqa: F401  (sets MKL's reproducible mode before torch computes)
 from .embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
-
-FORMATS = (".png", ".tif", ".tiff", ".zarr")
+from .request import RenderRequest
 
 
 def _positive(text: str) -> int:
@@ -151,78 +150,88 @@ def default_budget(device) -> int:
     return min(total // 4, 1 << 30)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """igan-render's command line, checked (argparse exits with a message on bad input)."""
+def parse_args(argv: list[str] | None = None) -> RenderRequest:
+    """igan-render's command line as a checked RenderRequest (argparse exits with a message
+    on bad input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    ext = os.path.splitext(args.out)[1].lower()
-    if ext not in FORMATS:
-        parser.error(f"--out {args.out!r}: unsupported extension {ext or '(none)'!r}; use {', '.join(FORMATS)}")
-    if args.tile is not None and args.tile % 16:
-        parser.error(f"--tile must be a multiple of 16, got {args.tile}")
-    if args.resume and args.restart:
-        parser.error("--resume and --restart exclude each other")
-    if (args.backend == "onnx") != (args.model is not None):
-        parser.error("--backend onnx renders an ONNX export: give it --model DIR (and no --checkpoint)"
-                     if args.backend == "onnx" else "--model DIR is the export of --backend onnx")
-    if args.model is not None and args.checkpoint is not None:
-        parser.error("--model and --checkpoint exclude each other (the export carries the weights)")
-    if args.gpus and args.workers:
-        parser.error("--gpus and --workers exclude each other (--workers is for CPU processes)")
-    if args.styles is None:
-        for flag in ("style_centers", "style_map", "style_blur"):
-            if getattr(args, flag) is not None:
-                parser.error(f"--{flag.replace('_', '-')} needs --styles (one seed per style)")
-    if args.style_centers is not None and args.style_map is not None:
-        parser.error("--style-centers and --style-map exclude each other")
-    if args.style_centers is not None and len(args.style_centers) != len(args.styles):
-        parser.error(f"--style-centers gives {len(args.style_centers)} centres for {len(args.styles)} styles")
-    if args.wrap and args.width % 16:
-        parser.error(f"--wrap needs --width to be a multiple of 16 (the period of the panorama), got {args.width}")
-    return args
+    try:
+        return RenderRequest(**vars(args)).validate()
+    except ValueError as e:
+        parser.error(str(e))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    request = parse_args(argv)
     try:
-        return _run(args)
+        stats = run(request)
     except KeyboardInterrupt:
         print("igan-render: interrupted; no output file was written", file=sys.stderr)
         return 130
     except (ValueError, OSError, RuntimeError) as e:
         print(f"igan-render: error: {e}", file=sys.stderr)
         return 1
+    if stats is not None:
+        preview = request.preview_path
+        print(f"igan-render: {stats.summary()} -> {request.out}" + (f" (preview {preview})" if preview else ""))
+    return 0
 
 
-def preview_path(args) -> str | None:
-    """Where --preview writes (its default: OUT's stem + .preview.png), or None."""
-    if args.preview is None:
-        return None
-    return args.preview or os.path.splitext(args.out)[0] + ".preview.png"
+def run(request: RenderRequest, model=None):
+    """Carry out `request` (with `model` if given: the Python and C++ APIs pass the one they
+    hold). The outputs are checked first, then the tiles are rendered (by this process, one
+    worker per device, or this torchrun rank) into the work directory and the output.
+    Returns the RenderStats, or None when there is nothing to report (another torchrun
+    rank's share, or an output that was already finished)."""
+    request.validate()
+    request.check_outputs()
+    import torch
+
+    from . import checkpoint, executor
+    from .runner import RUNNERS
+
+    if request.threads:
+        torch.set_num_threads(request.threads)
+    dist = executor.distributed_env()
+    devices = _devices(request, dist)
+    source = request.model if request.backend == "onnx" else request.checkpoint
+    model = checkpoint.load(source, request.config) if model is None else model
+    runner = RUNNERS[request.backend](model, devices[0], request.precision)  # fails early: backend/device/precision
+    spec, plan = plan_request(request, model.config, runner.device)
+    job = executor.Job(source, request.config, request.seed, plan.window, (plan.tile_height, plan.tile_width),
+                       request.batch, request.backend, request.precision, spec)
+    common = dict(resume=request.resume, restart=request.restart, keep_work=request.keep_work,
+                  progress=not request.quiet,
+                  sink_args=dict(preview=request.preview_path, preview_size=request.preview_size,
+                                 compression=request.compression))
+    out = Path(request.out)
+    if dist is not None:
+        stats = executor.run_torchrun(job, model, devices[0], out, **common)
+    elif len(devices) > 1:
+        threads = max(1, (os.cpu_count() or 1) // len(devices)) if devices[0] == "cpu" else None
+        stats = executor.run_processes(job, model, devices, out, threads_per_worker=threads, **common)
+    else:
+        stats = executor.run_local(job, model, devices[0], out, **common)
+    if stats is not None and request.stats_json:
+        _write_json(request.stats_json, dataclasses.asdict(stats) | {"mp_per_s": stats.mp_per_s, "out": request.out})
+    return stats
 
 
-def check_paths(args) -> None:
-    """Every output of `args` is writable, takes its options, and collides with no input
-    or other output; checked before anything is loaded or created (ValueError/OSError
-    naming the value). The C++ API passes through here too."""
-    from . import sinks
-    from .paths import check_distinct, check_writable
-    from .store import work_dir_for
+def plan_request(request: RenderRequest, cfg, device):
+    """(fusion.FieldSpec or None, planner.Plan) of `request` on `device`: its canvas and its
+    tiles, which every entry point (files, the in-memory API, the C++ API) shares, so they
+    all compute the same pixels."""
+    from . import planner
+    from .runner import PRECISIONS
 
-    out = Path(args.out)
-    ext = out.suffix.lower()
-    preview = preview_path(args)
-    if ext == ".zarr" and preview is not None:
-        raise ValueError(f"--preview is not available for .zarr outputs (--out {args.out!r})")
-    sinks.check_compression(out, args.compression)
-    if ext == ".zarr" and os.path.lexists(out) and not os.path.lexists(work_dir_for(out)) and not args.resume:
-        raise ValueError(f"--out {args.out!r} already exists; igan does not overwrite a Zarr store: remove it "
-                         f"or choose another --out")
-    outputs = {"--out": args.out, "--preview": preview, "--stats-json": args.stats_json}
-    check_distinct({"--checkpoint": args.checkpoint, "--model": args.model, "--style-map": args.style_map}, outputs)
-    for flag, path in outputs.items():
-        if path is not None and not (flag == "--out" and ext == ".zarr" and os.path.lexists(path)):
-            check_writable(flag, path)  # an existing Zarr --out is a finished render (checked above)
+    window = planner.Window(request.x0, request.top, request.width, request.height)
+    budget = request.memory_budget or default_budget(device)
+    spec = _field_spec(request, window, cfg)
+    if spec is not None and spec.styles:
+        budget //= 2  # the spatial-style path holds a style tensor as large as each layer's input
+    plan = planner.plan(cfg, window, tile=request.tile, batch=request.batch, memory_budget=budget,
+                        itemsize=PRECISIONS[request.precision].itemsize)
+    return spec, plan
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -237,61 +246,17 @@ def _write_json(path: str, data: dict) -> None:
             os.unlink(tmp)
 
 
-def _run(args, model=None) -> int:
-    """Render as `args` say, with `model` if given (the C++ API passes the one it holds)."""
-    check_paths(args)
-    import torch
-
-    from . import checkpoint, executor, planner
-    from .runner import PRECISIONS, RUNNERS, resolve_device
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    y0 = -(args.height // 2) if args.y0 is None else args.y0
-    window = planner.Window(args.x0, y0, args.width, args.height)
-    dist = executor.distributed_env()
-    devices = _devices(args, dist)
-    source = args.model if args.backend == "onnx" else args.checkpoint
-    model = checkpoint.load(source, args.config) if model is None else model
-    RUNNERS[args.backend](model, devices[0], args.precision)  # fails early on a bad backend/device/precision
-    budget = args.memory_budget or default_budget(resolve_device(devices[0]))
-    spec = _field_spec(args, window, model.config)
-    if spec is not None and spec.styles:
-        budget //= 2  # the spatial-style path holds a style tensor as large as each layer's input
-    plan = planner.plan(model.config, window, tile=args.tile, batch=args.batch, memory_budget=budget,
-                        itemsize=PRECISIONS[args.precision].itemsize)
-    job = executor.Job(source, args.config, args.seed, window, (plan.tile_height, plan.tile_width),
-                       args.batch, args.backend, args.precision, spec)
-    preview = preview_path(args)
-    common = dict(resume=args.resume, restart=args.restart, keep_work=args.keep_work, progress=not args.quiet,
-                  sink_args=dict(preview=preview, preview_size=args.preview_size, compression=args.compression))
-    out = Path(args.out)
-    if dist is not None:
-        stats = executor.run_torchrun(job, model, devices[0], out, **common)
-    elif len(devices) > 1:
-        threads = max(1, (os.cpu_count() or 1) // len(devices)) if devices[0] == "cpu" else None
-        stats = executor.run_processes(job, model, devices, out, threads_per_worker=threads, **common)
-    else:
-        stats = executor.run_local(job, model, devices[0], out, **common)
-    if stats is None:  # another rank's summary, or nothing to do (already finished)
-        return 0
-    print(f"igan-render: {stats.summary()} -> {args.out}" + (f" (preview {preview})" if preview else ""))
-    if args.stats_json:
-        _write_json(args.stats_json, dataclasses.asdict(stats) | {"mp_per_s": stats.mp_per_s, "out": args.out})
-    return 0
-
-
-def _field_spec(args, window, cfg):
+def _field_spec(request: RenderRequest, window, cfg):
     """fusion.FieldSpec of --styles/--style-*/--wrap, or None for the plain canvas."""
     from .fusion import spec_from_options
 
-    if args.styles is None and not args.wrap:
+    if not request.fused:
         return None
-    return spec_from_options(cfg, window, args.seed, styles=args.styles, centers=args.style_centers,
-                             style_map=args.style_map, blur=args.style_blur, wrap=args.wrap)
+    return spec_from_options(cfg, window, request.seed, styles=request.styles, centers=request.style_centers,
+                             style_map=request.style_map, blur=request.style_blur, wrap=request.wrap)
 
 
-def _devices(args, dist) -> list[str]:
+def _devices(args: RenderRequest, dist) -> list[str]:
     """The device of each worker (one entry: a single process)."""
     import torch
 

@@ -153,13 +153,25 @@ def _run(cmd, cwd, **kw):
     return subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=600, **kw)
 
 
-def test_example_file_is_byte_identical_to_igan_render(build_dir, tmp_path):
-    args = ["--width", "200", "--height", "96", "--seed", "3", "--quiet"]
+@pytest.mark.parametrize("extra", [
+    [],
+    ["--styles", "1,2"],
+    ["--styles", "1,2,5", "--style-centers", "0.1,0.2:0.5,0.9:0.8,0.4", "--style-blur", "31"],
+    ["--wrap"],
+    ["--wrap", "--styles", "4,9"],
+], ids=["plain", "styles", "centres", "wrap", "wrap-styles"])
+def test_example_file_is_byte_identical_to_igan_render(build_dir, tmp_path, extra):
+    """Every igan-render option reaches the file through the C++ API (style fusion and wrap
+    were once dropped silently)."""
+    args = ["--width", "208", "--height", "96", "--seed", "3", "--quiet", *extra]
     py = _run([VENV_BIN / "igan-render", *args, "--out", "py.png"], tmp_path)
     assert py.returncode == 0, py.stderr
     cpp = _run([build_dir / "igan_render", *args, "--out", "cpp.png"], tmp_path)
     assert cpp.returncode == 0, cpp.stderr
     assert (tmp_path / "cpp.png").read_bytes() == (tmp_path / "py.png").read_bytes()
+    if extra:  # and the options did change the picture
+        plain = _run([VENV_BIN / "igan-render", *args[:6], "--quiet", "--out", "plain.png"], tmp_path)
+        assert plain.returncode == 0 and (tmp_path / "plain.png").read_bytes() != (tmp_path / "cpp.png").read_bytes()
 
 
 def test_example_reports_engine_errors(build_dir, tmp_path):

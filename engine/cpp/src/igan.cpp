@@ -126,7 +126,7 @@ CommandLine parse_command_line(const std::vector<std::string>& args) {
     auto num = [&](const char* k) { return a[k].is_none() ? std::int64_t{0} : a[k].cast<std::int64_t>(); };
     CommandLine cl;
     cl.model = {str("checkpoint"), str("config"), str("device"), str("precision"), str("backend"),
-                static_cast<int>(num("threads"))};
+                static_cast<int>(num("threads")), str("model")};
     cl.window = {num("x0"), num("y0"), num("width"), num("height")};
     cl.seed = num("seed");
     FileOptions& f = cl.file;
@@ -142,6 +142,16 @@ CommandLine parse_command_line(const std::vector<std::string>& args) {
     f.keep_work = a["keep_work"].cast<bool>();
     f.quiet = a["quiet"].cast<bool>();
     f.stats_json = str("stats_json");
+    if (!a["styles"].is_none())
+      for (auto seed : a["styles"]) f.styles.push_back(seed.cast<std::int64_t>());
+    if (!a["style_centers"].is_none())
+      for (auto c : a["style_centers"]) {
+        auto xy = c.cast<py::tuple>();
+        f.style_centers.emplace_back(xy[0].cast<double>(), xy[1].cast<double>());
+      }
+    f.style_map = str("style_map");
+    f.style_blur = num("style_blur");
+    f.wrap = a["wrap"].cast<bool>();
     return cl;
   });
 }
@@ -162,7 +172,8 @@ Model::~Model() = default;
 Model Model::open(const ModelOptions& o) {
   auto impl = std::make_unique<Impl>();
   with_engine([&] {
-    impl->session = capi().attr("Session")(o.checkpoint, o.config, o.device, o.precision, o.backend, o.threads);
+    impl->session = capi().attr("Session")(o.checkpoint, o.config, o.device, o.precision, o.backend, o.threads,
+                                           o.model);
     return 0;
   });
   return Model(std::move(impl));
@@ -218,6 +229,19 @@ void Model::render_to_file(const Window& w, std::int64_t seed, const FileOptions
     o["keep_work"] = f.keep_work;
     o["quiet"] = f.quiet;
     o["stats_json"] = f.stats_json.empty() ? py::object(py::none()) : py::object(py::str(f.stats_json));
+    if (!f.styles.empty()) {
+      py::list seeds;
+      for (auto seed : f.styles) seeds.append(seed);
+      o["styles"] = py::tuple(seeds);
+    }
+    if (!f.style_centers.empty()) {
+      py::list centers;
+      for (const auto& c : f.style_centers) centers.append(py::make_tuple(c.first, c.second));
+      o["style_centers"] = py::tuple(centers);
+    }
+    if (!f.style_map.empty()) o["style_map"] = f.style_map;
+    if (f.style_blur) o["style_blur"] = f.style_blur;
+    o["wrap"] = f.wrap;
     impl_->session.attr("render_file")(o);
     return 0;
   });

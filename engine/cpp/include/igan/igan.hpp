@@ -20,6 +20,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #define IGAN_API __attribute__((visibility("default")))
@@ -60,8 +61,9 @@ struct ModelOptions {
   std::string config;      // preset of an official checkpoint; "" = inferred from its shapes
   std::string device = "auto";  // cpu, cuda, cuda:N, auto
   std::string precision = "fp32";  // fp32, fp16, bf16
-  std::string backend = "torch";   // torch, triton
+  std::string backend = "torch";   // torch, triton, onnx
   int threads = 0;                 // CPU threads for torch; 0 = all
+  std::string model;               // with backend "onnx": the ONNX export (igan-export --onnx DIR)
 };
 
 // A window of the canvas: pixel columns [x0, x0 + width), rows [y0, y0 + height).
@@ -84,6 +86,12 @@ struct FileOptions {
   bool resume = false, restart = false, keep_work = false;
   bool quiet = true;               // no progress bar
   std::string stats_json;          // also write the summary figures as JSON
+  // style fusion and 360-degree panoramas (igan-render's --styles, --style-*, --wrap)
+  std::vector<std::int64_t> styles;                      // one seed per style; empty = the plain canvas
+  std::vector<std::pair<double, double>> style_centers;  // fractions of the window; empty = default
+  std::string style_map;                                 // PNG whose colours place the styles
+  std::int64_t style_blur = 0;                           // 0 = igan-render's default
+  bool wrap = false;                                     // cyclic panorama, period = the width
 };
 
 // igan-render's command line, parsed by igan-render's own parser.

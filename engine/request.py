@@ -1,0 +1,160 @@
+"""RenderRequest: the one description of a render.
+
+igan-render's command line, the Python API (`igan.load(...).render_to_file(...)`), the C++
+API and the applications all build one; `render.run(request)` carries it out. Field names
+are igan-render's options (`--style-blur` is `style_blur`), and `validate()` /
+`check_outputs()` are the checks igan-render makes, so every entry point refuses the same
+mistakes with the same messages.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+FORMATS = (".png", ".tif", ".tiff", ".zarr")
+TILE_ALIGN = 16
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    out: str = "igan.png"  # .png, .tif/.tiff (pyramidal BigTIFF) or .zarr
+    # the window of the canvas, and the canvas
+    width: int = 2048
+    height: int = 512
+    x0: int = 0
+    y0: int | None = None  # None: -(height // 2), centred on the horizon as the official code does
+    seed: int = 0
+    # the model
+    checkpoint: str | None = None  # None: the embedded model
+    config: str | None = None  # preset of an official checkpoint
+    model: str | None = None  # an ONNX export (igan-export --onnx DIR), for backend "onnx"
+    # style fusion and 360-degree panoramas
+    styles: tuple[int, ...] | None = None
+    style_centers: tuple[tuple[float, float], ...] | None = None
+    style_map: str | None = None
+    style_blur: int | None = None
+    wrap: bool = False
+    # how it is computed
+    tile: int | None = None
+    batch: int = 1
+    memory_budget: int | None = None
+    device: str = "auto"
+    gpus: int | None = None
+    workers: int | None = None
+    threads: int | None = None
+    precision: str = "fp32"
+    backend: str = "torch"
+    # the work directory and the outputs
+    resume: bool = False
+    restart: bool = False
+    keep_work: bool = False
+    preview: str | None = None  # "": OUT's stem + .preview.png
+    preview_size: int = 1024
+    compression: str | int | None = None
+    stats_json: str | None = None
+    quiet: bool = False
+
+    @classmethod
+    def from_options(cls, options: dict) -> "RenderRequest":
+        """From igan-render's options by name; an unknown name is a ValueError naming it."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"unknown igan-render option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**options)
+
+    def replace(self, **changes) -> "RenderRequest":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def top(self) -> int:
+        """The canvas row of the window's top edge."""
+        return -(self.height // 2) if self.y0 is None else self.y0
+
+    @property
+    def preview_path(self) -> str | None:
+        if self.preview is None:
+            return None
+        return self.preview or os.path.splitext(self.out)[0] + ".preview.png"
+
+    @property
+    def fused(self) -> bool:
+        """Style fusion or a cyclic canvas (a fusion.FieldSpec), not the plain canvas."""
+        return self.styles is not None or self.wrap
+
+    # ---- checks --------------------------------------------------------------------------------
+    def validate(self) -> "RenderRequest":
+        """The options on their own and against each other (no file is touched); ValueError
+        naming the option and its value."""
+        for name in ("width", "height", "batch", "preview_size"):
+            _positive(name, getattr(self, name))
+        for name in ("tile", "memory_budget", "gpus", "workers", "threads", "style_blur"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
+        for name in ("x0", "seed") + (("y0",) if self.y0 is not None else ()):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                raise ValueError(f"--{_flag(name)} must be an integer, got {getattr(self, name)!r}")
+        ext = os.path.splitext(self.out)[1].lower()
+        if ext not in FORMATS:
+            raise ValueError(f"--out {self.out!r}: unsupported extension {ext or '(none)'!r}; use {', '.join(FORMATS)}")
+        if self.tile is not None and self.tile % TILE_ALIGN:
+            raise ValueError(f"--tile must be a multiple of {TILE_ALIGN}, got {self.tile}")
+        if self.precision not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"--precision must be fp32, fp16 or bf16, got {self.precision!r}")
+        if self.backend not in ("torch", "triton", "onnx"):
+            raise ValueError(f"--backend must be torch, triton or onnx, got {self.backend!r}")
+        if self.resume and self.restart:
+            raise ValueError("--resume and --restart exclude each other")
+        if (self.backend == "onnx") != (self.model is not None):
+            raise ValueError("--backend onnx renders an ONNX export: give it --model DIR (and no --checkpoint)"
+                             if self.backend == "onnx" else "--model DIR is the export of --backend onnx")
+        if self.model is not None and self.checkpoint is not None:
+            raise ValueError("--model and --checkpoint exclude each other (the export carries the weights)")
+        if self.gpus and self.workers:
+            raise ValueError("--gpus and --workers exclude each other (--workers is for CPU processes)")
+        if self.styles is None:
+            for name in ("style_centers", "style_map", "style_blur"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"--{_flag(name)} needs --styles (one seed per style)")
+        if self.style_centers is not None and self.style_map is not None:
+            raise ValueError("--style-centers and --style-map exclude each other")
+        if self.style_centers is not None and len(self.style_centers) != len(self.styles):
+            raise ValueError(f"--style-centers gives {len(self.style_centers)} centres for {len(self.styles)} styles")
+        if self.wrap and self.width % TILE_ALIGN:
+            raise ValueError(f"--wrap needs --width to be a multiple of {TILE_ALIGN} (the period of the panorama), "
+                             f"got {self.width}")
+        return self
+
+    def check_outputs(self) -> None:
+        """Every output is writable, takes its options, and collides with no input or other
+        output; checked before anything is loaded or created (ValueError/OSError naming it)."""
+        from . import sinks
+        from .paths import check_distinct, check_writable
+        from .store import work_dir_for
+
+        out = Path(self.out)
+        ext = out.suffix.lower()
+        preview = self.preview_path
+        if ext == ".zarr" and preview is not None:
+            raise ValueError(f"--preview is not available for .zarr outputs (--out {self.out!r})")
+        sinks.check_compression(out, self.compression)
+        if ext == ".zarr" and os.path.lexists(out) and not os.path.lexists(work_dir_for(out)) and not self.resume:
+            raise ValueError(f"--out {self.out!r} already exists; igan does not overwrite a Zarr store: remove it "
+                             f"or choose another --out")
+        outputs = {"--out": self.out, "--preview": preview, "--stats-json": self.stats_json}
+        check_distinct({"--checkpoint": self.checkpoint, "--model": self.model, "--style-map": self.style_map},
+                       outputs)
+        for flag, path in outputs.items():
+            if path is not None and not (flag == "--out" and ext == ".zarr" and os.path.lexists(path)):
+                check_writable(flag, path)  # an existing Zarr --out is a finished render (checked above)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _positive(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"--{_flag(name)} must be a positive integer, got {value!r}")
