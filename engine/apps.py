@@ -10,6 +10,8 @@ there; a record is moved by whole z_l cells (its coordinates travel with it).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 from .latent import Field, LatentField
@@ -127,3 +129,58 @@ def _fused(base: PastedField, pastes: list[Paste], blur: int | None):
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if pure(build(mid)) else (lo, mid - 1)
     return build(lo), lo, True
+
+
+# ---- what a render job carries ------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class AppSpec:
+    """How every process of an outpainting or inbetweening render rebuilds its field (the
+    records' tensors pickle), and what a resumed render must match: the pipeline's
+    counterpart of fusion.FieldSpec. `params`: outpaint (width, height, at) or inbetween
+    (gap, fuse, blur), with the blur already resolved."""
+
+    kind: str  # "outpaint" | "inbetween"
+    records: tuple[InversionRecord, ...]
+    params: tuple
+
+    @property
+    def spatial(self) -> bool:
+        """Renders on the spatial-style path (two styles blended)."""
+        return self.kind == "inbetween" and self.params[1]
+
+    def request(self, seed: int) -> Request:
+        if self.kind == "outpaint":
+            width, height, at = self.params
+            return outpaint_request(self.records[0], width, height, at=at, seed=seed)
+        gap, fuse, blur = self.params
+        return inbetween_request(*self.records, gap, seed=seed, fuse=fuse, blur=blur)
+
+    def build(self, config, seed: int) -> Field:
+        return self.request(seed).field
+
+    def identity(self) -> dict:
+        return {"app": self.kind, "params": json.loads(json.dumps(self.params)),
+                "records": [record_digest(r) for r in self.records]}
+
+
+def app_spec(kind: str, records, params, seed: int) -> tuple[AppSpec, Request]:
+    """The spec of an application render and its request (window, known regions, note);
+    inbetweening's default blur is searched once here and carried resolved."""
+    spec = AppSpec(kind, tuple(records), tuple(params))
+    request = spec.request(seed)
+    if kind == "inbetween" and params[2] is None:
+        spec = AppSpec(kind, tuple(records), (params[0], params[1], request.blur))
+    return spec, request
+
+
+def record_digest(record: InversionRecord) -> str:
+    """sha256 of a record's latents, styles, noise and placement (by content)."""
+    h = hashlib.sha256(json.dumps([record.placement.__dict__, repr(record.horizon), record.model_digest]).encode())
+    tensors = [record.global_latent, record.styles, record.local_latent, *record.noises]
+    if record.coords is not None:
+        tensors.append(record.coords)
+    for t in tensors:
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{tuple(t.shape)} {t.dtype}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()

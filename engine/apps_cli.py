@@ -16,7 +16,7 @@ from . import determinism  # noqa: F401  (sets MKL's reproducible mode before to
 from .embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
 from .render import _positive, _size_bytes
 
-OUT_FORMATS = (".png", ".tif", ".tiff")
+OUT_FORMATS = (".png", ".tif", ".tiff", ".zarr")
 
 
 class AppError(ValueError):
@@ -160,20 +160,22 @@ def _record_or_image(args, model, digest, path, **kw):
     return _invert_image(args, model, digest, path, **kw), False
 
 
-def _render(args, model, device, request, out: str, tile, batch, budget) -> None:
-    from . import planner, sinks
-    from .render import default_budget
-    from .renderer import Renderer
-    from .runner import TorchRunner
+def _render(args, model, spec, request) -> None:
+    """Render an application's canvas as igan-render renders: one RenderRequest through the
+    planner, executor, tile store and sink (so --resume, --workers and the backends work)."""
+    from . import render
+    from .request import RenderRequest
 
-    budget = budget or default_budget(device)
-    if getattr(request.field, "fused", False):
-        budget //= 2  # as igan-render: the spatial-style path holds a style tensor per layer input
-    plan = planner.plan(model.config, request.window, tile=tile, batch=batch, memory_budget=budget)
-    sink = sinks.open_sink(out, request.window.width, request.window.height, band_height=plan.tile_height)
-    stats = Renderer(TorchRunner(model, device)).render(request.field, plan, sink, batch=batch,
-                                                         progress=not args.quiet)
-    print(f"{args.prog}: {stats.summary()} -> {out}")
+    w = request.window
+    render_request = RenderRequest(
+        out=args.out, width=w.width, height=w.height, x0=w.x0, y0=w.y0, seed=args.seed, field=spec,
+        checkpoint=args.checkpoint, config=args.config, device=args.device, threads=args.threads,
+        tile=args.tile, batch=args.batch, memory_budget=args.memory_budget, workers=args.workers,
+        precision=args.precision, backend=args.backend, resume=args.resume, restart=args.restart,
+        keep_work=args.keep_work, preview=args.preview, compression=args.compression, quiet=args.quiet)
+    stats = render.run(render_request, model=model)
+    if stats is not None:
+        print(f"{args.prog}: {stats.summary()} -> {args.out}")
 
 
 def _render_args(p: argparse.ArgumentParser) -> None:
@@ -183,6 +185,18 @@ def _render_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-budget", type=_size_bytes, default=None, help="memory for one batch of tiles")
     p.add_argument("--save-record", action="append", default=[], metavar="PATH",
                    help="also save the inversion record of each inverted image (repeat for several)")
+    g = p.add_argument_group("rendering, as igan-render")
+    g.add_argument("--workers", type=_positive, default=None, help="with --device cpu: N worker processes")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    g.add_argument("--backend", default="torch", choices=["torch", "triton"],
+                   help="torch (reference, any device) or triton (fused kernels, CUDA)")
+    g.add_argument("--resume", action="store_true", help="finish an interrupted render from its finished tiles")
+    g.add_argument("--restart", action="store_true", help="discard the finished tiles of an interrupted render")
+    g.add_argument("--keep-work", action="store_true", help="keep the work directory after the output is written")
+    g.add_argument("--preview", nargs="?", const="", default=None, metavar="PATH",
+                   help="also write a low-resolution preview PNG (default path: OUT stem + .preview.png)")
+    g.add_argument("--compression", default=None,
+                   help="PNG: zlib level 0-9 (default 6); TIFF: zstd, zlib or none, optionally :level")
 
 
 def _main(prog: str, parser, argv, run, sources, outputs) -> int:
@@ -196,7 +210,10 @@ def _main(prog: str, parser, argv, run, sources, outputs) -> int:
     if getattr(args, "tile", None) is not None and args.tile % 16:
         parser.error(f"--tile must be a multiple of 16, got {args.tile}")
     _check_out(parser, args.out, (".safetensors",) if prog == "igan-invert" else OUT_FORMATS)
-    refuse_unsafe_paths(parser, sources(args) | {"--checkpoint": args.checkpoint}, outputs(args))
+    files, folders = outputs(args), None
+    if args.out.lower().endswith(".zarr"):  # a folder it writes into (render.run checks a finished one)
+        files, folders = {k: v for k, v in files.items() if k != "--out"}, {"--out": args.out}
+    refuse_unsafe_paths(parser, sources(args) | {"--checkpoint": args.checkpoint}, files, folders)
     try:
         for path in sources(args).values():
             _check_source(path)
@@ -256,7 +273,7 @@ def outpaint_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=_positive, required=True, help="output height in pixels")
     p.add_argument("--at", type=_point, default=None, metavar="X,Y",
                    help="output pixel of the image's top-left corner (default: centred)")
-    p.add_argument("--out", required=True, help="output image: .png or .tif/.tiff")
+    p.add_argument("--out", required=True, help="output image: .png, .tif/.tiff or .zarr")
     _render_args(p)
     _common(p)
     return p
@@ -264,14 +281,14 @@ def outpaint_parser() -> argparse.ArgumentParser:
 
 def outpaint_main(argv: list[str] | None = None) -> int:
     def run(args):
-        from .apps import outpaint_request
+        from .apps import app_spec
 
-        model, digest, device = _setup(args)
+        model, digest, _ = _setup(args)
         rec, _ = _record_or_image(args, model, digest, args.input)
-        request = outpaint_request(rec, args.width, args.height, at=args.at, seed=args.seed)  # checks sizes first
+        spec, request = app_spec("outpaint", [rec], (args.width, args.height, args.at), args.seed)  # checks sizes
         for path in args.save_record[:1]:
             rec.save(path)
-        _render(args, model, device, request, args.out, args.tile, args.batch, args.memory_budget)
+        _render(args, model, spec, request)
         return 0
 
     return _main("igan-outpaint", outpaint_parser(), argv, run, lambda a: {"INPUT": a.input},
@@ -290,7 +307,7 @@ def inbetween_parser() -> argparse.ArgumentParser:
     p.add_argument("left", help="left inversion record (.safetensors) or image")
     p.add_argument("right", help="right inversion record (.safetensors) or image")
     p.add_argument("--gap", type=int, required=True, help="pixels between the two images")
-    p.add_argument("--out", required=True, help="output image: .png or .tif/.tiff")
+    p.add_argument("--out", required=True, help="output image: .png, .tif/.tiff or .zarr")
     p.add_argument("--blur", type=_positive, default=None,
                    help="style blend width in pixels (default: the widest that keeps both ends as fitted)")
     p.add_argument("--one-style", action="store_true",
@@ -304,12 +321,12 @@ def inbetween_main(argv: list[str] | None = None) -> int:
     def run(args):
         import torch
 
-        from .apps import inbetween_request, right_position
+        from .apps import app_spec, right_position
         from .record import InversionRecord
 
         if args.gap < 0:
             raise AppError(f"--gap must be >= 0, got {args.gap}")
-        model, digest, device = _setup(args)
+        model, digest, _ = _setup(args)
         if args.one_style and args.blur is not None:
             raise AppError("--blur is for style fusion; it has no effect with --one-style")
         left, _ = _record_or_image(args, model, digest, args.left)
@@ -327,12 +344,12 @@ def inbetween_main(argv: list[str] | None = None) -> int:
                 w, h = im.size
             x0, y0 = right_position(left, w, h, args.gap)  # checks the gap before the long inversion
             right = _invert_image(args, model, digest, args.right, x0=x0, y0=y0, style=style)
-        request = inbetween_request(left, right, args.gap, seed=args.seed, fuse=not args.one_style, blur=args.blur)
+        spec, request = app_spec("inbetween", [left, right], (args.gap, not args.one_style, args.blur), args.seed)
         if request.note:
             print(f"igan-inbetween: {request.note}", file=sys.stderr)
         for path, rec in zip(args.save_record, (left, right)):
             rec.save(path)
-        _render(args, model, device, request, args.out, args.tile, args.batch, args.memory_budget)
+        _render(args, model, spec, request)
         return 0
 
     def outputs(args):

@@ -313,6 +313,11 @@ class FieldSpec:
     blur: int = 1
     period: int | None = None
 
+    @property
+    def spatial(self) -> bool:
+        """Renders on the spatial-style path (several styles blended)."""
+        return bool(self.styles)
+
     def build(self, config: GeneratorConfig, seed: int) -> Field:
         if not self.styles:
             return LatentField(config, seed, period=self.period)

@@ -226,8 +226,8 @@ def plan_request(request: RenderRequest, cfg, device):
 
     window = planner.Window(request.x0, request.top, request.width, request.height)
     budget = request.memory_budget or default_budget(device)
-    spec = _field_spec(request, window, cfg)
-    if spec is not None and spec.styles:
+    spec = request.field if request.field is not None else _field_spec(request, window, cfg)
+    if spec is not None and spec.spatial:
         budget //= 2  # the spatial-style path holds a style tensor as large as each layer's input
     plan = planner.plan(cfg, window, tile=request.tile, batch=request.batch, memory_budget=budget,
                         itemsize=PRECISIONS[request.precision].itemsize)

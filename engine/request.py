@@ -36,6 +36,7 @@ class RenderRequest:
     style_map: str | None = None
     style_blur: int | None = None
     wrap: bool = False
+    field: object = None  # an application's canvas (apps.AppSpec), instead of styles/wrap
     # how it is computed
     tile: int | None = None
     batch: int = 1
@@ -122,6 +123,8 @@ class RenderRequest:
             raise ValueError("--style-centers and --style-map exclude each other")
         if self.style_centers is not None and len(self.style_centers) != len(self.styles):
             raise ValueError(f"--style-centers gives {len(self.style_centers)} centres for {len(self.styles)} styles")
+        if self.field is not None and self.fused:
+            raise ValueError("an application's canvas (field) excludes --styles and --wrap")
         if self.wrap and self.width % TILE_ALIGN:
             raise ValueError(f"--wrap needs --width to be a multiple of {TILE_ALIGN} (the period of the panorama), "
                              f"got {self.width}")
