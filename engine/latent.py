@@ -192,6 +192,7 @@ class Field:
     how one tensor of one window is made."""
 
     config: GeneratorConfig
+    fused = False  # spatially varying styles (fusion.FusedField), rendered on the spatial-style path
 
     def global_latent(self) -> torch.Tensor:
         raise NotImplementedError

@@ -1,13 +1,15 @@
 """Model runners: own the device, the precision and the speed of a forward pass.
 
-`TorchRunner` is the reference backend (any device). Backends share one interface:
-`prepare(field)` folds one image's styles into the weights once; `run(prepared, batch)`
-turns a batch of latent windows into float32 RGB on the host.
+`TorchRunner` is the reference backend (any device), `TritonRunner` the fused kernels; the
+onnx backend lives in igan.export.onnx_runner. All implement `Runner`: `prepare(field)` folds
+one image's styles into the weights once; `inputs(...)` gathers a batch of latent windows;
+`run(prepared, batch)` turns it into float32 RGB.
 """
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -35,6 +37,42 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     elif dev.type != "cpu":
         raise ValueError(f"unsupported device {device!r} (use cpu, cuda, cuda:N or auto)")
     return dev
+
+
+class Runner(Protocol):
+    """What every backend implements (torch and triton here, onnx in igan.export.onnx_runner);
+    the renderer and the executors use nothing else."""
+
+    name: str
+    config: object  # GeneratorConfig
+    device: torch.device
+
+    def prepare(self, field: Field) -> object:
+        """Everything of a forward pass that depends only on the image's styles, once."""
+
+    def inputs(self, field: Field, windows: list[tuple[int, int]], n_h: int, n_w: int) -> "Batch":
+        """The inputs of the z_l windows with first cells `windows` and shared size n_h x n_w."""
+
+    def run(self, prepared: object, batch: "Batch") -> torch.Tensor:
+        """float32 RGB [N, 3, H, W] (on the runner's device or the host)."""
+
+    def peak_memory(self) -> int | None:
+        """Peak device memory in bytes, where the device reports it."""
+
+
+def gather_inputs(field: Field, windows: list[tuple[int, int]], n_h: int, n_w: int, device) -> "Batch":
+    """A Batch of z_l windows (first cell (row, col), shared size n_h x n_w) on `device`:
+    latents, coordinates, one noise map per TS conv and, for a fused field, the style maps."""
+    parts = [field.window(r, c, n_h, n_w, device) for r, c in windows]
+    z = torch.stack([p[0] for p in parts])
+    coords = None if parts[0][1] is None else torch.stack([p[1] for p in parts])
+    noises = [torch.stack([p[2][i] for p in parts]) for i in range(field.config.num_convs)]
+    maps = None
+    if field.fused:
+        from .fusion import StyleMaps
+
+        maps = StyleMaps.stack([field.style_maps(r, c, n_h, n_w) for r, c in windows], device)
+    return Batch(z, coords, noises, maps)
 
 
 @dataclass
@@ -77,7 +115,7 @@ class TorchRunner:
 
     def prepare(self, field: Field) -> Prepared | SpatialPrepared:
         with self._context():
-            if getattr(field, "fused", False):  # spatially varying styles (fusion.FusedField)
+            if field.fused:  # spatially varying styles (fusion.FusedField)
                 latents = [(z.to(self.device, torch.float32), None if w is None else w.to(self.device, torch.float32))
                            for z, w in field.latents]
                 return self.model.prepare_spatial(latents).to(dtype=self.dtype)
@@ -87,17 +125,7 @@ class TorchRunner:
             return self.model.prepare(z, styles).to(dtype=self.dtype)
 
     def inputs(self, field: Field, windows: list[tuple[int, int]], n_h: int, n_w: int) -> Batch:
-        """Gather the inputs of z_l windows (first cell (row, col), shared size n_h x n_w)."""
-        parts = [field.window(r, c, n_h, n_w, self.device) for r, c in windows]
-        z = torch.stack([p[0] for p in parts])
-        coords = None if parts[0][1] is None else torch.stack([p[1] for p in parts])
-        noises = [torch.stack([p[2][i] for p in parts]) for i in range(self.config.num_convs)]
-        maps = None
-        if getattr(field, "fused", False):
-            from .fusion import StyleMaps
-
-            maps = StyleMaps.stack([field.style_maps(r, c, n_h, n_w) for r, c in windows], self.device)
-        return Batch(z, coords, noises, maps)
+        return gather_inputs(field, windows, n_h, n_w, self.device)
 
     def run(self, prepared: Prepared, batch: Batch) -> torch.Tensor:
         """float32 RGB [N, 3, H, W] on the runner's device."""

@@ -1,6 +1,6 @@
 """The `onnx` backend: igan-render through onnxruntime on the graphs of `igan-export --onnx`.
 
-`OnnxRunner` has TorchRunner's interface (prepare / inputs / run / peak_memory / name /
+`OnnxRunner` implements igan.engine.runner.Runner (prepare / inputs / run / peak_memory / name /
 device / config), so the planner, Renderer, executors and sinks are the engine's own.
 prepare() runs the mapping graph once per image; run() feeds a batch of windows of that
 image through the structure and texture graphs (the image's z_g and W+ repeated per window).
@@ -21,7 +21,7 @@ import torch
 
 from igan.engine.config import GeneratorConfig
 from igan.engine.latent import Field
-from igan.engine.runner import Batch, TorchRunner
+from igan.engine.runner import Batch, gather_inputs
 
 from . import sha256_file
 from .onnx_export import FORMAT, FORMAT_VERSION, MANIFEST, graph_names
@@ -184,7 +184,7 @@ class OnnxRunner:
 
     def prepare(self, field: Field) -> OnnxPrepared:
         cfg = self.config
-        if getattr(field, "fused", False):
+        if field.fused:
             raise ValueError("the onnx backend renders one style per image: style fusion (--styles) needs "
                              "--backend torch or triton")
         z = field.global_latent().reshape(1, -1).numpy().astype(self.np_dtype)
@@ -203,7 +203,7 @@ class OnnxRunner:
         return OnnxPrepared(z, np.ascontiguousarray(slots[None]))
 
     def inputs(self, field: Field, windows: list[tuple[int, int]], n_h: int, n_w: int) -> Batch:
-        return TorchRunner.inputs(self, field, windows, n_h, n_w)
+        return gather_inputs(field, windows, n_h, n_w, self.device)
 
     def run(self, prepared: OnnxPrepared, batch: Batch) -> torch.Tensor:
         """float32 RGB [N, 3, H, W] on the host."""
