@@ -58,3 +58,16 @@ def rng(request):
     import zlib
 
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+# Module fixtures that take 15-55 s to build on the 2-core machine (an ONNX export, the AOT
+# compile of every kernel launch, an inversion, the apps' models and records): every test that
+# uses one belongs to the slow tier, whatever its own time.
+_SLOW_FIXTURES = {("test_export.py", "exported"), ("test_aot.py", "rows"), ("test_invert.py", "inverted"),
+                  ("test_outpaint.py", "setup")}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(item.path.name == module and name in item.fixturenames for module, name in _SLOW_FIXTURES):
+            item.add_marker(pytest.mark.slow)

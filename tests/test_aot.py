@@ -55,6 +55,7 @@ def _convs(rows, **match):
     return [r for r in rows if r["kernel"] == "_conv_kernel" and all(r[k] == v for k, v in match.items())]
 
 
+@pytest.mark.slow
 def test_every_launch_of_every_case_was_traced_and_compiled(rows):
     for config, fused, precisions, archs in CASES:
         for precision in precisions:
@@ -129,6 +130,7 @@ def test_blur_epilogue_reads_channels_in_vectors(rows):
     assert all(r["load_bits"].get("128", 0) >= 9 for r in blurs), [r["load_bits"] for r in blurs]
 
 
+@pytest.mark.slow
 def test_the_command_refuses_the_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1")
     done = subprocess.run([sys.executable, "-m", "igan.kernels.aot"], capture_output=True, text=True, env=env)

@@ -57,6 +57,7 @@ def _save_official(tmp_path, state, **extra):
 
 
 @pytest.mark.parametrize("name", OFFICIAL)
+@pytest.mark.slow
 def test_official_state_dict_loads_strictly_into_every_config(tmp_path, name):
     cfg = PRESETS[name]
     state = _meta_state(cfg)
@@ -69,6 +70,7 @@ def test_official_state_dict_loads_strictly_into_every_config(tmp_path, name):
     assert explicit.config.name == name
 
 
+@pytest.mark.slow
 def test_mismatched_checkpoint_lists_missing_unexpected_and_misshaped_keys(tmp_path):
     state = _meta_state(PRESETS["StyleGAN2_NCI_FCG"])
     state.pop("texture_synthesizer.convs.3.noise.weight")
@@ -87,6 +89,7 @@ def test_mismatched_checkpoint_lists_missing_unexpected_and_misshaped_keys(tmp_p
         checkpoint.load(good, config="InfinityGAN-HR")
 
 
+@pytest.mark.slow
 def test_old_numpy_module_path_in_pickles_is_allowed(tmp_path):
     """Official checkpoints were pickled under numpy 1.x: `numpy.core.multiarray.scalar`."""
     path = _save_official(tmp_path, _meta_state(PRESETS["StyleGAN2_NCI_FCG"]))

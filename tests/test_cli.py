@@ -57,6 +57,7 @@ def test_a_window_alone_matches_the_same_region_of_a_larger_render(tmp_path):
     assert np.array_equal(_pixels(part), _pixels(big)[53:53 + 29, 63:63 + 37])
 
 
+@pytest.mark.slow
 def test_tiff_pyramid_and_preview(tmp_path):
     preview = tmp_path / "p.png"
     code, out = _render(tmp_path, "a.tiff", "--width", 700, "--height", 300, "--tile", 256,
@@ -122,6 +123,7 @@ def test_mismatched_checkpoint_is_refused_with_the_keys(tmp_path, capsys):
                  "--quiet", "--width", "40", "--height", "24"]) == 0
 
 
+@pytest.mark.slow
 def test_console_script_shows_progress_and_exit_codes(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "igan-render")
     out = tmp_path / "c.png"

@@ -160,6 +160,7 @@ def _run(cmd, cwd, **kw):
     ["--wrap"],
     ["--wrap", "--styles", "4,9"],
 ], ids=["plain", "styles", "centres", "wrap", "wrap-styles"])
+@pytest.mark.slow
 def test_example_file_is_byte_identical_to_igan_render(build_dir, tmp_path, extra):
     """Every igan-render option reaches the file through the C++ API (style fusion and wrap
     were once dropped silently)."""
@@ -174,6 +175,7 @@ def test_example_file_is_byte_identical_to_igan_render(build_dir, tmp_path, extr
         assert plain.returncode == 0 and (tmp_path / "plain.png").read_bytes() != (tmp_path / "cpp.png").read_bytes()
 
 
+@pytest.mark.slow
 def test_example_reports_engine_errors(build_dir, tmp_path):
     """An engine error reaches C++ as igan::Error with the engine's message; a bad argument
     gets argparse's message and exit code 2; neither leaves a file."""
@@ -185,6 +187,7 @@ def test_example_reports_engine_errors(build_dir, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_api_render_into_buffer_matches_python_api(build_dir, tmp_path):
     """Model::render into a padded caller buffer gives the Python API's pixels."""
     from igan.engine import planner
@@ -212,6 +215,7 @@ def test_api_finds_no_venv_clearly(build_dir, tmp_path):
     assert f"no Python at '{tmp_path / 'novenv'}/bin/python' (the venv from $IGAN_VENV)" in res.stderr
 
 
+@pytest.mark.slow
 def test_igan_native_0_forces_the_python_paths(ext):
     """IGAN_NATIVE=0 (read at import) gives the Python paths even with the extension built."""
     code = ("from igan.engine import native; import torch; "

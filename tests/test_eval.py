@@ -276,6 +276,7 @@ def test_inception_loader_errors(tmp_path, inception_file):
 
 
 # ---- command lines ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_igan_eval_cli_end_to_end(tmp_path, inception_file):
     weights, _ = inception_file
     ckpt = save(random_model(PRESETS["tiny"], seed=2), tmp_path / "tiny.safetensors")
@@ -296,12 +297,14 @@ def test_igan_eval_cli_end_to_end(tmp_path, inception_file):
     assert bad.returncode == 1 and "real_res" in bad.stderr
 
 
+@pytest.mark.slow
 def test_igan_eval_cli_missing_weights(tmp_path):
     done = subprocess.run([sys.executable, "-m", "igan.trainer.eval.cli", "scaleinv-fid", "--real", str(tmp_path),
                            "--scale", "2", "--inception", str(tmp_path / "nope.pth")], capture_output=True, text=True)
     assert done.returncode == 1 and inception.WEIGHTS_FILE in done.stderr
 
 
+@pytest.mark.slow
 def test_igan_bench_cpu_table_and_plot(tmp_path):
     plot, js = tmp_path / "bench.png", tmp_path / "bench.json"
     done = subprocess.run([sys.executable, "-m", "igan.engine.bench", "--device", "cpu", "--sizes", "48,64x32",

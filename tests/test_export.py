@@ -80,12 +80,14 @@ def _check_graphs(model, onnx_dir, batch, n_h, n_w, seed):
 
 
 @pytest.mark.parametrize("batch,n_h,n_w", [(1, 9, 9), (3, 10, 13), (2, 15, 8)])
+@pytest.mark.slow
 def test_graphs_match_the_torch_model_at_any_batch_and_size(exported, batch, n_h, n_w):
     model, _, onnx_dir, _ = exported
     halo = 2 * model.config.ss_halo
     _check_graphs(model, onnx_dir, batch, n_h + halo, n_w + halo, seed=batch * 100 + n_h)
 
 
+@pytest.mark.slow
 def test_graphs_without_structure_synthesizer(tmp_path, rng):
     model = random_model(small_config(rng, use_ss=False, patch_size=29, channels=(7, 5)), seed=1)
     export_onnx(model, tmp_path / "onnx", "test", precisions=("fp32",))
@@ -145,6 +147,7 @@ def test_onnx_backend_renders_what_the_torch_backend_renders(exported, tmp_path)
     assert diff.max() <= 1 and (diff > 0).any(axis=2).sum() <= 5
 
 
+@pytest.mark.slow
 def test_onnx_backend_with_worker_processes(exported, tmp_path):
     _, _, onnx_dir, _ = exported
     args = ["--width", 40, "--height", 33, "--seed", 2, "--tile", 16, "--quiet", "--device", "cpu",

@@ -165,6 +165,7 @@ def test_fused_tiles_equal_the_oneshot_render(rng, trial):
         assert np.array_equal(to_uint8(torch.from_numpy(out)).numpy(), to_uint8(torch.from_numpy(ref)).numpy())
 
 
+@pytest.mark.slow
 def test_triton_spatial_path_matches_the_torch_path():
     """The fused kernels' spatial-style path (modulated activations, per-pixel
     demodulation) under TRITON_INTERPRET=1, against the torch reference path."""

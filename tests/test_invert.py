@@ -37,6 +37,7 @@ def inverted():
     return model, target, rec, first["mse"]
 
 
+@pytest.mark.slow
 def test_inverting_a_generated_image_recovers_it(inverted):
     model, target, rec, first_mse = inverted
     p = psnr_db(rec.fit, target)
@@ -109,6 +110,7 @@ def test_gradients_through_prepare_and_synthesize_match_finite_differences():
     assert torch.autograd.gradcheck(f, (z_g, styles, z_l, noises[1]), eps=1e-6, atol=1e-5, fast_mode=True)
 
 
+@pytest.mark.slow
 def test_fixed_style_fits_only_local_latents():
     model = image_like_model("small", seed=2)
     target = render(model, LatentField(model.config, seed=8), Window(0, -16, 32, 32))

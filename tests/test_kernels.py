@@ -74,6 +74,7 @@ def _refs(fn, x, weight, kw):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("variant", ["plain", "coords7x7", "spatial", "spatial+coords", "1x1"])
+@pytest.mark.slow
 def test_fused_conv_matches_reference(rng, device, variant):
     for _ in range(3):
         k = 7 if variant == "coords7x7" else 1 if variant == "1x1" else 3
@@ -122,6 +123,7 @@ def test_uniform_spatial_style_equals_folded_weights(rng):
     assert (spatial - conv_ref(x, folded)).abs().max().item() < 1e-5
 
 
+@pytest.mark.slow
 def test_kernels_write_nothing_outside_their_output():
     """The interpreter does not catch out-of-bounds stores: check guard regions."""
     g = torch.Generator().manual_seed(4)
@@ -195,6 +197,7 @@ def test_impl_selection(monkeypatch):
         fused_conv(x, weight, impl="cuda")
 
 
+@pytest.mark.slow
 def test_custom_ops_trace_and_check():
     g = torch.Generator().manual_seed(6)
     x, w = torch.randn(2, 5, 9, 10, generator=g), torch.randn(6, 5, 3, 3, generator=g)
@@ -216,6 +219,7 @@ def test_packed_weight_layout():
     assert p.shape == (12, 2) and p[(1 * 2 + 0) * 3 + 2, 1] == w[1, 2, 1, 0]
 
 
+@pytest.mark.slow
 def test_triton_runner_renders_what_the_torch_runner_renders():
     from conftest import random_model
 

@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def _peak_rss(tmp_path, width, height, ext):
     stats = tmp_path / f"{width}x{height}.json"
@@ -14,12 +16,14 @@ def _peak_rss(tmp_path, width, height, ext):
     return json.loads(stats.read_text())["peak_rss"]
 
 
+@pytest.mark.slow
 def test_peak_rss_at_width_16384_is_within_20_percent_of_width_2048(tmp_path):
     small = _peak_rss(tmp_path, 2048, 64, "png")
     large = _peak_rss(tmp_path, 16384, 64, "png")
     assert large <= 1.2 * small, (small / 2**20, large / 2**20)
 
 
+@pytest.mark.slow
 def test_peak_rss_does_not_grow_with_height(tmp_path):
     small = _peak_rss(tmp_path, 256, 1024, "tif")
     large = _peak_rss(tmp_path, 256, 8192, "tif")

@@ -49,6 +49,7 @@ def test_forward_matches_official_math_on_random_configs(rng, trial):
     assert (ours - ref).abs().max().item() < tol
 
 
+@pytest.mark.slow
 def test_default_config_forward_matches_official_math():
     cfg = PRESETS["InfinityGAN"]
     model = random_model(cfg, seed=1)
@@ -118,6 +119,7 @@ def _changed_extent(diff):
     return (idx[:, 0].min().item(), idx[:, 0].max().item()), (idx[:, 1].min().item(), idx[:, 1].max().item())
 
 
+@pytest.mark.slow
 def test_alignment_and_receptive_fields_match_the_spec():
     """official-generator.md 5.2 / appendix B: impulse tests on the default config."""
     cfg = PRESETS["InfinityGAN"]

@@ -52,6 +52,7 @@ def _outside(img, box):
     return img[:, mask]
 
 
+@pytest.mark.slow
 def test_outpainting_keeps_the_known_region_and_is_seamless(setup):
     """The pasted z_l block carries the SS halo (12 cells = 192 px each side for this config,
     as in the official code), so only pixels ~200 px away from the image see fresh latents
@@ -102,6 +103,7 @@ def _inbetween_check(model, req, fits, targets):
     return a
 
 
+@pytest.mark.slow
 def test_one_style_inbetweening_keeps_both_ends_and_generates_the_middle(setup):
     model, left_img, right_img, left = setup
     gap = apps.min_gap(left) + 160  # 10 z_l cells outside both pasted blocks
@@ -119,6 +121,7 @@ def test_one_style_inbetweening_keeps_both_ends_and_generates_the_middle(setup):
     assert middle.std() > 0.1
 
 
+@pytest.mark.slow
 def test_inbetweening_moves_a_record_by_whole_cells(setup):
     """A right record inverted elsewhere is moved to its place (gap rounded up to whole latent
     cells); its coordinates travel with it, so it still renders back to its fit."""
@@ -163,6 +166,7 @@ def _listing(d):
     return sorted(p.name for p in d.iterdir())
 
 
+@pytest.mark.slow
 def test_cli_invert_outpaint_inbetween(files, capsys):
     from PIL import Image
 
@@ -241,6 +245,7 @@ def fused(setup):
     return right, gap
 
 
+@pytest.mark.slow
 def test_fused_inbetweening_keeps_each_end_with_its_own_style(setup, fused):
     """Spatial style fusion: each end keeps its own z_g and W+ and renders back to its own
     fit (an own-style fit, so the right end is as close to its input as the left), the

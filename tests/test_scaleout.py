@@ -38,12 +38,14 @@ def reference(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_bytes(tmp_path, reference):
     done = _cli(*ARGS, "--workers", "2", "--out", tmp_path / "w.png")
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "w.png").read_bytes() == reference["png"]
 
 
+@pytest.mark.slow
 def test_torchrun_ranks_give_the_same_bytes(tmp_path, reference):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "igan.engine.render", *ARGS, "--out", str(tmp_path / "t.tif")]
@@ -61,6 +63,7 @@ def test_zarr_output_is_the_image(tmp_path, reference):
     assert np.array_equal(zarr.open_array(str(tmp_path / "z.zarr"), mode="r")[:], np.asarray(Image.open(png)))
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_gives_its_tiles_back(tmp_path, reference):
     env = dict(os.environ, IGAN_FAILPOINT="worker-exit:0:1")  # worker 0 exits in its second batch
     done = _cli(*ARGS, "--workers", "2", "--out", tmp_path / "w.png", env=env)
@@ -78,6 +81,7 @@ def _manifest_count(out):
 
 
 @pytest.mark.parametrize("kill_after_tiles", [0, 3, 11])
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_the_same_file(tmp_path, reference, kill_after_tiles):
     out = tmp_path / "k.png"
     proc = subprocess.Popen([sys.executable, "-m", "igan.engine.render", *ARGS, "--out", str(out)],
@@ -99,6 +103,7 @@ def test_sigkill_then_resume_gives_the_same_file(tmp_path, reference, kill_after
     assert not work_dir_for(out).exists()
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_request(tmp_path):
     out = tmp_path / "r.png"
     assert main([*ARGS, "--out", str(out), "--keep-work"]) == 0
@@ -157,6 +162,7 @@ for rep in range(50):
 """
 
 
+@pytest.mark.slow
 def test_concurrent_writers_never_corrupt_a_chunk(tmp_path):
     """Four processes write the same tiles of one store over and over; two are killed
     mid-write. Every chunk then decodes to a whole tile one writer wrote, never a mix."""

@@ -451,6 +451,7 @@ _CHILD = textwrap.dedent("""
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
 @pytest.mark.parametrize("ext", [".png", ".tif"])
+@pytest.mark.slow
 def test_memory_does_not_grow_with_height(tmp_path, ext):
     def peak_mb(height: int) -> int:
         out = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path / f"h{height}{ext}"), str(height)],
@@ -491,6 +492,7 @@ os.kill(os.getpid(), 9)
 
 
 @pytest.mark.parametrize("name", ["k.png", "k.tif"])
+@pytest.mark.slow
 def test_temporaries_of_a_killed_sink_are_swept_by_the_next_one(tmp_path, name):
     """A sink without a work directory keeps its temporaries beside the output, flocked: a
     killed sink's are deleted by the next sink for that path, a live sink's never."""

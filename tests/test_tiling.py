@@ -52,6 +52,7 @@ def test_tiled_equals_oneshot(rng, trial):
         assert np.array_equal(renderer.render_array(field, p, batch, uint8=True), ref_u8), (tile, batch)
 
 
+@pytest.mark.slow
 def test_tile_and_batch_sizes_give_identical_bits():
     """The CPU path is bit-reproducible across tile and batch sizes (determinism.py)."""
     cfg = PRESETS["small"]
@@ -111,6 +112,7 @@ def test_official_infinite_generation_is_reproduced():
     assert diff.max() < 1e-4
 
 
+@pytest.mark.slow
 def test_bf16_stays_close_to_fp32():
     cfg = PRESETS["small"]
     model = random_model(cfg, seed=4)

@@ -312,6 +312,7 @@ assert not dist.is_initialized()
 """
 
 
+@pytest.mark.slow
 def test_torchrun_two_gloo_processes(scenes, tmp_path):
     """Two CPU processes under torchrun (gloo): they stay in sync and save one resumable state."""
     run = tmp_path / "ddp"

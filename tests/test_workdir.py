@@ -90,6 +90,7 @@ def test_a_second_render_of_a_live_output_is_refused_naming_the_owner(tmp_path, 
 
 
 @pytest.mark.parametrize("flag", ["--resume", "--restart"])
+@pytest.mark.slow
 def test_a_killed_owner_never_blocks_resume_or_restart(tmp_path, reference, flag):
     out = tmp_path / "k.png"
     proc = _popen(*ARGS, "--out", out, failpoint="kill:before-output")
@@ -208,6 +209,7 @@ def test_sigkill_and_resume_leaves_only_the_output(tmp_path, reference, ext, wor
 
 
 @pytest.mark.parametrize("ext", ["png", "tif"])
+@pytest.mark.slow
 def test_a_kill_during_the_final_write_leaves_the_temporaries_in_the_work_dir(tmp_path, reference, ext):
     out = tmp_path / f"f.{ext}"
     proc = _popen(*ARGS, "--out", out, "--preview", failpoint="kill:before-output")
@@ -220,6 +222,7 @@ def test_a_kill_during_the_final_write_leaves_the_temporaries_in_the_work_dir(tm
     assert _same(out, reference) and _litter(tmp_path, set()) == sorted([out.name, "f.preview.png"])
 
 
+@pytest.mark.slow
 def test_a_zarr_killed_after_its_move_is_recognised_as_finished(tmp_path, capsys, reference):
     out = tmp_path / "z.zarr"
     proc = _popen(*ARGS, "--out", out, failpoint="kill:after-output")
@@ -243,6 +246,7 @@ def test_keep_work_then_resume_a_finished_zarr(tmp_path, capsys, reference):
     assert _same(out, reference)
 
 
+@pytest.mark.slow
 def test_a_finished_file_whose_work_dir_survived_a_kill(tmp_path, capsys, reference):
     out = tmp_path / "p.png"
     proc = _popen(*ARGS, "--out", out, failpoint="kill:after-finished")
@@ -255,6 +259,7 @@ def test_a_finished_file_whose_work_dir_survived_a_kill(tmp_path, capsys, refere
 
 
 # ---- a tile that cannot be read back -------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_recorded_tile_without_data_is_rendered_again_never_zeros(tmp_path, capsys, reference):
     out = tmp_path / "m.png"
     proc = _popen(*ARGS, "--out", out, failpoint="kill:before-output")
