@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
@@ -213,7 +212,10 @@ def run(request: RenderRequest, model=None):
     else:
         stats = executor.run_local(job, model, devices[0], out, **common)
     if stats is not None and request.stats_json:
-        _write_json(request.stats_json, dataclasses.asdict(stats) | {"mp_per_s": stats.mp_per_s, "out": request.out})
+        from .store import write_atomic  # a kill never leaves a truncated file under the name
+
+        write_atomic(Path(request.stats_json),
+                     json.dumps(dataclasses.asdict(stats) | {"mp_per_s": stats.mp_per_s, "out": request.out}, indent=1))
     return stats
 
 
@@ -232,18 +234,6 @@ def plan_request(request: RenderRequest, cfg, device):
     plan = planner.plan(cfg, window, tile=request.tile, batch=request.batch, memory_budget=budget,
                         itemsize=PRECISIONS[request.precision].itemsize)
     return spec, plan
-
-
-def _write_json(path: str, data: dict) -> None:
-    """Atomically: a kill never leaves a truncated file under `path`."""
-    tmp = f"{path}.igan-tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def _field_spec(request: RenderRequest, window, cfg):

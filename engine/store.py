@@ -199,7 +199,7 @@ class TileStore:
             request = dict(request, store_version=STORE_VERSION)
             (stage / "manifest").mkdir()
             (stage / TMP).mkdir()
-            _write_atomic(stage / MARKER, json.dumps({"igan": igan_version(), "store_version": STORE_VERSION,
+            write_atomic(stage / MARKER, json.dumps({"igan": igan_version(), "store_version": STORE_VERSION,
                                                       "request_sha256": request_digest(request)}, indent=1))
             zarr.create_array(
                 store=str(stage / "tiles.zarr"), shape=(request["height"], request["width"], 3),
@@ -207,7 +207,7 @@ class TileStore:
                 chunk_key_encoding={"name": "default", "separator": "/"},
                 compressors=zarr.codecs.ZstdCodec(level=1), fill_value=0, config={"write_empty_chunks": True},
                 attributes={"igan": request})
-            _write_atomic(stage / "request.json", json.dumps(request, indent=1, sort_keys=True))
+            write_atomic(stage / "request.json", json.dumps(request, indent=1, sort_keys=True))
             try:
                 os.rename(stage, root)
             except OSError as e:
@@ -323,7 +323,7 @@ class TileStore:
 
     def mark_finished(self, out: Path) -> None:
         """Record that the output is in place (a kill after this leaves a finished store)."""
-        _write_atomic(self.root / FINISHED, json.dumps({"out": out.name, "time": time.time()}))
+        write_atomic(self.root / FINISHED, json.dumps({"out": out.name, "time": time.time()}))
 
     def close(self) -> None:
         if self._log is not None:
@@ -351,7 +351,8 @@ class TileStore:
         self.release()
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` under a temporary name beside `path`, fsync, then rename into place."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w") as f:
         f.write(text)
