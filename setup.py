@@ -59,7 +59,7 @@ setup(
         "onnx>=1.16",
         "onnxscript>=0.1",
         _onnxruntime(),
-        "pybind11>=2.12",  # headers + CMake config for the C++ API and igan.engine._native
+        "pybind11>=2.12",  # headers + CMake config for the C++ API and igan.engine.native._native
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-benchmark>=4", "scipy>=1.10"],
@@ -68,13 +68,13 @@ setup(
         "gpu": ["onnxruntime-gpu>=1.18"],
     },
     entry_points={"console_scripts": [
-        "igan-render=igan.engine.render:main",
+        "igan-render=igan.engine.cli.render:main",
         "igan-train=igan.trainer.cli:main",
         "igan-export=igan.export.cli:main",
-        "igan-bench=igan.engine.bench:main",
+        "igan-bench=igan.engine.cli.bench:main",
         "igan-eval=igan.trainer.eval.cli:main",
-        "igan-invert=igan.engine.apps_cli:invert_main",
-        "igan-outpaint=igan.engine.apps_cli:outpaint_main",
-        "igan-inbetween=igan.engine.apps_cli:inbetween_main",
+        "igan-invert=igan.engine.cli.apps:invert_main",
+        "igan-outpaint=igan.engine.cli.apps:outpaint_main",
+        "igan-inbetween=igan.engine.cli.apps:inbetween_main",
     ]},
 )

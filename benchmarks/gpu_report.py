@@ -35,7 +35,7 @@ from igan.engine.config import PRESETS  # noqa: E402
 from igan.engine.latent import LatentField  # noqa: E402
 from igan.engine.model import Generator  # noqa: E402
 from igan.engine.renderer import Renderer  # noqa: E402
-from igan.engine.runner import RUNNERS  # noqa: E402
+from igan.engine.sources import RUNNERS  # noqa: E402
 from layers import LAYERS, config_sweep, make_case, matmul_peak, time_call  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

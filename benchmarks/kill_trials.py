@@ -58,7 +58,7 @@ class Render:
         return math.ceil(self.width / self.tile) * math.ceil(self.height / self.tile)
 
     def command(self, out: Path, workers: int = 1, resume: bool = False) -> list[str]:
-        cmd = [sys.executable, "-m", "igan.engine.render", "--width", str(self.width), "--height",
+        cmd = [sys.executable, "-m", "igan.engine.cli.render", "--width", str(self.width), "--height",
                str(self.height), "--tile", str(self.tile), "--seed", str(self.seed), "--device", "cpu",
                "--quiet", "--out", str(out)]
         if workers > 1:
@@ -287,7 +287,7 @@ def make_reference(sink: str, render: Render, root: Path, workers: int = 1, time
 def warm_up() -> None:
     """Load torch and igan once, so the first reference's duration (the scale of the kill
     times) is not a cold start's."""
-    subprocess.run([sys.executable, "-c", "import torch, igan.engine.render"], check=False,
+    subprocess.run([sys.executable, "-c", "import torch, igan.engine.cli.render"], check=False,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-RENDER = [sys.executable, "-m", "igan.engine.render", "--device", "cpu", "--quiet"]
-APPS = [sys.executable, "-c", "import sys; from igan.engine import apps_cli; "
+RENDER = [sys.executable, "-m", "igan.engine.cli.render", "--device", "cpu", "--quiet"]
+APPS = [sys.executable, "-c", "import sys; from igan.engine.cli import apps as apps_cli; "
         "sys.exit(getattr(apps_cli, sys.argv[1])(sys.argv[2:]))"]
 
 # name -> (command, output file); {d} is the case folder. The README's commands first.

@@ -14,7 +14,8 @@ import pytest
 import torch
 from conftest import record
 
-from igan.engine import build_native, native, sinks
+from igan.engine.native import build as build_native
+from igan.engine import native, sinks
 from igan.engine.runner import to_uint8
 
 
@@ -67,7 +68,7 @@ def test_filter_rows(benchmark, ext, impl):
     rows = rng.integers(0, 9, (64, 4096 * 3)).cumsum(axis=1).astype(np.uint8)  # 768 KiB
     prev = rows[0].copy()
     step = max(1, sinks._FILTER_BYTES // rows.shape[1])
-    f = (lambda c, p: ext.filter_rows(c, p, 3)) if impl == "native" else sinks._filter_rows
+    f = (lambda c, p: ext.filter_rows(c, p, 3)) if impl == "native" else native.filter_rows_reference
 
     def run():
         for r0 in range(0, len(rows), step):

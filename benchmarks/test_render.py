@@ -60,7 +60,7 @@ def test_render_throughput(benchmark, tmp_path, name, tiling):
 def _peak_rss_of_render(tmp_path, width, height, tile):
     """Run igan-render in a fresh process; return its peak RSS (bytes) as it reports it."""
     out, stats = tmp_path / f"w{width}.png", tmp_path / f"w{width}.json"
-    cmd = [sys.executable, "-m", "igan.engine.render", "--width", str(width), "--height", str(height),
+    cmd = [sys.executable, "-m", "igan.engine.cli.render", "--width", str(width), "--height", str(height),
            "--tile", str(tile), "--out", str(out), "--quiet", "--device", "cpu", "--stats-json", str(stats)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

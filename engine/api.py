@@ -19,9 +19,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
 
-from . import render as _render  # first: sets MKL's reproducible mode before torch computes
+from . import pipeline, sources
+from .latent import LatentField
+from .renderer import Renderer
 from .request import RenderRequest
+from .sources import RUNNERS
 
 _MODEL_OPTIONS = ("checkpoint", "config", "model", "device", "precision", "backend", "threads")
 
@@ -32,8 +37,6 @@ class Model:
     def __init__(self, generator, *, checkpoint: str | None = None, config: str | None = None,
                  model: str | None = None, device: str = "auto", precision: str = "fp32", backend: str = "torch",
                  threads: int | None = None):
-        from .runner import RUNNERS
-
         self.generator = generator
         self.options = dict(checkpoint=checkpoint, config=config, model=model, device=device, precision=precision,
                             backend=backend, threads=threads)
@@ -65,12 +68,8 @@ class Model:
         -(height // 2), centred on the horizon) as a PIL RGB image, or with `array` a uint8
         numpy array [height, width, 3]. `options`: igan-render's canvas and tiling options
         (styles, style_centers, style_map, style_blur, wrap, tile, batch, memory_budget)."""
-        from PIL import Image
-
-        from .renderer import Renderer
-
         request = self._request(width=width, height=height, seed=seed, x0=x0, y0=y0, **options)
-        spec, plan = _render.plan_request(request, self.config, self.device)
+        spec, plan = pipeline.plan_request(request, self.config, self.device)
         field = spec.build(self.config, seed) if spec is not None else _plain_field(self.config, seed)
         out = np.empty((height, width, 3), np.uint8)
         for t, img in Renderer(self._runner).pixels(field, plan, request.batch):
@@ -84,12 +83,10 @@ class Model:
         `options`: any other igan-render option by name (quiet defaults to True here).
         Returns the RenderStats (None if `out` was already a finished render)."""
         request = self._request(out=str(out), width=width, height=height, seed=seed, x0=x0, y0=y0, **options)
-        return _render.run(request, model=self.generator)
+        return pipeline.run(request, model=self.generator)
 
 
 def _plain_field(cfg, seed):
-    from .latent import LatentField
-
     return LatentField(cfg, seed)
 
 
@@ -98,14 +95,10 @@ def load(path: str | Path | None = None, *, config: str | None = None, device: s
     """A Model from an official checkpoint (`best_fid.pth.tar`), an igan `.safetensors` or
     `.packed` file, an ONNX export folder (with backend="onnx"), or None for the embedded
     model. Loading never runs code from the file."""
-    import torch
-
-    from . import checkpoint
-
     if threads:
         torch.set_num_threads(threads)
     path = None if path is None else str(path)
     onnx = backend == "onnx"
-    generator = checkpoint.load(path, config)
+    generator = sources.load(path, config)
     return Model(generator, checkpoint=None if onnx else path, model=path if onnx else None, config=config,
                  device=device, precision=precision, backend=backend, threads=threads)

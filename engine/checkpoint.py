@@ -22,14 +22,12 @@ import numpy as np
 import torch
 
 from .config import PRESETS, GeneratorConfig, from_name
+from .errors import CheckpointError
+from .latent import hash_normal
 from .model import EqualLinear, Generator
 
 FORMAT_NAME = "igan"
 FORMAT_VERSION = "1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used, with the reason in the message."""
 
 
 def _numpy_safe_globals() -> list:
@@ -240,37 +238,10 @@ def load_igan(path: str | os.PathLike) -> Generator:
     return model.eval()
 
 
-def load(path: str | os.PathLike | None = None, config: str | None = None) -> Generator:
-    """Any checkpoint igan reads: None -> the embedded default model; `.safetensors` -> ours;
-    `.packed` -> packed weights (igan.export.packed); a directory -> an ONNX export (an
-    igan.export.onnx_runner.OnnxModel, for the onnx backend only); anything else -> an
-    official torch checkpoint (`config` names its preset if needed)."""
-    if path is None:
-        from .embedded import embedded_model
-        return embedded_model()
-    path = Path(path)
-    if path.is_dir():  # an ONNX export (igan-export --onnx DIR), rendered by the onnx backend
-        from igan.export.onnx_runner import load_export
-        return load_export(path, None if config is None else from_name(config))
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist" if not path.exists()
-                              else f"checkpoint {str(path)!r} is not a file")
-    if path.suffix == ".packed":  # weights packed for the fused kernels (igan-export --packed FILE)
-        from igan.export.packed import load_packed
-        return load_packed(path, config)
-    if path.suffix == ".safetensors":
-        if config is not None:
-            raise CheckpointError("--config is for official checkpoints; igan models carry their config")
-        return load_igan(path)
-    return load_official(path, config)
-
-
 def init_deterministic(model: Generator, seed: int) -> Generator:
     """Re-initialise every weight matrix with the counter-based normal generator (official
     init: randn, divided by lr_mul for equalized-lr linears), so a random model is the same
     on every machine and torch version."""
-    from .latent import hash_normal
-
     lr_mul = {f"{name}.weight": m.lr_mul for name, m in model.named_modules() if isinstance(m, EqualLinear)}
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -13,6 +13,7 @@ render killed at any point resumes from the manifest and produces the same bytes
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
 import time
@@ -23,12 +24,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import planner, sinks
+from . import planner, sinks, sources
 from .embedded import DEFAULT_WEIGHTS
+from .errors import option
+from .latent import LatentField
+from .provenance import sha256_file
 from .renderer import RenderStats, Renderer, peak_rss_bytes
-from .runner import RUNNERS
-from .store import (FINISHED, MARKER, STORE_VERSION, Lease, StoreError, TileStore, file_digest, is_work_dir, sweep_stale,
+from .sources import RUNNERS
+from .store import (FINISHED, MARKER, STORE_VERSION, Lease, StoreError, TileStore, is_work_dir, sweep_stale,
                     work_dir_for)
+
+log = logging.getLogger(__name__)
 
 BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} tiles [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]"
 
@@ -50,9 +56,9 @@ class Job:
     def request(self, model) -> dict:
         """What a resume must match (the model by content, not by path)."""
         if self.checkpoint is None:
-            identity = "embedded:" + file_digest(DEFAULT_WEIGHTS)
+            identity = "embedded:" + sha256_file(DEFAULT_WEIGHTS)
         else:
-            identity = file_digest(Path(self.checkpoint) / "manifest.json" if os.path.isdir(self.checkpoint)
+            identity = sha256_file(Path(self.checkpoint) / "manifest.json" if os.path.isdir(self.checkpoint)
                                    else self.checkpoint)
         extra = {} if self.field is None else {"field": self.field.identity()}
         return extra | {"model": identity, "config": model.config.to_json(), "seed": self.seed,
@@ -63,10 +69,7 @@ class Job:
 
 def build(job: Job, device, model=None):
     """(renderer, field, plan) of a job on `device`."""
-    from . import checkpoint
-    from .latent import LatentField
-
-    model = model or checkpoint.load(job.checkpoint, job.config)
+    model = model or sources.load(job.checkpoint, job.config)
     renderer = Renderer(RUNNERS[job.backend](model, device, job.precision))
     plan = planner.plan(model.config, job.window, tile=job.tile, batch=job.batch)
     field = LatentField(model.config, job.seed) if job.field is None else job.field.build(model.config, job.seed)
@@ -146,10 +149,6 @@ def _groups(tiles: list, batch: int) -> list[list]:
     return [tiles[i:i + batch] for i in range(0, len(tiles), batch)]
 
 
-def _say(message: str) -> None:
-    print(f"igan-render: {message}", file=sys.stderr)
-
-
 def open_store(job: Job, model, out: Path, *, resume: bool, restart: bool, keep_work: bool = False
                ) -> TileStore | None:
     """The work directory of this render, with its lease held: new, resumed (request
@@ -169,12 +168,12 @@ def open_store(job: Job, model, out: Path, *, resume: bool, restart: bool, keep_
         if not os.path.lexists(root):
             if zarr_out and os.path.lexists(out):
                 if resume and _zarr_request(out) == dict(request, store_version=STORE_VERSION):
-                    _say(f"{str(out)!r} is already finished; nothing to do")
+                    log.info(f"{str(out)!r} is already finished; nothing to do")
                     return None
-                raise sinks.SinkError(f"--out '{out}' already exists; igan does not overwrite a Zarr store: "
-                                      f"remove it or choose another --out")
+                raise sinks.SinkError(f"{option('out')} '{out}' already exists; igan does not overwrite a Zarr store: "
+                                      f"remove it or choose another {option('out')}")
             if resume:
-                _say(f"nothing to resume for {str(out)!r}; starting a new render")
+                log.info(f"nothing to resume for {str(out)!r}; starting a new render")
             store = TileStore.create(root, request, lease=True)
             if store is not None:
                 return store
@@ -182,7 +181,7 @@ def open_store(job: Job, model, out: Path, *, resume: bool, restart: bool, keep_
         if not root.is_dir() or root.is_symlink() or not is_work_dir(root):
             raise StoreError(f"{str(root)!r} is in the way of the work directory of {str(out)!r} but igan did "
                              f"not create it (no {MARKER}); igan deletes only what it created: move it away "
-                             f"or choose another --out")
+                             f"or choose another {option('out')}")
         lease = Lease.take(root)
         if lease is None:
             continue  # removed or replaced meanwhile
@@ -192,16 +191,17 @@ def open_store(job: Job, model, out: Path, *, resume: bool, restart: bool, keep_
             finished = (root / FINISHED).is_file() or (zarr_out and not has_tiles and out.exists())
             if restart or (finished and not out.exists() and not has_tiles):
                 if not restart:
-                    _say(f"{str(root)!r} held a finished render whose output is gone; starting a new render")
+                    log.info(f"{str(root)!r} held a finished render whose output is gone; starting a new render")
                 held.remove()
                 continue
             if finished and out.exists():
                 if not resume:
                     raise StoreError(f"{str(out)!r} is a finished render and its work directory {str(root)!r} "
-                                     f"is still there: add --resume to keep it as it is, or --restart to "
+                                     f"is still there: add {option('resume')} to keep it as it is, or "
+                                     f"{option('restart')} to "
                                      f"render it again")
                 TileStore.check_request(root, request)
-                _say(f"{str(out)!r} is already finished; nothing to do")
+                log.info(f"{str(out)!r} is already finished; nothing to do")
                 held.release() if keep_work else held.remove()
                 return None
             if not resume:
@@ -210,7 +210,7 @@ def open_store(job: Job, model, out: Path, *, resume: bool, restart: bool, keep_
                 except StoreError:
                     done = "?"
                 raise StoreError(f"an unfinished render of {str(out)!r} is in {str(root)!r} ({done} tiles done): "
-                                 f"add --resume to finish it, or --restart to discard it")
+                                 f"add {option('resume')} to finish it, or {option('restart')} to discard it")
             store = TileStore.open(root, request, lease=lease)
             store.clear_tmp()
             (root / FINISHED).unlink(missing_ok=True)  # its output was removed: assemble it again
@@ -235,7 +235,7 @@ def verified_done(store: TileStore, plan, quiet: bool = False) -> set[int]:
     done = store.done()
     lost = store.missing([t for t in plan.tiles if t.index in done])
     if lost and not quiet:
-        _say(f"{len(lost)} tile(s) recorded as finished have no data in {str(store.root)!r} "
+        log.info(f"{len(lost)} tile(s) recorded as finished have no data in {str(store.root)!r} "
              f"(e.g. tile {lost[0].index}); rendering them again")
         done -= {t.index for t in lost}
     return done
@@ -282,8 +282,8 @@ def abandon(store: TileStore, sink, total: int) -> None:
         store.remove()
         return
     store.release()
-    _say(f"{done} of {total} tiles are finished and kept in {str(store.root)!r}; "
-         f"run the same command with --resume to continue")
+    log.info(f"{done} of {total} tiles are finished and kept in {str(store.root)!r}; "
+         f"run the same command with {option('resume')} to continue")
 
 
 class Progress:
@@ -453,8 +453,8 @@ def run_processes(job: Job, model, devices: list[str], out: Path, *, threads_per
 
         def lost(wid):
             procs[wid].join(timeout=5)
-            print(f"igan-render: worker {wid} on {devices[wid]} exited ({procs[wid].exitcode}); its "
-                  f"{len(held[wid])} batch(es) go back in the queue", file=sys.stderr)
+            log.warning(f"worker {wid} on {devices[wid]} exited ({procs[wid].exitcode}); its "
+                        f"{len(held[wid])} batch(es) go back in the queue")
             pending.extendleft(reversed(held.pop(wid)))
             conns.pop(wid).close()
             for other in conns:

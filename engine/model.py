@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ops, walk
+from . import determinism, ops, walk  # determinism: MKL's reproducible mode before torch computes
 from .config import GeneratorConfig
 from .latent import official_coords
 

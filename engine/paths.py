@@ -11,11 +11,9 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
+from .errors import PathError
+
 PathArg = str | os.PathLike | None
-
-
-class PathError(ValueError):
-    """A path of a command that cannot be used, with the option and value in the message."""
 
 
 class PathConflict(PathError):

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import RequestError, option
+
 FORMATS = (".png", ".tif", ".tiff", ".zarr")
 TILE_ALIGN = 16
 
@@ -59,11 +61,11 @@ class RenderRequest:
 
     @classmethod
     def from_options(cls, options: dict) -> "RenderRequest":
-        """From igan-render's options by name; an unknown name is a ValueError naming it."""
+        """From igan-render's options by name; an unknown name is a RequestError naming it."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(options) - known)
         if unknown:
-            raise ValueError(f"unknown igan-render option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise RequestError(f"unknown igan-render option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**options)
 
     def replace(self, **changes) -> "RenderRequest":
@@ -87,7 +89,7 @@ class RenderRequest:
 
     # ---- checks --------------------------------------------------------------------------------
     def validate(self) -> "RenderRequest":
-        """The options on their own and against each other (no file is touched); ValueError
+        """The options on their own and against each other (no file is touched); RequestError
         naming the option and its value."""
         for name in ("width", "height", "batch", "preview_size"):
             _positive(name, getattr(self, name))
@@ -96,43 +98,50 @@ class RenderRequest:
                 _positive(name, getattr(self, name))
         for name in ("x0", "seed") + (("y0",) if self.y0 is not None else ()):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
-                raise ValueError(f"--{_flag(name)} must be an integer, got {getattr(self, name)!r}")
+                raise RequestError(f"{option(name)} must be an integer, got {getattr(self, name)!r}")
         ext = os.path.splitext(self.out)[1].lower()
         if ext not in FORMATS:
-            raise ValueError(f"--out {self.out!r}: unsupported extension {ext or '(none)'!r}; use {', '.join(FORMATS)}")
+            raise RequestError(f"{option('out')} {self.out!r}: unsupported extension {ext or '(none)'!r}; use "
+                               f"{', '.join(FORMATS)}")
         if self.tile is not None and self.tile % TILE_ALIGN:
-            raise ValueError(f"--tile must be a multiple of {TILE_ALIGN}, got {self.tile}")
+            raise RequestError(f"{option('tile')} must be a multiple of {TILE_ALIGN}, got {self.tile}")
         if self.precision not in ("fp32", "fp16", "bf16"):
-            raise ValueError(f"--precision must be fp32, fp16 or bf16, got {self.precision!r}")
+            raise RequestError(f"{option('precision')} must be fp32, fp16 or bf16, got {self.precision!r}")
         if self.backend not in ("torch", "triton", "onnx"):
-            raise ValueError(f"--backend must be torch, triton or onnx, got {self.backend!r}")
+            raise RequestError(f"{option('backend')} must be torch, triton or onnx, got {self.backend!r}")
         if self.resume and self.restart:
-            raise ValueError("--resume and --restart exclude each other")
+            raise RequestError(f"{option('resume')} and {option('restart')} exclude each other")
         if (self.backend == "onnx") != (self.model is not None):
-            raise ValueError("--backend onnx renders an ONNX export: give it --model DIR (and no --checkpoint)"
-                             if self.backend == "onnx" else "--model DIR is the export of --backend onnx")
+            raise RequestError(f"{option('backend')} onnx renders an ONNX export: give it {option('model')} DIR (and "
+                               f"no {option('checkpoint')})"
+                             if self.backend == "onnx" else f"{option('model')} DIR is the export of "
+                                                            f"{option('backend')} onnx")
         if self.model is not None and self.checkpoint is not None:
-            raise ValueError("--model and --checkpoint exclude each other (the export carries the weights)")
+            raise RequestError(f"{option('model')} and {option('checkpoint')} exclude each other (the export carries "
+                               "the weights)")
         if self.gpus and self.workers:
-            raise ValueError("--gpus and --workers exclude each other (--workers is for CPU processes)")
+            raise RequestError(f"{option('gpus')} and {option('workers')} exclude each other ({option('workers')} is "
+                               "for CPU processes)")
         if self.styles is None:
             for name in ("style_centers", "style_map", "style_blur"):
                 if getattr(self, name) is not None:
-                    raise ValueError(f"--{_flag(name)} needs --styles (one seed per style)")
+                    raise RequestError(f"{option(name)} needs {option('styles')} (one seed per style)")
         if self.style_centers is not None and self.style_map is not None:
-            raise ValueError("--style-centers and --style-map exclude each other")
+            raise RequestError(f"{option('style_centers')} and {option('style_map')} exclude each other")
         if self.style_centers is not None and len(self.style_centers) != len(self.styles):
-            raise ValueError(f"--style-centers gives {len(self.style_centers)} centres for {len(self.styles)} styles")
+            raise RequestError(f"{option('style_centers')} gives {len(self.style_centers)} centres for "
+                               f"{len(self.styles)} styles")
         if self.field is not None and self.fused:
-            raise ValueError("an application's canvas (field) excludes --styles and --wrap")
+            raise RequestError(f"an application's canvas (field) excludes {option('styles')} and {option('wrap')}")
         if self.wrap and self.width % TILE_ALIGN:
-            raise ValueError(f"--wrap needs --width to be a multiple of {TILE_ALIGN} (the period of the panorama), "
+            raise RequestError(f"{option('wrap')} needs {option('width')} to be a multiple of {TILE_ALIGN} (the "
+                               "period of the panorama), "
                              f"got {self.width}")
         return self
 
     def check_outputs(self) -> None:
         """Every output is writable, takes its options, and collides with no input or other
-        output; checked before anything is loaded or created (ValueError/OSError naming it)."""
+        output; checked before anything is loaded or created (RequestError/PathError naming it)."""
         from . import sinks
         from .paths import check_distinct, check_writable
         from .store import work_dir_for
@@ -141,23 +150,20 @@ class RenderRequest:
         ext = out.suffix.lower()
         preview = self.preview_path
         if ext == ".zarr" and preview is not None:
-            raise ValueError(f"--preview is not available for .zarr outputs (--out {self.out!r})")
+            raise RequestError(f"{option('preview')} is not available for .zarr outputs ({option('out')} {self.out!r})")
         sinks.check_compression(out, self.compression)
         if ext == ".zarr" and os.path.lexists(out) and not os.path.lexists(work_dir_for(out)) and not self.resume:
-            raise ValueError(f"--out {self.out!r} already exists; igan does not overwrite a Zarr store: remove it "
-                             f"or choose another --out")
-        outputs = {"--out": self.out, "--preview": preview, "--stats-json": self.stats_json}
-        check_distinct({"--checkpoint": self.checkpoint, "--model": self.model, "--style-map": self.style_map},
-                       outputs)
+            raise RequestError(f"{option('out')} {self.out!r} already exists; igan does not overwrite a Zarr store: "
+                               "remove it "
+                             f"or choose another {option('out')}")
+        outputs = {option("out"): self.out, option("preview"): preview, option("stats_json"): self.stats_json}
+        check_distinct({option("checkpoint"): self.checkpoint, option("model"): self.model,
+                        option("style_map"): self.style_map}, outputs)
         for flag, path in outputs.items():
-            if path is not None and not (flag == "--out" and ext == ".zarr" and os.path.lexists(path)):
+            if path is not None and not (flag == option("out") and ext == ".zarr" and os.path.lexists(path)):
                 check_writable(flag, path)  # an existing Zarr --out is a finished render (checked above)
-
-
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
 
 
 def _positive(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"--{_flag(name)} must be a positive integer, got {value!r}")
+        raise RequestError(f"{option(name)} must be a positive integer, got {value!r}")

@@ -14,7 +14,9 @@ from typing import Protocol
 import torch
 
 from . import walk
+from .apps.fusion import StyleMaps
 from .determinism import reproducible_cpu_convs
+from .errors import option
 from .latent import Field
 from .model import Generator, Prepared, SpatialPrepared
 
@@ -69,8 +71,6 @@ def gather_inputs(field: Field, windows: list[tuple[int, int]], n_h: int, n_w: i
     noises = [torch.stack([p[2][i] for p in parts]) for i in range(field.config.num_convs)]
     maps = None
     if field.fused:
-        from .fusion import StyleMaps
-
         maps = StyleMaps.stack([field.style_maps(r, c, n_h, n_w) for r, c in windows], device)
     return Batch(z, coords, noises, maps)
 
@@ -91,7 +91,7 @@ class TorchRunner:
     def __init__(self, model: Generator, device="cpu", precision: str = "fp32"):
         if not isinstance(model, Generator):
             raise ValueError(f"the {self.name} backend needs a checkpoint, not {type(model).__name__} "
-                             f"(an ONNX export renders with --backend onnx)")
+                             f"(an ONNX export renders with {option('backend')} onnx)")
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
         self.device = resolve_device(device)
@@ -238,13 +238,3 @@ class TritonOps:
 
         return conv_triton(x, self.packed.prepared.rgbs[k], bias=self.model.texture_synthesizer.to_rgbs[k].bias.view(-1),
                            skip=skip, packed=self.packed.rgbs[k], out_dtype=torch.float32)
-
-
-def _onnx_runner(model, device="auto", precision: str = "fp32"):
-    """The onnxruntime backend (igan.export.onnx_runner), imported on first use."""
-    from igan.export.onnx_runner import OnnxRunner
-
-    return OnnxRunner(model, device, precision)
-
-
-RUNNERS = {"torch": TorchRunner, "triton": TritonRunner, "onnx": _onnx_runner}

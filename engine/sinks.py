@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from . import native
+from .errors import WriteError, option
 
 PNG_LEVEL = 6
 PNG_IDAT_BYTES = 1 << 20  # IDAT chunk size bound
@@ -42,7 +43,7 @@ _TIFF_CODECS = {"zstd": (1, 22, 3), "zlib": (0, 9, 6)}  # name: (min level, max 
 _ABORT = object()  # queue sentinel: unwind the writer thread
 
 
-class SinkError(OSError):
+class SinkError(WriteError):
     """The output could not be written: missing directory, permission denied, disk full..."""
 
 
@@ -101,11 +102,12 @@ def check_compression(path, compression) -> None:
         return
     if ext == ".png":
         level = int(compression) if isinstance(compression, str) and compression.isdigit() else compression
-        _check_int("--compression for PNG (a zlib level)", level, 0, 9)
+        _check_int(f"{option('compression')} for PNG (a zlib level)", level, 0, 9)
     elif ext in (".tif", ".tiff"):
         _tiff_codec(compression)
     else:
-        raise ValueError(f"--compression {compression!r} is for .png and .tif outputs, not {ext or 'this output'}")
+        raise ValueError(f"{option('compression')} {compression!r} is for .png and .tif outputs, not "
+                         f"{ext or 'this output'}")
 
 
 def _check_int(name: str, value, minimum: int = 1, maximum: float = math.inf) -> int:
@@ -433,50 +435,6 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
                      struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))))
 
 
-def _mask(condition: np.ndarray) -> np.ndarray:
-    """bool -> uint8 0x00/0xFF, for branch-free selects (np.where is slow on random masks)."""
-    return np.negative(condition.view(np.uint8))
-
-
-def _paeth_predictor(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """PNG Paeth predictor of uint8 arrays (left, up, upper-left), all in uint8 arithmetic.
-
-    pa = |b-c|, pb = |a-c|, pc = |(b-c) + (a-c)|: when b-c and a-c have the same sign,
-    pc >= max(pa, pb), so 255 stands in for it without changing any comparison."""
-    pa = np.maximum(b, c) - np.minimum(b, c)
-    pb = np.maximum(a, c) - np.minimum(a, c)
-    pc = np.maximum(pa, pb) - np.minimum(pa, pb)
-    pc |= _mask((b >= c) == (a >= c))
-    not_a = c ^ ((b ^ c) & _mask(pb <= pc))  # b if pb <= pc else c
-    return not_a ^ ((a ^ not_a) & _mask((pa <= pb) & (pa <= pc)))  # ties: a, then b, then c
-
-
-def _filter_rows(cur: np.ndarray, prev: np.ndarray) -> np.ndarray:
-    """PNG-filter scanlines cur [h, n] (prev [n]: the scanline above) -> [h, 1 + n].
-
-    Like libpng, each row takes the filter (None, Sub, Up, Average, Paeth) with the smallest sum
-    of |filtered byte as int8|; ties go to the lower filter type."""
-    h, n = cur.shape
-    up = np.empty_like(cur)
-    up[0], up[1:] = prev, cur[:-1]
-    left = np.zeros_like(cur)
-    left[:, 3:] = cur[:, :-3]
-    upleft = np.zeros_like(cur)
-    upleft[:, 3:] = up[:, :-3]
-    cand = np.empty((5, h, n), np.uint8)  # uint8 arithmetic wraps mod 256, as the spec wants
-    cand[0] = cur
-    np.subtract(cur, left, out=cand[1])
-    np.subtract(cur, up, out=cand[2])
-    np.subtract(cur, (left & up) + ((left ^ up) >> 1), out=cand[3])  # floor((a + b) / 2)
-    np.subtract(cur, _paeth_predictor(left, up, upleft), out=cand[4])
-    cost = np.minimum(cand, np.negative(cand)).sum(axis=2, dtype=np.uint32)  # |int8|, [5, h]
-    choice = cost.argmin(axis=0)
-    out = np.empty((h, n + 1), np.uint8)
-    out[:, 0] = choice
-    out[:, 1:] = cand[choice, np.arange(h)]
-    return out
-
-
 class _ParallelDeflate:
     """One zlib stream compressed in parallel, pigz-style: the filtered bytes are cut into
     pieces of a fixed size, each deflated on its own (raw deflate primed with the previous
@@ -582,7 +540,8 @@ def _tiff_codec(value) -> tuple[str | None, dict | None]:
     lo, hi, default = _TIFF_CODECS.get(name, (0, -1, 0))
     level = default if not level else int(level) if level.isdigit() else -1
     if not lo <= level <= hi or (name == "zstd" and not _zstd_available()):
-        raise ValueError(f"TIFF compression (--compression) must be 'zstd' (needs imagecodecs), 'zlib' or 'none', "
+        raise ValueError(f"TIFF compression ({option('compression')}) must be 'zstd' (needs imagecodecs), 'zlib' or "
+                         "'none', "
                          f"optionally with a level as in 'zstd:5' (1-22) or 'zlib:9' (0-9), "
                          f"got {value!r}")
     return name, {"level": level}

@@ -41,6 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import StoreError, WriteError, option
+from .provenance import igan_version
+
 STORE_VERSION = 1
 MARKER = "igan-work.json"
 LOCK = "lock"
@@ -49,29 +52,17 @@ FINISHED = "finished.json"
 _STALE_SECONDS = 60  # a staging/removal folder with no lock file is left alone this long (it may be starting)
 
 
-class StoreError(ValueError):
-    """A work directory that cannot be used for this request."""
-
-
 class StoreBusy(StoreError):
     """Another live process holds the work directory's lease."""
 
 
-class StoreWriteError(OSError):
+class StoreWriteError(WriteError):
     """A tile could not be written (disk full, I/O error); finished tiles stay."""
 
 
 def work_dir_for(out: str | os.PathLike) -> Path:
     out = Path(out)
     return out.with_name(f".{out.name}.igan-work")
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def request_digest(request: dict) -> str:
@@ -186,7 +177,6 @@ class TileStore:
         created it at the same moment."""
         import zarr
 
-        from igan.export import igan_version
 
         root = Path(root)
         if root.exists():
@@ -302,7 +292,7 @@ class TileStore:
             raise StoreError(f"tile {t.index} (rows {t.y}-{t.y + t.height - 1}, columns {t.x}-{t.x + t.width - 1}) "
                              f"is recorded as finished but its data {str(self.chunk_path(t.y, t.x))!r} is missing"
                              f"{f' (and {len(gone) - 1} more)' if len(gone) > 1 else ''}; run the same command "
-                             f"with --resume to render it again")
+                             f"with {option('resume')} to render it again")
         return self.array[y:y + height]
 
     # ---- life cycle -----------------------------------------------------------------------------

@@ -6,23 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-
-def igan_version() -> str:
-    """The installed igan version (recorded in every export)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("igan")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+from igan.engine.provenance import sha256_file
 
 
 def source_digest(path: str | os.PathLike | None, model) -> str:

@@ -41,11 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.onnx is not None and os.path.exists(args.onnx):  # checked before anything is written
         parser.error(f"--onnx {args.onnx!r} already exists: choose a new directory for the export")
     try:
-        from igan.engine import checkpoint
+        from igan.engine import checkpoint, sources
 
         from . import source_digest
 
-        model = checkpoint.load(args.checkpoint, args.config)
+        model = sources.load(args.checkpoint, args.config)
         if not isinstance(model, checkpoint.Generator):
             raise ValueError(f"{args.checkpoint!r} is not a checkpoint (an ONNX export cannot be exported again)")
         source = source_digest(args.checkpoint, model)

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
+from igan.engine.latent import LatentField
 from igan.engine.model import Generator
+from igan.engine.provenance import igan_version, sha256_file
 
-from . import igan_version, sha256_file
 from .graphs import MappingGraph, StructureGraph, TextureGraph
 
 FORMAT = "igan-onnx"
@@ -37,8 +38,6 @@ def graph_names(config) -> list[str]:
 def _sample_inputs(model: Generator, dtype) -> dict[str, tuple]:
     """name -> (module, args, input names, dynamic_shapes) at a batch of 2 (a batch of 1
     would be specialised away by the exporter)."""
-    from igan.engine.latent import LatentField
-
     cfg = model.config
     b, dyn = 2, torch.export.Dim.AUTO
     batch = torch.export.Dim("batch", min=1, max=1 << 16)

@@ -12,7 +12,7 @@ the session's actual providers are checked and a fallback to CPU is reported on 
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,16 +20,18 @@ import numpy as np
 import torch
 
 from igan.engine.config import GeneratorConfig
+from igan.engine.errors import CheckpointError, option
 from igan.engine.latent import Field
+from igan.engine.provenance import sha256_file
 from igan.engine.runner import Batch, gather_inputs
 
-from . import sha256_file
 from .onnx_export import FORMAT, FORMAT_VERSION, MANIFEST, graph_names
 
+log = logging.getLogger(__name__)
 _NP = {"fp32": np.float32, "fp16": np.float16}
 
 
-class ExportError(ValueError):
+class ExportError(CheckpointError):
     """An export directory that cannot be used, with the reason in the message."""
 
 
@@ -129,9 +131,9 @@ def choose_providers(device: str | None, available: list[str]) -> list[str]:
     if "CUDAExecutionProvider" in available and torch.cuda.is_available():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if str(device) != "auto":
-        print(f"igan-render: the onnx backend runs on CPU: device {device!r} needs the GPU build of onnxruntime "
-              f"(pip uninstall -y onnxruntime && pip install onnxruntime-gpu) and a CUDA GPU; "
-              f"available providers: {', '.join(available)}", file=sys.stderr)
+        log.warning(f"the onnx backend runs on CPU: device {device!r} needs the GPU build of onnxruntime "
+                    f"(pip uninstall -y onnxruntime && pip install onnxruntime-gpu) and a CUDA GPU; "
+                    f"available providers: {', '.join(available)}")
     return ["CPUExecutionProvider"]
 
 
@@ -150,14 +152,13 @@ class OnnxRunner:
         import onnxruntime as ort
 
         if not isinstance(model, OnnxModel):
-            raise ValueError("the onnx backend renders an ONNX export: pass --model DIR "
+            raise ValueError(f"the onnx backend renders an ONNX export: pass {option('model')} DIR "
                              "(made by igan-export CHECKPOINT --onnx DIR)")
         if precision not in _NP:
             raise ValueError(f"the onnx backend has fp32 and fp16 graphs, not {precision!r}")
         if _both_builds_installed():
-            print("igan-render: both onnxruntime and onnxruntime-gpu are installed and overwrite each other; "
-                  "keep one (pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu)",
-                  file=sys.stderr)
+            log.warning("both onnxruntime and onnxruntime-gpu are installed and overwrite each other; "
+                        "keep one (pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu)")
         self.model, self.config, self.precision = model, model.config, precision
         self.np_dtype = _NP[precision]
         self.device = torch.device("cpu")  # where inputs are made and outputs land
@@ -168,8 +169,8 @@ class OnnxRunner:
         index = torch.device(device).index if str(device).startswith("cuda") else None
         providers = [(p, {"device_id": index or 0}) if p == "CUDAExecutionProvider" else p for p in wanted]
         if precision == "fp16" and providers == ["CPUExecutionProvider"]:
-            print("igan-render: fp16 graphs on onnxruntime's CPU provider are slow and less exact; "
-                  "fp32 is the CPU precision", file=sys.stderr)
+            log.warning("fp16 graphs on onnxruntime's CPU provider are slow and less exact; "
+                        "fp32 is the CPU precision")
         self.sessions = {}
         for name in graph_names(self.config):
             try:
@@ -179,14 +180,13 @@ class OnnxRunner:
                 raise ExportError(f"onnxruntime cannot load {str(model.graph(name, precision))!r}: {e}") from e
         self.providers = self.sessions["texture"].get_providers()
         if wanted[0] == "CUDAExecutionProvider" and self.providers[0] != "CUDAExecutionProvider":
-            print("igan-render: the CUDA provider did not load (missing CUDA/cuDNN libraries?); running on CPU",
-                  file=sys.stderr)
+            log.warning("the CUDA provider did not load (missing CUDA/cuDNN libraries?); running on CPU")
 
     def prepare(self, field: Field) -> OnnxPrepared:
         cfg = self.config
         if field.fused:
-            raise ValueError("the onnx backend renders one style per image: style fusion (--styles) needs "
-                             "--backend torch or triton")
+            raise ValueError(f"the onnx backend renders one style per image: style fusion ({option('styles')}) needs "
+                             f"{option('backend')} torch or triton")
         z = field.global_latent().reshape(1, -1).numpy().astype(self.np_dtype)
         if z.shape[1] != cfg.global_latent_dim:
             raise ValueError(f"z_global has {z.shape[1]} values, the model expects {cfg.global_latent_dim}")

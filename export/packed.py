@@ -27,17 +27,17 @@ from pathlib import Path
 
 import torch
 
-from igan.engine.checkpoint import write_safetensors
-from igan.engine.config import GeneratorConfig
+from igan.engine.checkpoint import check_state_dict, write_safetensors
+from igan.engine.config import GeneratorConfig, from_name
+from igan.engine.errors import CheckpointError
 from igan.engine.model import EqualLinear, Generator, ModulatedConv2d
-
-from . import igan_version
+from igan.engine.provenance import igan_version
 
 FORMAT = "igan-packed"
 FORMAT_VERSION = "1"
 
 
-class PackedError(ValueError):
+class PackedError(CheckpointError):
     """A packed weights file that cannot be used, with the reason in the message."""
 
 
@@ -57,9 +57,8 @@ def _unpack(packed: torch.Tensor, cout: int, cin: int, k: int) -> torch.Tensor:
 
 def pack_model(model: Generator) -> dict[str, torch.Tensor]:
     """The packed tensors of a Generator (see the module docstring)."""
-    from igan.kernels.conv import pack_weight
+    from igan.kernels.conv import pack_weight  # here: igan.kernels loads triton (0.2 s) for what only packing needs
     from igan.kernels.upsample import phase_weights
-
     out = {}
     with torch.no_grad():
         for name, module in model.named_modules():
@@ -120,9 +119,6 @@ def read_packed(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]
 def load_packed(path: str | os.PathLike, config: str | GeneratorConfig | None = None) -> Generator:
     """A Generator from a packed file (no original checkpoint needed). `config`, when given,
     must match the file's architecture."""
-    from igan.engine.checkpoint import check_state_dict
-    from igan.engine.config import from_name
-
     meta, tensors = read_packed(path)
     try:
         cfg = GeneratorConfig.from_json(meta["config"])

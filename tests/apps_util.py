@@ -33,7 +33,7 @@ def render(model, field, window: Window, tile: int = 64) -> torch.Tensor:
 
 
 def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
-    from igan.engine.invert import psnr
+    from igan.engine.apps.invert import psnr
 
     return psnr(a, b)
 

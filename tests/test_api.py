@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 import igan
-from igan.engine.render import main as render_main
+from igan.engine.cli.render import main as render_main
+from igan.engine.errors import CheckpointError, IganError, PathError, RequestError
 
 ARGS = dict(width=208, height=96, seed=3, x0=-40)
 CLI = ["--width", "208", "--height", "96", "--seed", "3", "--x0", "-40", "--quiet", "--device", "cpu"]
@@ -39,19 +40,21 @@ def test_windows_of_one_canvas_join(model):
 
 
 def test_the_api_refuses_what_igan_render_refuses(tmp_path, model):
-    with pytest.raises(ValueError, match="unknown igan-render option.*bogus"):
+    """The same checks as igan-render, as typed errors naming options by their keywords."""
+    with pytest.raises(RequestError, match="unknown igan-render option.*bogus"):
         model.render(64, 64, bogus=1)
     with pytest.raises(ValueError, match="device belong"):
         model.render(64, 64, device="cuda")
-    with pytest.raises(ValueError, match="--style-blur needs --styles"):
+    with pytest.raises(RequestError, match="^style_blur needs styles"):
         model.render(64, 64, style_blur=5)
-    with pytest.raises(ValueError, match="--width must be a positive integer, got 0"):
+    with pytest.raises(RequestError, match="^width must be a positive integer, got 0"):
         model.render(0, 64)
-    with pytest.raises(ValueError, match="--out '.*a.png' and --preview '.*a.png' name the same file"):
+    with pytest.raises(PathError, match="^out '.*a.png' and preview '.*a.png' name the same file"):
         model.render_to_file(tmp_path / "a.png", 64, 64, preview=str(tmp_path / "a.png"))
     assert not list(tmp_path.iterdir())
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(CheckpointError, match="does not exist"):
         igan.load(tmp_path / "missing.pth.tar")
+    assert issubclass(RequestError, ValueError) and issubclass(CheckpointError, IganError)
 
 
 def test_repr_names_the_model(model):

@@ -11,9 +11,10 @@ import pytest
 import zarr
 from PIL import Image
 
-from igan.engine import apps, apps_cli
-from igan.engine.record import InversionRecord
-from igan.engine.render import main as render_main
+from igan.engine.apps import outpaint as apps
+from igan.engine.cli import apps as apps_cli
+from igan.engine.apps.record import InversionRecord
+from igan.engine.cli.render import main as render_main
 from igan.engine.store import work_dir_for
 
 APPS = "import sys; from igan.engine import apps_cli; sys.exit(getattr(apps_cli, sys.argv[1])(sys.argv[2:]))"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import official_state_dict, random_model
 
-from igan.engine import checkpoint
+from igan.engine import checkpoint, sources
 from igan.engine.config import PRESETS, from_name
 
 DATA = Path(__file__).parent / "data"
@@ -62,11 +62,11 @@ def test_official_state_dict_loads_strictly_into_every_config(tmp_path, name):
     cfg = PRESETS[name]
     state = _meta_state(cfg)
     path = _save_official(tmp_path, state)
-    model = checkpoint.load(path)  # config inferred from the shapes
+    model = sources.load(path)  # config inferred from the shapes
     assert model.config.architecture() == cfg.architecture()
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), key
-    explicit = checkpoint.load(path, config=name)
+    explicit = sources.load(path, config=name)
     assert explicit.config.name == name
 
 
@@ -78,7 +78,7 @@ def test_mismatched_checkpoint_lists_missing_unexpected_and_misshaped_keys(tmp_p
     state["texture_synthesizer.convs.1.conv.weight"] = torch.zeros(1, 512, 500, 3, 3)
     path = _save_official(tmp_path, state)
     with pytest.raises(checkpoint.CheckpointError) as err:
-        checkpoint.load(path, config="StyleGAN2_NCI_FCG")
+        sources.load(path, config="StyleGAN2_NCI_FCG")
     msg = str(err.value)
     assert "missing keys (1): texture_synthesizer.convs.3.noise.weight" in msg
     assert "unexpected keys (1): texture_synthesizer.extra.weight" in msg
@@ -86,7 +86,7 @@ def test_mismatched_checkpoint_lists_missing_unexpected_and_misshaped_keys(tmp_p
     # The wrong preset for a valid file is a mismatch too, named in the message.
     good = _save_official(tmp_path, _meta_state(PRESETS["InfinityGAN"]))
     with pytest.raises(checkpoint.CheckpointError, match="does not match model config 'InfinityGAN-HR'"):
-        checkpoint.load(good, config="InfinityGAN-HR")
+        sources.load(good, config="InfinityGAN-HR")
 
 
 @pytest.mark.slow
@@ -102,7 +102,7 @@ def test_old_numpy_module_path_in_pickles_is_allowed(tmp_path):
     with zipfile.ZipFile(old, "w", zipfile.ZIP_STORED) as z:
         for n, data in entries.items():
             z.writestr(n, data)
-    assert checkpoint.load(old).config.name == "StyleGAN2_NCI_FCG"
+    assert sources.load(old).config.name == "StyleGAN2_NCI_FCG"
 
 
 class _Exploit:
@@ -117,28 +117,28 @@ def test_loading_never_runs_code_from_the_checkpoint(tmp_path):
     path = tmp_path / "evil.pth.tar"
     torch.save({"g_ema": {"x": torch.zeros(1)}, "payload": exploit}, path)
     with pytest.raises(checkpoint.CheckpointError, match="allow list"):
-        checkpoint.load(path)
+        sources.load(path)
     assert not marker.exists()
 
 
 def test_missing_and_truncated_checkpoints_are_clear_errors(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
-        checkpoint.load(tmp_path / "nope.pth.tar")
+        sources.load(tmp_path / "nope.pth.tar")
     path = _save_official(tmp_path, _meta_state(PRESETS["StyleGAN2_NCI_FCG"]))
     truncated = tmp_path / "truncated.pth.tar"
     truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(checkpoint.CheckpointError, match="truncated"):
-        checkpoint.load(truncated)
+        sources.load(truncated)
     not_a_gen = tmp_path / "other.pth.tar"
     torch.save({"g_ema": {"foo.weight": torch.zeros(2)}}, not_a_gen)
     with pytest.raises(checkpoint.CheckpointError, match="not an InfinityGAN generator"):
-        checkpoint.load(not_a_gen)
+        sources.load(not_a_gen)
 
 
 def test_igan_format_round_trip_and_errors(tmp_path):
     model = random_model(PRESETS["tiny"], seed=3)
     path = checkpoint.save(model, tmp_path / "m.safetensors", {"note": "test"})
-    loaded = checkpoint.load(path)
+    loaded = sources.load(path)
     assert loaded.config == model.config
     for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), k
@@ -147,23 +147,23 @@ def test_igan_format_round_trip_and_errors(tmp_path):
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(path.read_bytes()[:100])
     with pytest.raises(checkpoint.CheckpointError, match="cannot read igan model"):
-        checkpoint.load(cut)
+        sources.load(cut)
     from safetensors.torch import save_file
     other = tmp_path / "other.safetensors"
     state = {k: v for k, v in model.state_dict().items() if "to_rgbs.1" not in k}
     save_file(state, str(other), {"format": "igan", "format_version": "1", "config": model.config.to_json()})
     with pytest.raises(checkpoint.CheckpointError, match=r"missing keys \(4\)"):
-        checkpoint.load(other)
+        sources.load(other)
     save_file(state, str(other), {"format": "igan", "format_version": "99", "config": model.config.to_json()})
     with pytest.raises(checkpoint.CheckpointError, match="format version '99'"):
-        checkpoint.load(other)
+        sources.load(other)
 
 
 def test_official_buffers_are_checked_then_ignored(tmp_path):
     """Checkpoints built from a trained model in the official layout load back exactly."""
     model = random_model(PRESETS["small"], seed=1)
     path = _save_official(tmp_path, official_state_dict(model))
-    loaded = checkpoint.load(path, config="small")
+    loaded = sources.load(path, config="small")
     for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), k
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from igan.engine import checkpoint
 from igan.engine.config import PRESETS
-from igan.engine.render import main
+from igan.engine.cli.render import main
 
 
 def _render(tmp_path, name, *args):

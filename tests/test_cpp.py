@@ -1,4 +1,4 @@
-"""The C++ side (engine/cpp): the extension igan.engine._native against its Python twins
+"""The C++ side (engine/native/cpp): the extension igan.engine.native._native against its Python twins
 (bit for bit, on random and edge inputs), and the C++ API through its example programs
 against igan-render and the Python API (byte for byte).
 
@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from igan.engine import build_native, native, sinks
+from igan.engine.native import build as build_native
+from igan.engine import native, sinks
 from igan.engine.runner import to_uint8
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +39,7 @@ def build_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def ext(build_dir):
-    module = importlib.import_module("igan.engine._native")
+    module = importlib.import_module("igan.engine.native._native")
     if native.active() is None and native.UNAVAILABLE_REASON:  # imported before this build
         importlib.reload(native)
     return module
@@ -115,7 +116,7 @@ def _scanlines(rng, h, pixels, kind):
 def test_filter_rows_matches_numpy(ext, rng, h, pixels, kind):
     cur = _scanlines(rng, h, pixels, kind)
     prev = rng.integers(0, 256, cur.shape[1], dtype=np.uint8) if kind != "zero" else np.zeros(cur.shape[1], np.uint8)
-    np.testing.assert_array_equal(ext.filter_rows(cur, prev, 3), sinks._filter_rows(cur, prev))
+    np.testing.assert_array_equal(ext.filter_rows(cur, prev, 3), native.filter_rows_reference(cur, prev))
 
 
 def test_filter_rows_rejects_bad_shapes(ext):
@@ -183,7 +184,8 @@ def test_example_reports_engine_errors(build_dir, tmp_path):
     assert bad.returncode == 2 and "--width: must be a positive integer, got 0" in bad.stderr
     missing = _run([build_dir / "igan_render", "--width", "32", "--height", "32", "--out", "nodir/x.png"], tmp_path)
     assert missing.returncode == 1
-    assert re.search(r"--out 'nodir/x.png': directory '[^']*nodir' does not exist \(PathError\)", missing.stderr)
+    # the engine's error names the option as igan::FileOptions does (`out`), with its type
+    assert re.search(r"\bout 'nodir/x.png': directory '[^']*nodir' does not exist \(PathError\)", missing.stderr)
     assert list(tmp_path.iterdir()) == []
 
 

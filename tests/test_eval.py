@@ -307,7 +307,7 @@ def test_igan_eval_cli_missing_weights(tmp_path):
 @pytest.mark.slow
 def test_igan_bench_cpu_table_and_plot(tmp_path):
     plot, js = tmp_path / "bench.png", tmp_path / "bench.json"
-    done = subprocess.run([sys.executable, "-m", "igan.engine.bench", "--device", "cpu", "--sizes", "48,64x32",
+    done = subprocess.run([sys.executable, "-m", "igan.engine.cli.bench", "--device", "cpu", "--sizes", "48,64x32",
                            "--baseline-tile", "32", "--plot", str(plot), "--json", str(js)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "| 48x48 |" in done.stdout and "| 64x32 |" in done.stdout
@@ -323,6 +323,6 @@ def test_igan_bench_cpu_table_and_plot(tmp_path):
     assert "1.00x (baseline)" in done.stdout
     with Image.open(plot) as im:
         assert im.format == "PNG" and im.size[0] >= 600
-    bad = subprocess.run([sys.executable, "-m", "igan.engine.bench", "--sizes", "12,abc", "--plot", str(plot)],
+    bad = subprocess.run([sys.executable, "-m", "igan.engine.cli.bench", "--sizes", "12,abc", "--plot", str(plot)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "'abc'" in bad.stderr

@@ -11,14 +11,14 @@ import torch
 from conftest import random_model, small_config
 from PIL import Image
 
-from igan.engine import checkpoint, planner, walk
+from igan.engine import checkpoint, planner, sources, walk
 from igan.engine.config import PRESETS
 from igan.engine.latent import LatentField
 from igan.engine.model import FoldedOps
-from igan.engine.render import main as render_main
+from igan.engine.cli.render import main as render_main
 from igan.engine.renderer import Renderer
 from igan.engine.runner import TorchRunner
-from igan.export import sha256_file
+from igan.engine.provenance import sha256_file
 from igan.export.cli import main as export_main
 from igan.export.onnx_export import export_onnx
 from igan.export.onnx_runner import ExportError, OnnxRunner, choose_providers, load_export
@@ -183,7 +183,7 @@ def test_packed_file_round_trip(exported, tmp_path):
     assert torch.equal(tensors["texture_synthesizer.mapping.1.weight"], lin.weight * lin.scale)
     assert meta["source_sha256"] == sha256_file(ckpt)
 
-    loaded = checkpoint.load(packed)
+    loaded = sources.load(packed)
     assert loaded.config == model.config
     common = ["--width", 50, "--height", 37, "--seed", 11, "--tile", 32, "--quiet", "--device", "cpu"]
     a, b = tmp_path / "src.png", tmp_path / "packed.png"

@@ -7,12 +7,12 @@ import torch
 from apps_util import image_like_model, one_thread, psnr_db, render
 from conftest import random_model
 
-from igan.engine import invert as inv
+from igan.engine.apps import invert as inv
 from igan.engine.config import PRESETS
 from igan.engine.latent import LatentField
-from igan.engine.paste import Paste, PastedField
+from igan.engine.apps.paste import Paste, PastedField
 from igan.engine.planner import Window
-from igan.engine.record import InversionRecord, RecordError, model_digest
+from igan.engine.apps.record import InversionRecord, RecordError, model_digest
 
 # Measured: 29.9 dB after 300 steps (small config, 48 px, 2 threads, about 7 s); 200 steps gave
 # 27.9-32.9 dB over three model seeds.

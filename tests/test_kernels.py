@@ -239,7 +239,7 @@ def test_triton_runner_renders_what_the_torch_runner_renders():
 
 
 def test_triton_backend_without_a_gpu_says_why(monkeypatch, tmp_path, capsys):
-    from igan.engine.render import main
+    from igan.engine.cli.render import main
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     code = main(["--backend", "triton", "--device", "cpu", "--out", str(tmp_path / "x.png"), "--quiet"])

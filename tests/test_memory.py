@@ -8,7 +8,7 @@ import pytest
 
 def _peak_rss(tmp_path, width, height, ext):
     stats = tmp_path / f"{width}x{height}.json"
-    cmd = [sys.executable, "-m", "igan.engine.render", "--width", str(width), "--height", str(height),
+    cmd = [sys.executable, "-m", "igan.engine.cli.render", "--width", str(width), "--height", str(height),
            "--tile", "256", "--out", str(tmp_path / f"{width}x{height}.{ext}"), "--quiet", "--device", "cpu",
            "--threads", "1", "--stats-json", str(stats)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)

@@ -8,12 +8,13 @@ import zipfile
 import pytest
 import torch
 
-from igan.engine import apps_cli, checkpoint
+from igan.engine.cli import apps as apps_cli
+from igan.engine import sources
 from igan.engine.checkpoint import CheckpointError
 from igan.trainer.eval.inception import load_fid_inception
 from igan.trainer.state import load_state
 
-LOADERS = {"checkpoint": checkpoint.load, "training state": load_state, "Inception weights": load_fid_inception}
+LOADERS = {"checkpoint": sources.load, "training state": load_state, "Inception weights": load_fid_inception}
 
 
 def _torch_bytes(**kw) -> bytes:

@@ -7,12 +7,14 @@ import torch
 from apps_util import image_like_model, one_thread, psnr_db, render
 from conftest import random_model
 
-from igan.engine import apps, apps_cli, checkpoint
-from igan.engine import invert as inv
+from igan.engine.apps import outpaint as apps
+from igan.engine.cli import apps as apps_cli
+from igan.engine import checkpoint
+from igan.engine.apps import invert as inv
 from igan.engine.config import PRESETS
 from igan.engine.latent import LatentField
 from igan.engine.planner import Window
-from igan.engine.record import InversionRecord
+from igan.engine.apps.record import InversionRecord
 
 # Known region vs the input image, 200 steps. Measured: 27.9 dB (left image) and 23.7 dB
 # (right image), each with its own style; 21.6 dB for the right image fitted under the LEFT

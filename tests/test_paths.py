@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from igan.engine import apps_cli
+from igan.engine.cli import apps as apps_cli
 from igan.engine.paths import PathConflict, PathError, check_distinct, check_writable
 
 
@@ -75,13 +75,13 @@ def test_outputs_must_be_writable_files(tmp_path, monkeypatch):
 @pytest.fixture
 def no_model_work(monkeypatch):
     """Loading a model (or building a trainer) fails the test: refusals must come first."""
-    from igan.engine import checkpoint
+    from igan.engine import sources
     from igan.trainer import cli as train_cli
 
     def forbidden(*args, **kw):
         raise AssertionError("a model was loaded before the paths were checked")
 
-    monkeypatch.setattr(checkpoint, "load", forbidden)
+    monkeypatch.setattr(sources, "load", forbidden)
     monkeypatch.setattr(train_cli, "Trainer", forbidden)
 
 
@@ -195,7 +195,7 @@ def test_igan_eval_refuses_collisions(files, capsys, no_model_work):
 
 
 def test_igan_bench_refuses_collisions(files, capsys, no_model_work):
-    from igan.engine.bench import main
+    from igan.engine.cli.bench import main
 
     d, img, ckpt = files
     refused(main, ["--checkpoint", ckpt, "--sizes", "64", "--plot", d / "p.png", "--json", ckpt], capsys,

@@ -14,7 +14,7 @@ import pytest
 import zarr
 from PIL import Image
 
-from igan.engine.render import main
+from igan.engine.cli.render import main
 from igan.engine.store import TileStore, work_dir_for
 
 ARGS = ["--width", "300", "--height", "170", "--tile", "64", "--seed", "11", "--x0", "-30", "--quiet",
@@ -22,7 +22,7 @@ ARGS = ["--width", "300", "--height", "170", "--tile", "64", "--seed", "11", "--
 
 
 def _cli(*args, env=None, **kw):
-    cmd = [sys.executable, "-m", "igan.engine.render", *map(str, args)]
+    cmd = [sys.executable, "-m", "igan.engine.cli.render", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, **kw)
 
 
@@ -48,7 +48,7 @@ def test_worker_processes_give_the_same_bytes(tmp_path, reference):
 @pytest.mark.slow
 def test_torchrun_ranks_give_the_same_bytes(tmp_path, reference):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "igan.engine.render", *ARGS, "--out", str(tmp_path / "t.tif")]
+           "-m", "igan.engine.cli.render", *ARGS, "--out", str(tmp_path / "t.tif")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "t.tif").read_bytes() == reference["tif"]
@@ -84,7 +84,7 @@ def _manifest_count(out):
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_the_same_file(tmp_path, reference, kill_after_tiles):
     out = tmp_path / "k.png"
-    proc = subprocess.Popen([sys.executable, "-m", "igan.engine.render", *ARGS, "--out", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "igan.engine.cli.render", *ARGS, "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while _manifest_count(out) < kill_after_tiles and proc.poll() is None and time.time() < deadline:

@@ -14,7 +14,7 @@ import torch
 from conftest import random_model, small_config
 from PIL import Image
 
-from igan.engine import checkpoint
+from igan.engine import checkpoint, sources
 from igan.engine.config import PRESETS
 from igan.engine.latent import canvas_coords, official_coords
 from igan.trainer import losses
@@ -214,10 +214,10 @@ def test_tiny_config_trains_with_finite_losses_and_renders(scenes, tmp_path):
     for name in ("model.safetensors", "state.pt", "losses.png", "samples/patches_0000002.png",
                  "checkpoints/step_0000002.safetensors"):
         assert (run / name).is_file(), name
-    model = checkpoint.load(run / "model.safetensors")
+    model = sources.load(run / "model.safetensors")
     for k, v in model.state_dict().items():
         assert torch.equal(v, tr.g_ema.state_dict()[k]), k
-    from igan.engine.render import main as render
+    from igan.engine.cli.render import main as render
 
     out = tmp_path / "pano.png"
     assert render(["--checkpoint", str(run / "model.safetensors"), "--width", "70", "--height", "40",
@@ -327,7 +327,7 @@ def test_torchrun_two_gloo_processes(scenes, tmp_path):
     assert state["step"] == 2 and len(state["rng"]) == 2
     assert not torch.equal(state["rng"][0]["gen"], state["rng"][1]["gen"])  # ranks draw different data
     assert json.loads(state["options"])["batch"] == 2
-    checkpoint.load(run / "model.safetensors")
+    sources.load(run / "model.safetensors")
 
 
 def test_embedded_default_is_the_trained_landscape_model():

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import zarr
 
-from igan.engine.render import main
+from igan.engine.cli.render import main
 from igan.engine.store import FINISHED, MARKER, StoreError, TileStore, work_dir_for
 
 ARGS = ["--width", "192", "--height", "112", "--tile", "64", "--seed", "5", "--x0", "-20", "--quiet",
@@ -24,13 +24,13 @@ TILES = 6
 
 
 def _cli(*args, env=None, timeout=300):
-    cmd = [sys.executable, "-m", "igan.engine.render", *map(str, args)]
+    cmd = [sys.executable, "-m", "igan.engine.cli.render", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def _popen(*args, failpoint=None, **kw):
     env = dict(os.environ, IGAN_FAILPOINT=failpoint) if failpoint else None
-    return subprocess.Popen([sys.executable, "-m", "igan.engine.render", *map(str, args)], env=env,
+    return subprocess.Popen([sys.executable, "-m", "igan.engine.cli.render", *map(str, args)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
@@ -318,7 +318,7 @@ def test_torchrun_without_device_uses_the_cpu_when_there_is_no_gpu(tmp_path, ref
         pytest.skip("this machine has a GPU: auto resolves to it")
     args = [a for a in ARGS if a not in ("--device", "cpu")]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "igan.engine.render", *args, "--out", str(tmp_path / "t.png")]
+           "-m", "igan.engine.cli.render", *args, "--out", str(tmp_path / "t.png")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert _same(tmp_path / "t.png", reference)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from igan.engine import determinism  # noqa: F401  (MKL reproducible mode before torch computes)
 from igan.engine.paths import refuse_unsafe_paths
-from igan.engine.render import _positive, _size_bytes
+from igan.engine.cli.args import positive, size_bytes
 
 from .inception import WEIGHTS_FILE, WEIGHTS_SHA256_PREFIX
 
@@ -30,21 +30,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default=None, help="preset of an official checkpoint (default: inferred)")
     s.add_argument("--real", required=True,
                    help="folder of real images (the train split; sorted order), or a .npz written by --save-real-stats")
-    s.add_argument("--scale", type=_positive, required=True, help="N: generate at N x the field of view (1, 2, 4, 8, 16)")
+    s.add_argument("--scale", type=positive, required=True, help="N: generate at N x the field of view (1, 2, 4, 8, 16)")
     s.add_argument("--inception", required=True, metavar="PATH", help=f"FID Inception weights ({WEIGHTS_FILE})")
-    s.add_argument("--num-fake", type=_positive, default=50_000, help="generated images (official: 50000)")
-    s.add_argument("--num-real", type=_positive, default=50_000, help="first N real images (official: 50000)")
-    s.add_argument("--real-res", type=_positive, default=128, help="real resolution R (official: 128)")
-    s.add_argument("--full-size", type=_positive, default=None,
+    s.add_argument("--num-fake", type=positive, default=50_000, help="generated images (official: 50000)")
+    s.add_argument("--num-real", type=positive, default=50_000, help="first N real images (official: 50000)")
+    s.add_argument("--real-res", type=positive, default=128, help="real resolution R (official: 128)")
+    s.add_argument("--full-size", type=positive, default=None,
                    help="training full image size (default 2*patch-5: 197 for InfinityGAN; 1024 for -UR)")
     s.add_argument("--use-pil-resize", action="store_true", help="step 3 with PIL BILINEAR (official flag)")
     s.add_argument("--standard-input", action="store_true",
                    help="feed the Inception [-1, 1] (standard FID) instead of the official [0, 1]")
     s.add_argument("--save-real-stats", default=None, metavar="PATH.npz", help="also save the real statistics")
     s.add_argument("--seed", type=int, default=0, help="fake i uses canvas seed SEED + i (default 0)")
-    s.add_argument("--batch", type=_positive, default=50, help="images per Inception forward (default 50)")
-    s.add_argument("--tile", type=_positive, default=None, help="generator tile size (default: memory budget)")
-    s.add_argument("--memory-budget", type=_size_bytes, default=None, help="generator memory, e.g. 4GiB")
+    s.add_argument("--batch", type=positive, default=50, help="images per Inception forward (default 50)")
+    s.add_argument("--tile", type=positive, default=None, help="generator tile size (default: memory budget)")
+    s.add_argument("--memory-budget", type=size_bytes, default=None, help="generator memory, e.g. 4GiB")
     s.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     s.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="generator precision")
     s.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON")
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
 def _scaleinv(args) -> int:
     import torch
 
-    from igan.engine import checkpoint
-    from igan.engine.render import default_budget
+    from igan.engine import sources
+    from igan.engine.pipeline import default_budget
     from igan.engine.renderer import Renderer
     from igan.engine.runner import PRECISIONS, TorchRunner, resolve_device
 
@@ -90,7 +90,7 @@ def _scaleinv(args) -> int:
     if digest != WEIGHTS_SHA256_PREFIX:
         print(f"igan-eval: warning: {args.inception} has sha256 {digest}..., not {WEIGHTS_SHA256_PREFIX}... "
               f"({WEIGHTS_FILE}): the numbers will not be comparable", file=sys.stderr)
-    model = checkpoint.load(args.checkpoint, args.config)
+    model = sources.load(args.checkpoint, args.config)
     proto = scaleinv.Protocol.for_config(model.config, args.scale, args.real_res, args.full_size)
     meta = dict(protocol="scaleinv", real_res=proto.real_res, inception=digest,
                 input="standard[-1,1]" if args.standard_input else "official[0,1]", torch=torch.__version__)

@@ -1,8 +1,8 @@
-"""Build the C++ side (engine/cpp) with CMake: the extension igan.engine._native, the C++
+"""Build the C++ side (engine/native/cpp) with CMake: the extension igan.engine.native._native, the C++
 API library and the example programs, into build/cpp/ (ignored by git; rebuilt
 incrementally). `./run` calls it after installing; a failure leaves the Python paths in use.
 
-    python -m igan.engine.build_native [--build-dir DIR] [--quiet]
+    python -m igan.engine.native.build [--build-dir DIR] [--quiet]
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 SOURCE = Path(__file__).resolve().parent / "cpp"
-BUILD_DIR = SOURCE.parent.parent / "build" / "cpp"
+BUILD_DIR = SOURCE.parents[2] / "build" / "cpp"  # the repository's build/cpp
 
 
 class BuildUnavailable(RuntimeError):

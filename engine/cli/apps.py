@@ -12,15 +12,16 @@ import sys
 import time
 from pathlib import Path
 
-from . import determinism  # noqa: F401  (sets MKL's reproducible mode before torch computes)
-from .embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
-from .render import _positive, _size_bytes
+from ..embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
+from ..errors import RequestError
+from . import command
+from .args import positive, size_bytes
 
 OUT_FORMATS = (".png", ".tif", ".tiff", ".zarr")
 
 
-class AppError(ValueError):
-    pass
+class AppError(RequestError):
+    """Options of an application that do not fit together or with its inputs."""
 
 
 # ---- shared pieces -----------------------------------------------------------------------------
@@ -29,10 +30,10 @@ def _common(p: argparse.ArgumentParser, inverts: bool = True) -> None:
                    help="official checkpoint or igan .safetensors model (default: the embedded model)")
     p.add_argument("--config", default=None, help="preset of an official checkpoint (default: inferred)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
-    p.add_argument("--threads", type=_positive, default=None, help="CPU threads for torch (default: all)")
+    p.add_argument("--threads", type=positive, default=None, help="CPU threads for torch (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     if inverts:
-        p.add_argument("--steps", type=_positive, default=3000,
+        p.add_argument("--steps", type=positive, default=3000,
                        help="optimisation steps when an image must be inverted (default 3000, as the official code)")
         p.add_argument("--lr", type=float, default=0.1, help="base learning rate (default 0.1)")
         p.add_argument("--inv-seed", type=int, default=0, help="seed of the initial latents (default 0)")
@@ -57,14 +58,14 @@ def _check_out(parser, path: str, formats=OUT_FORMATS) -> None:
 def _setup(args):
     import torch
 
-    from . import checkpoint
-    from .record import model_digest
-    from .runner import resolve_device
+    from .. import sources
+    from ..apps.record import model_digest
+    from ..runner import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    model = checkpoint.load(args.checkpoint, args.config).to(device)
+    model = sources.load(args.checkpoint, args.config).to(device)
     return model, model_digest(model), device
 
 
@@ -103,7 +104,7 @@ def load_image(path: str):
 def _check_source(path: str) -> None:
     """An image or record input is there and readable (a record fully, an image by its header),
     checked before the model loads and before any inversion, which may take many minutes."""
-    from .record import InversionRecord
+    from ..apps.record import InversionRecord
 
     if _is_record(path):
         _require_file(path, "inversion record")
@@ -116,7 +117,7 @@ def save_png(path: str | os.PathLike, rgb) -> None:
     """float [3, H, W] in [-1, 1] -> PNG, written atomically."""
     from PIL import Image
 
-    from .runner import to_uint8
+    from ..runner import to_uint8
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.igan-tmp-{os.getpid()}")
@@ -128,13 +129,13 @@ def save_png(path: str | os.PathLike, rgb) -> None:
 
 
 def _settings(args):
-    from .invert import InversionSettings
+    from ..apps.invert import InversionSettings
 
     return InversionSettings(steps=args.steps, lr=args.lr, seed=args.inv_seed, diff_aug=args.diff_aug)
 
 
 def _invert_image(args, model, digest, path, x0=None, y0=None, style=None, label="igan-invert"):
-    from .invert import invert
+    from ..apps.invert import invert
 
     target = load_image(path)
     start = time.perf_counter()
@@ -151,7 +152,7 @@ def _is_record(path: str) -> bool:
 
 
 def _record_or_image(args, model, digest, path, **kw):
-    from .record import InversionRecord
+    from ..apps.record import InversionRecord
 
     if _is_record(path):
         rec = InversionRecord.load(path)
@@ -163,8 +164,8 @@ def _record_or_image(args, model, digest, path, **kw):
 def _render(args, model, spec, request) -> None:
     """Render an application's canvas as igan-render renders: one RenderRequest through the
     planner, executor, tile store and sink (so --resume, --workers and the backends work)."""
-    from . import render
-    from .request import RenderRequest
+    from .. import pipeline
+    from ..request import RenderRequest
 
     w = request.window
     render_request = RenderRequest(
@@ -173,20 +174,20 @@ def _render(args, model, spec, request) -> None:
         tile=args.tile, batch=args.batch, memory_budget=args.memory_budget, workers=args.workers,
         precision=args.precision, backend=args.backend, resume=args.resume, restart=args.restart,
         keep_work=args.keep_work, preview=args.preview, compression=args.compression, quiet=args.quiet)
-    stats = render.run(render_request, model=model)
+    stats = pipeline.run(render_request, model=model)
     if stats is not None:
         print(f"{args.prog}: {stats.summary()} -> {args.out}")
 
 
 def _render_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the canvas around the pasted images (default 0)")
-    p.add_argument("--tile", type=_positive, default=None, help="tile size, a multiple of 16 (default: from memory)")
-    p.add_argument("--batch", type=_positive, default=1, help="tiles per forward pass (default 1)")
-    p.add_argument("--memory-budget", type=_size_bytes, default=None, help="memory for one batch of tiles")
+    p.add_argument("--tile", type=positive, default=None, help="tile size, a multiple of 16 (default: from memory)")
+    p.add_argument("--batch", type=positive, default=1, help="tiles per forward pass (default 1)")
+    p.add_argument("--memory-budget", type=size_bytes, default=None, help="memory for one batch of tiles")
     p.add_argument("--save-record", action="append", default=[], metavar="PATH",
                    help="also save the inversion record of each inverted image (repeat for several)")
     g = p.add_argument_group("rendering, as igan-render")
-    g.add_argument("--workers", type=_positive, default=None, help="with --device cpu: N worker processes")
+    g.add_argument("--workers", type=positive, default=None, help="with --device cpu: N worker processes")
     g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     g.add_argument("--backend", default="torch", choices=["torch", "triton"],
                    help="torch (reference, any device) or triton (fused kernels, CUDA)")
@@ -203,7 +204,12 @@ def _main(prog: str, parser, argv, run, sources, outputs) -> int:
     """Parse, check every path, then run. `sources(args)` names the image/record inputs and
     `outputs(args)` the files written, by option: none may be another (see paths.py), outputs
     must be writable and inputs readable before the model loads or an inversion starts."""
-    from .paths import refuse_unsafe_paths
+    with command(prog):
+        return _checked_run(prog, parser, argv, run, sources, outputs)
+
+
+def _checked_run(prog: str, parser, argv, run, sources, outputs) -> int:
+    from ..paths import refuse_unsafe_paths
 
     args = parser.parse_args(argv)
     args.prog = prog
@@ -211,7 +217,7 @@ def _main(prog: str, parser, argv, run, sources, outputs) -> int:
         parser.error(f"--tile must be a multiple of 16, got {args.tile}")
     _check_out(parser, args.out, (".safetensors",) if prog == "igan-invert" else OUT_FORMATS)
     files, folders = outputs(args), None
-    if args.out.lower().endswith(".zarr"):  # a folder it writes into (render.run checks a finished one)
+    if args.out.lower().endswith(".zarr"):  # a folder it writes into (pipeline.run checks a finished one)
         files, folders = {k: v for k, v in files.items() if k != "--out"}, {"--out": args.out}
     refuse_unsafe_paths(parser, sources(args) | {"--checkpoint": args.checkpoint}, files, folders)
     try:
@@ -228,7 +234,7 @@ def _main(prog: str, parser, argv, run, sources, outputs) -> int:
 
 # ---- igan-invert ------------------------------------------------------------------------------
 def invert_parser() -> argparse.ArgumentParser:
-    from .invert import PERCEPTUAL_REPLACEMENT
+    from ..apps.invert import PERCEPTUAL_REPLACEMENT
 
     p = argparse.ArgumentParser(
         prog="igan-invert",
@@ -269,8 +275,8 @@ def outpaint_parser() -> argparse.ArgumentParser:
         description="Extend an inverted image (a record, or an image that is inverted first) to a larger "
                     "canvas: its latents are pasted in and the rest is drawn from the seeded canvas.")
     p.add_argument("input", help="inversion record (.safetensors) or image file")
-    p.add_argument("--width", type=_positive, required=True, help="output width in pixels")
-    p.add_argument("--height", type=_positive, required=True, help="output height in pixels")
+    p.add_argument("--width", type=positive, required=True, help="output width in pixels")
+    p.add_argument("--height", type=positive, required=True, help="output height in pixels")
     p.add_argument("--at", type=_point, default=None, metavar="X,Y",
                    help="output pixel of the image's top-left corner (default: centred)")
     p.add_argument("--out", required=True, help="output image: .png, .tif/.tiff or .zarr")
@@ -281,7 +287,7 @@ def outpaint_parser() -> argparse.ArgumentParser:
 
 def outpaint_main(argv: list[str] | None = None) -> int:
     def run(args):
-        from .apps import app_spec
+        from ..apps.outpaint import app_spec
 
         model, digest, _ = _setup(args)
         rec, _ = _record_or_image(args, model, digest, args.input)
@@ -308,7 +314,7 @@ def inbetween_parser() -> argparse.ArgumentParser:
     p.add_argument("right", help="right inversion record (.safetensors) or image")
     p.add_argument("--gap", type=int, required=True, help="pixels between the two images")
     p.add_argument("--out", required=True, help="output image: .png, .tif/.tiff or .zarr")
-    p.add_argument("--blur", type=_positive, default=None,
+    p.add_argument("--blur", type=positive, default=None,
                    help="style blend width in pixels (default: the widest that keeps both ends as fitted)")
     p.add_argument("--one-style", action="store_true",
                    help="no style fusion: the left image's style everywhere (the right image is fitted under it)")
@@ -321,8 +327,8 @@ def inbetween_main(argv: list[str] | None = None) -> int:
     def run(args):
         import torch
 
-        from .apps import app_spec, right_position
-        from .record import InversionRecord
+        from ..apps.outpaint import app_spec, right_position
+        from ..apps.record import InversionRecord
 
         if args.gap < 0:
             raise AppError(f"--gap must be >= 0, got {args.gap}")

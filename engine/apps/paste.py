@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .geometry import layer_steps
-from .latent import Field
+from ..geometry import layer_steps
+from ..latent import Field
 from .record import InversionRecord, Placement
 
 

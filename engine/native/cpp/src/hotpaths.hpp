@@ -1,6 +1,6 @@
 // CPU hot paths of the render, in plain C++ (no Python): the float -> uint8 conversion of
 // rendered tiles and the PNG scanline filter. Each one reproduces its Python twin bit for bit
-// (igan.engine.runner.to_uint8, igan.engine.sinks._filter_rows).
+// (igan.engine.runner.to_uint8, igan.engine.native.filter_rows_reference).
 #pragma once
 
 #include <cstddef>

@@ -1,4 +1,4 @@
-"""The Python side of the C++ API (engine/cpp/include/igan/igan.hpp).
+"""The Python side of the C++ API (engine/native/cpp/include/igan/igan.hpp).
 
 libigan_cpp embeds the interpreter and calls only this module, so the C++ API and
 igan-render share every step that decides pixels and bytes: the model loader, the planner's
@@ -11,9 +11,15 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import torch
 
-from . import render  # first: sets MKL's reproducible mode before torch computes
-from .request import RenderRequest
+from .. import pipeline, planner, sources
+from ..cli import render as cli
+from ..latent import LatentField
+from ..renderer import Renderer
+from ..request import RenderRequest
+from ..runner import PRECISIONS
+from ..sources import RUNNERS
 
 # igan-render options the C++ API has no field for: one model, one process.
 _UNSUPPORTED = ("gpus", "workers")
@@ -24,28 +30,19 @@ class Session:
 
     def __init__(self, checkpoint: str, config: str, device: str, precision: str, backend: str, threads: int,
                  model: str = ""):
-        import torch
-
-        from . import checkpoint as ckpt
-        from .renderer import Renderer
-        from .runner import PRECISIONS, RUNNERS
-
         if threads:
             torch.set_num_threads(threads)
         self.options = dict(checkpoint=checkpoint or None, config=config or None, device=device,
                             precision=precision, backend=backend, threads=threads or None, model=model or None)
-        self.model = ckpt.load(self.options["model"] or self.options["checkpoint"], self.options["config"])
+        self.model = sources.load(self.options["model"] or self.options["checkpoint"], self.options["config"])
         self.runner = RUNNERS[backend](self.model, device, precision)
         self.renderer = Renderer(self.runner)
-        self.budget = render.default_budget(self.runner.device)
+        self.budget = pipeline.default_budget(self.runner.device)
         self.itemsize = PRECISIONS[precision].itemsize
 
     def render_into(self, out: np.ndarray, x0: int, y0: int, seed: int) -> None:
         """Render the window at (x0, y0) of out's size into `out` (uint8 [h, w, 3], a view
         of the caller's buffer), tile by tile as igan-render would cut it."""
-        from . import planner
-        from .latent import LatentField
-
         h, w, _ = out.shape
         plan = planner.plan(self.model.config, planner.Window(x0, y0, w, h), memory_budget=self.budget,
                             itemsize=self.itemsize)
@@ -56,13 +53,13 @@ class Session:
         """igan-render with this session's model: `options` are igan-render's options by
         their RenderRequest names (those not given keep igan-render's defaults; an unknown
         name is refused)."""
-        render.run(RenderRequest.from_options({**options, **self.options}), model=self.model)
+        pipeline.run(RenderRequest.from_options({**options, **self.options}), model=self.model)
 
 
 def parse_command_line(argv: list[str]) -> dict:
     """igan-render's arguments -> their values by RenderRequest name, y0 resolved (argparse
     prints the usage and raises SystemExit on bad input or --help)."""
-    request = render.parse_args(argv)
+    request = cli.parse_args(argv)
     for name in _UNSUPPORTED:
         if getattr(request, name):
             raise ValueError(f"--{name} is not available through the C++ API (one model in one process); "

@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .determinism import reproducible_cpu_convs
-from .geometry import latent_window, ts_sizes
-from .latent import LatentField
-from .model import Generator
+from ..determinism import reproducible_cpu_convs
+from ..geometry import latent_window, ts_sizes
+from ..latent import LatentField
+from ..model import Generator
 from .record import InversionRecord, Placement, model_digest
 
 PERCEPTUAL_REPLACEMENT = ("multiscale L1 of pixels and of their x/y finite differences on an average-pooled "

@@ -14,9 +14,11 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from .latent import Field, LatentField
+from ..errors import option
+from ..latent import Field, LatentField
+from ..planner import Window
+from .fusion import MAX_BLUR, FusedField, StyleSource
 from .paste import Paste, PastedField
-from .planner import Window
 from .record import InversionRecord
 
 
@@ -62,7 +64,8 @@ def right_position(left: InversionRecord, right_width: int, right_height: int, g
     p = left.placement
     need = min_gap(left)
     if gap < need:
-        raise ValueError(f"--gap {gap} is too small: the latent windows of the two images (with the structure "
+        raise ValueError(f"{option('gap')} {gap} is too small: the latent windows of the two images (with the "
+                         "structure "
                          f"synthesizer's halo) would overlap; use a gap of at least {need} px")
     return p.x0 + p.width + gap, p.y0 + (p.height - right_height) // 2
 
@@ -102,8 +105,6 @@ def inbetween_request(left: InversionRecord, right: InversionRecord, gap: int, *
 def _fused(base: PastedField, pastes: list[Paste], blur: int | None):
     """(FusedField over `base` with one style per paste at its image centre, blur, whether every
     pasted block sees only its own style)."""
-    from .fusion import MAX_BLUR, FusedField, StyleSource
-
     cfg = base.config
     styles = [StyleSource(z_g=p.record.global_latent, w_plus=p.record.styles) for p in pastes]
     centers = [(p.placement.x0 + p.placement.width / 2, p.placement.y0 + p.placement.height / 2) for p in pastes]

@@ -1,4 +1,4 @@
-// The C++ API (include/igan/igan.hpp): an embedded interpreter running igan.engine.capi.
+// The C++ API (include/igan/igan.hpp): an embedded interpreter running igan.engine.native.capi.
 //
 // The interpreter starts once, in the project's virtual environment (PyConfig.executable =
 // <venv>/bin/python, so prefix detection reads pyvenv.cfg and the venv's packages import),
@@ -76,7 +76,7 @@ auto with_engine(F&& f) {
   }
 }
 
-py::module_ capi() { return py::module_::import("igan.engine.capi"); }
+py::module_ capi() { return py::module_::import("igan.engine.native.capi"); }
 
 }  // namespace
 
@@ -111,7 +111,7 @@ void start(const std::string& venv) {
   PyEval_SaveThread();  // release the GIL: each call takes it (gil_scoped_acquire)
   if (!import_error.empty())
     throw Error("ModuleNotFoundError",
-                "the venv '" + path + "' (from " + source + ") cannot import igan.engine.capi: " + import_error);
+                "the venv '" + path + "' (from " + source + ") cannot import igan.engine.native.capi: " + import_error);
 }
 
 std::string venv() {
@@ -157,7 +157,7 @@ CommandLine parse_command_line(const std::vector<std::string>& args) {
 }
 
 struct Model::Impl {
-  py::object session;  // igan.engine.capi.Session
+  py::object session;  // igan.engine.native.capi.Session
   ~Impl() {
     py::gil_scoped_acquire gil;
     session = py::object();

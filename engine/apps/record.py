@@ -20,16 +20,16 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import write_safetensors
-from .config import GeneratorConfig
-from .geometry import layer_steps, ts_sizes
-from .model import Generator
+from ..checkpoint import CheckpointError, write_safetensors
+from ..config import GeneratorConfig
+from ..geometry import layer_steps, ts_sizes
+from ..model import Generator
 
 RECORD_FORMAT = "igan-inversion"
 RECORD_VERSION = "1"
 
 
-class RecordError(ValueError):
+class RecordError(CheckpointError):
     """A record that cannot be used, with the reason in the message."""
 
 

@@ -39,9 +39,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import GeneratorConfig
-from .geometry import layer_steps, ts_input_sizes, ts_sizes
-from .latent import Field, LatentField
+from ..config import GeneratorConfig
+from ..errors import option
+from ..geometry import layer_steps, ts_input_sizes, ts_sizes
+from ..latent import Field, LatentField
 
 
 # ---- styles -------------------------------------------------------------------------------------
@@ -343,7 +344,7 @@ def spec_from_options(cfg: GeneratorConfig, window, seed: int, *, styles=None, c
     once, so bad input fails before any work."""
     period = window.width if wrap else None
     if period is not None and period % cfg.upscale:
-        raise ValueError(f"--wrap needs --width to be a multiple of {cfg.upscale} for model config "
+        raise ValueError(f"{option('wrap')} needs {option('width')} to be a multiple of {cfg.upscale} for model config "
                          f"{cfg.name!r}, got {window.width}")
     if not styles:
         spec = FieldSpec(period=period)
@@ -353,8 +354,9 @@ def spec_from_options(cfg: GeneratorConfig, window, seed: int, *, styles=None, c
         if style_map is not None:
             label_map = LabelMap.from_png(style_map, (window.x0, window.y0, window.width, window.height), period)
             if len(label_map) != n:
-                raise ValueError(f"--style-map {str(style_map)!r} has {len(label_map)} distinct colours but "
-                                 f"--styles gives {n} seeds (one per colour; draw the map without anti-aliasing)")
+                raise ValueError(f"{option('style_map')} {str(style_map)!r} has {len(label_map)} distinct colours but "
+                                 f"{option('styles')} gives {n} seeds (one per colour; draw the map without "
+                                 "anti-aliasing)")
         else:
             fractions = centers or tuple(((i + 0.5) / n, 0.5) for i in range(n))
             points = tuple((window.x0 + fx * window.width, window.y0 + fy * window.height) for fx, fy in fractions)

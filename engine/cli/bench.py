@@ -16,10 +16,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import determinism  # noqa: F401  (MKL reproducible mode before torch computes)
-from .embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
-from .paths import refuse_unsafe_paths
-from .render import _positive, _size_bytes
+from ..embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
+from ..paths import refuse_unsafe_paths
+from . import command
+from .args import positive, size_bytes
 
 
 @dataclass
@@ -56,9 +56,9 @@ def measure(renderer, cfg, width: int, height: int, *, seed: int = 0, tile=None,
     """Time the render of one width x height window (best of `repeats`, after one warm-up)."""
     import torch
 
-    from . import planner
-    from .latent import LatentField
-    from .renderer import peak_rss_bytes
+    from .. import planner
+    from ..latent import LatentField
+    from ..renderer import peak_rss_bytes
 
     window = planner.Window(0, -(height // 2), width, height)
     plan = planner.plan(cfg, window, tile=tile, batch=batch, memory_budget=memory_budget, itemsize=itemsize)
@@ -116,14 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
     p.add_argument("--backend", default="torch", choices=["torch", "triton"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--tile", type=_positive, default=None, help="tile size (default: from the memory budget)")
-    p.add_argument("--batch", type=_positive, default=1, help="tiles per forward (default 1)")
-    p.add_argument("--memory-budget", type=_size_bytes, default=None, help="as igan-render (e.g. 4GiB)")
-    p.add_argument("--baseline-tile", type=_positive, default=None, metavar="N",
+    p.add_argument("--tile", type=positive, default=None, help="tile size (default: from the memory budget)")
+    p.add_argument("--batch", type=positive, default=1, help="tiles per forward (default 1)")
+    p.add_argument("--memory-budget", type=size_bytes, default=None, help="as igan-render (e.g. 4GiB)")
+    p.add_argument("--baseline-tile", type=positive, default=None, metavar="N",
                    help="also time each size with fixed N-px tiles (96 = the official patch step) and report "
                         "the speedup over them")
-    p.add_argument("--repeats", type=_positive, default=1, help="timed runs per size; the best counts (default 1)")
-    p.add_argument("--threads", type=_positive, default=None, help="CPU threads for torch")
+    p.add_argument("--repeats", type=positive, default=1, help="timed runs per size; the best counts (default 1)")
+    p.add_argument("--threads", type=positive, default=None, help="CPU threads for torch")
     p.add_argument("--plot", default="igan-bench.png", help="PNG plot path (default igan-bench.png)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
     return p
@@ -144,6 +144,11 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with command("igan-bench"):
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.plot.lower().endswith(".png"):
@@ -167,16 +172,17 @@ def _run(args, sizes) -> int:
     import torch
     from tqdm import tqdm
 
-    from . import checkpoint
+    from .. import sources
     from .bench_plot import plot_rows
-    from .render import default_budget
-    from .renderer import Renderer
-    from .runner import PRECISIONS, RUNNERS, resolve_device
+    from ..pipeline import default_budget
+    from ..renderer import Renderer
+    from ..runner import PRECISIONS, resolve_device
+    from ..sources import RUNNERS
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    model = checkpoint.load(args.checkpoint, args.config)
+    model = sources.load(args.checkpoint, args.config)
     renderer = Renderer(RUNNERS[args.backend](model, device, args.precision))
     budget = args.memory_budget or default_budget(device)
     rows = []

@@ -1,4 +1,4 @@
-// igan.engine._native: the pybind11 face of hotpaths.cpp. Only igan.engine.native calls it,
+// igan.engine.native._native: the pybind11 face of hotpaths.cpp. Only igan.engine.native calls it,
 // with arguments it has already checked; the checks here keep a direct caller from reading
 // out of bounds. Both functions release the GIL (the PNG filter runs in the sink's writer
 // thread while the main thread renders).

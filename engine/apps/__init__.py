@@ -1,0 +1,8 @@
+"""igan.engine.apps: what is built on the canvas of the core engine.
+
+- fusion: spatially varying styles (style fusion) and the cyclic (wrap) canvas;
+- invert: GAN inversion of a real image into latents (record: the inversion's file);
+- paste: latents pasted into the canvas;
+- outpaint: outpainting and inbetweening as an application canvas (AppSpec) that renders
+  through igan.engine.pipeline like any other request.
+"""

@@ -1,0 +1,64 @@
+"""Argument types shared by the console scripts (argparse `type=` callables).
+
+They import nothing heavy: `igan-render --help` must answer without loading torch.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def size_bytes(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4GiB, 512M)") from None
+    if not math.isfinite(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"must be a finite size of at least one byte (e.g. 4GiB, 512M), got {text!r}")
+    return int(value)
+
+
+def blur(text: str) -> int:
+    from ..apps.fusion import MAX_BLUR  # here, not at the top: fusion loads torch
+
+    value = positive(text)
+    if value > MAX_BLUR:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_BLUR} pixels (the blend of each tile is computed "
+                                         f"over the tile plus the blur), got {value}")
+    return value
+
+
+def seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integer seeds, got {text!r}") from None
+    if any(not 0 <= v < 2**63 for v in seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be in [0, 2^63), got {text!r}")
+    return seeds
+
+
+def centers(text: str) -> tuple[tuple[float, float], ...]:
+    out = []
+    for part in text.split(":"):
+        try:
+            x, y = (float(v) for v in part.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be X,Y pairs separated by ':' (fractions of the window), got {part!r} in {text!r}") from None
+        if not all(math.isfinite(v) for v in (x, y)):
+            raise argparse.ArgumentTypeError(f"centre {part!r} is not finite")
+        out.append((x, y))
+    return tuple(out)

@@ -1,0 +1,122 @@
+"""igan-render: render a window of the infinite canvas to a PNG, tiled BigTIFF or Zarr file.
+
+Only the command line lives here; `igan.engine.pipeline.run` does the work. Nothing heavy is
+imported before the options are parsed, so `igan-render --help` answers at once.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
+from ..errors import IganError
+from ..request import RenderRequest
+from . import command
+from .args import blur, centers, positive, seeds, size_bytes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="igan-render",
+        description="Render a window of an InfinityGAN canvas, tile by tile, streaming to disk.",
+        epilog=f"Without --checkpoint igan renders with the {EMBEDDED_DESCRIPTION}.")
+    p.add_argument("--checkpoint", default=None,
+                   help="official InfinityGAN checkpoint (best_fid.pth.tar) or igan .safetensors model "
+                        "(default: the embedded model, see below)")
+    p.add_argument("--config", default=None,
+                   help="preset of an official checkpoint (default: inferred from its shapes)")
+    p.add_argument("--width", type=positive, default=2048, help="image width in pixels (default 2048)")
+    p.add_argument("--height", type=positive, default=512, help="image height in pixels (default 512)")
+    p.add_argument("--x0", type=int, default=0, help="canvas column of the left edge (default 0)")
+    p.add_argument("--y0", type=int, default=None,
+                   help="canvas row of the top edge (default: -height//2, which centres the image on "
+                        "the horizon, as the official code does)")
+    p.add_argument("--seed", type=int, default=0, help="canvas seed (default 0)")
+    p.add_argument("--out", default="igan.png",
+                   help="output: .png, .tif/.tiff (pyramidal BigTIFF) or .zarr (Zarr v3 array) (default igan.png)")
+    p.add_argument("--tile", type=positive, default=None,
+                   help="tile size in pixels, a multiple of 16 (default: from --memory-budget)")
+    p.add_argument("--batch", type=positive, default=1, help="tiles per forward pass (default 1)")
+    p.add_argument("--memory-budget", type=size_bytes, default=None,
+                   help="memory for one batch of tiles, e.g. 4GiB (default: 1 GiB on CPU, where "
+                        "cache-sized tiles run fastest; 60%% of free memory on GPU)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    p.add_argument("--gpus", type=positive, default=None,
+                   help="render on GPUs 0..N-1, one worker process each, pulling from a shared queue")
+    p.add_argument("--workers", type=positive, default=None,
+                   help="with --device cpu: N worker processes sharing the CPU cores")
+    p.add_argument("--resume", action="store_true",
+                   help="finish an interrupted render of the same request from its finished tiles")
+    p.add_argument("--restart", action="store_true", help="discard the finished tiles of an interrupted render")
+    p.add_argument("--keep-work", action="store_true",
+                   help="keep the work directory (tile store + manifest) after the output is written")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--backend", default="torch", choices=["torch", "triton", "onnx"],
+                   help="model runner: torch (reference, any device), triton (fused kernels, CUDA) or "
+                        "onnx (onnxruntime on the graphs of --model)")
+    p.add_argument("--model", default=None, metavar="DIR",
+                   help="with --backend onnx: the ONNX export to render (igan-export CHECKPOINT --onnx DIR)")
+    p.add_argument("--preview", nargs="?", const="", default=None, metavar="PATH",
+                   help="also write a low-resolution preview PNG (default path: OUT stem + .preview.png)")
+    p.add_argument("--preview-size", type=positive, default=1024, help="preview's longer side (default 1024)")
+    p.add_argument("--compression", default=None,
+                   help="PNG: zlib level 0-9 (default 6); TIFF: zstd, zlib or none, optionally :level")
+    p.add_argument("--threads", type=positive, default=None, help="CPU threads for torch (default: all)")
+    p.add_argument("--stats-json", default=None, metavar="PATH",
+                   help="also write the summary figures as JSON (for scripts and benchmarks)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    fusion = p.add_argument_group("style fusion and 360-degree panoramas")
+    fusion.add_argument("--styles", type=seeds, default=None, metavar="SEED,SEED,...",
+                        help="one style (z_g) per seed, blended across the image; --seed still sets the "
+                             "local content")
+    fusion.add_argument("--style-centers", type=centers, default=None, metavar="X,Y:X,Y:...",
+                        help="where each style sits, as fractions of the window (0,0 = top-left, 1,1 = "
+                             "bottom-right; values outside 0..1 are allowed) (default: spread evenly across "
+                             "the width at mid-height)")
+    fusion.add_argument("--style-map", default=None, metavar="PNG",
+                        help="instead of centres: an image whose distinct colours (numbered in order of first "
+                             "appearance, top-left first) say where each style goes, stretched to the window")
+    fusion.add_argument("--style-blur", type=blur, default=None, metavar="K",
+                        help="width of the box blur between styles, in output pixels (default 127)")
+    fusion.add_argument("--wrap", action="store_true",
+                        help="cyclic panorama: the canvas repeats horizontally every --width pixels, so the "
+                             "right edge continues into the left (width: a multiple of 16)")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> RenderRequest:
+    """igan-render's command line as a checked RenderRequest (argparse exits with a message
+    on bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return RenderRequest(**vars(args)).validate()
+    except ValueError as e:
+        parser.error(str(e))
+
+
+def main(argv: list[str] | None = None) -> int:
+    with command("igan-render"):
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    request = parse_args(argv)
+    from ..pipeline import run  # loads torch and the model: after the options are checked
+
+    try:
+        stats = run(request)
+    except KeyboardInterrupt:
+        print("igan-render: interrupted; no output file was written", file=sys.stderr)
+        return 130
+    except (IganError, ValueError, OSError, RuntimeError) as e:
+        print(f"igan-render: error: {e}", file=sys.stderr)
+        return 1
+    if stats is not None:
+        preview = request.preview_path
+        print(f"igan-render: {stats.summary()} -> {request.out}" + (f" (preview {preview})" if preview else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The render pipeline: a RenderRequest -> planner -> executor -> tile store -> sink.
+
+`run(request)` is what igan-render, the Python API (`igan.Model.render_to_file`), the C++ API
+and the applications (outpainting, inbetweening) all call; `plan_request` is the canvas and
+the tiles of a request, shared with the in-memory renders so they compute the same pixels.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from . import executor, planner, sources
+from .apps.fusion import spec_from_options
+from .errors import RequestError, option
+from .request import RenderRequest
+from .runner import PRECISIONS
+from .sources import RUNNERS
+from .store import write_atomic
+
+
+def default_budget(device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.6)
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return min(total // 4, 1 << 30)
+
+
+def run(request: RenderRequest, model=None):
+    """Carry out `request` (with `model` if given: the Python and C++ APIs pass the one they
+    hold). The outputs are checked first, then the tiles are rendered (by this process, one
+    worker per device, or this torchrun rank) into the work directory and the output.
+    Returns the RenderStats, or None when there is nothing to report (another torchrun
+    rank's share, or an output that was already finished)."""
+    request.validate()
+    request.check_outputs()
+    if request.threads:
+        torch.set_num_threads(request.threads)
+    dist = executor.distributed_env()
+    devices = _devices(request, dist)
+    source = request.model if request.backend == "onnx" else request.checkpoint
+    model = sources.load(source, request.config) if model is None else model
+    runner = RUNNERS[request.backend](model, devices[0], request.precision)  # fails early: backend/device/precision
+    spec, plan = plan_request(request, model.config, runner.device)
+    job = executor.Job(source, request.config, request.seed, plan.window, (plan.tile_height, plan.tile_width),
+                       request.batch, request.backend, request.precision, spec)
+    common = dict(resume=request.resume, restart=request.restart, keep_work=request.keep_work,
+                  progress=not request.quiet,
+                  sink_args=dict(preview=request.preview_path, preview_size=request.preview_size,
+                                 compression=request.compression))
+    out = Path(request.out)
+    if dist is not None:
+        stats = executor.run_torchrun(job, model, devices[0], out, **common)
+    elif len(devices) > 1:
+        threads = max(1, (os.cpu_count() or 1) // len(devices)) if devices[0] == "cpu" else None
+        stats = executor.run_processes(job, model, devices, out, threads_per_worker=threads, **common)
+    else:
+        stats = executor.run_local(job, model, devices[0], out, **common)
+    if stats is not None and request.stats_json:  # atomic: a kill never leaves a truncated file
+        write_atomic(Path(request.stats_json),
+                     json.dumps(dataclasses.asdict(stats) | {"mp_per_s": stats.mp_per_s, "out": request.out}, indent=1))
+    return stats
+
+
+def plan_request(request: RenderRequest, cfg, device):
+    """(fusion.FieldSpec or None, planner.Plan) of `request` on `device`: its canvas and its
+    tiles, which every entry point (files, the in-memory API, the C++ API) shares, so they
+    all compute the same pixels."""
+    window = planner.Window(request.x0, request.top, request.width, request.height)
+    budget = request.memory_budget or default_budget(device)
+    spec = request.field if request.field is not None else _field_spec(request, window, cfg)
+    if spec is not None and spec.spatial:
+        budget //= 2  # the spatial-style path holds a style tensor as large as each layer's input
+    plan = planner.plan(cfg, window, tile=request.tile, batch=request.batch, memory_budget=budget,
+                        itemsize=PRECISIONS[request.precision].itemsize)
+    return spec, plan
+
+
+def _field_spec(request: RenderRequest, window, cfg):
+    """fusion.FieldSpec of --styles/--style-*/--wrap, or None for the plain canvas."""
+    if not request.fused:
+        return None
+    return spec_from_options(cfg, window, request.seed, styles=request.styles, centers=request.style_centers,
+                             style_map=request.style_map, blur=request.style_blur, wrap=request.wrap)
+
+
+def _devices(args: RenderRequest, dist) -> list[str]:
+    """The device of each worker (one entry: a single process)."""
+    if dist is not None:
+        rank, world, local = dist
+        if args.gpus or args.workers:
+            raise RequestError(f"under torchrun each rank is one worker: drop {option('gpus')}/{option('workers')}")
+        if args.device == "auto":  # each rank on its own: its local GPU, else the CPU
+            return [f"cuda:{local}" if torch.cuda.is_available() else "cpu"]
+        return [f"cuda:{local}" if args.device == "cuda" else args.device]
+    if args.gpus:
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if have < args.gpus:
+            raise RequestError(f"{option('gpus')} {args.gpus} asked for {args.gpus} GPUs but this machine has {have}")
+        return [f"cuda:{i}" for i in range(args.gpus)]
+    if args.workers:
+        if args.device != "cpu":
+            raise RequestError(f"{option('workers')} is for CPU processes: add {option('device')} cpu (got "
+                               f"{option('device')} {args.device}); "
+                             f"use {option('gpus')} N for GPUs")
+        return ["cpu"] * args.workers
+    return [args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")]
+

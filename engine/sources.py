@@ -1,0 +1,46 @@
+"""What a render runs: the model, from the source a user names (nothing, an igan
+.safetensors model, an official checkpoint, packed weights, an ONNX export folder), and the
+runner of each backend (torch, triton, onnx).
+
+It sits above igan.engine.checkpoint (the file formats), igan.engine.embedded (the default
+model) and igan.engine.runner (the torch and triton runners), and is the one place in the
+engine that reaches into igan.export for what that package writes and runs.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from igan.export.onnx_runner import OnnxRunner, load_export
+from igan.export.packed import load_packed
+
+from .checkpoint import CheckpointError, load_igan, load_official
+from .config import from_name
+from .embedded import embedded_model
+from .errors import option
+from .model import Generator
+from .runner import TorchRunner, TritonRunner
+
+RUNNERS = {"torch": TorchRunner, "triton": TritonRunner, "onnx": OnnxRunner}
+
+
+def load(path: str | os.PathLike | None = None, config: str | None = None) -> Generator:
+    """Any checkpoint igan reads: None -> the embedded default model; `.safetensors` -> ours;
+    `.packed` -> packed weights (igan.export.packed); a directory -> an ONNX export (an
+    igan.export.onnx_runner.OnnxModel, for the onnx backend only); anything else -> an
+    official torch checkpoint (`config` names its preset if needed)."""
+    if path is None:
+        return embedded_model()
+    path = Path(path)
+    if path.is_dir():  # an ONNX export (igan-export --onnx DIR), rendered by the onnx backend
+        return load_export(path, None if config is None else from_name(config))
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist" if not path.exists()
+                              else f"checkpoint {str(path)!r} is not a file")
+    if path.suffix == ".packed":  # weights packed for the fused kernels (igan-export --packed FILE)
+        return load_packed(path, config)
+    if path.suffix == ".safetensors":
+        if config is not None:
+            raise CheckpointError(f"{option('config')} is for official checkpoints; igan models carry their config")
+        return load_igan(path)
+    return load_official(path, config)
