@@ -1,8 +1,19 @@
 """The latent field of the infinite canvas: every random value is a pure function of
 (seed, what, position), computed per window with a counter-based generator.
 
-Normal values come from a 32-bit hash chain over (seed, stream, channel, row, column)
-followed by a Box-Muller transform whose log and cosine are evaluated with fixed
+Two generators draw the normal values, selected by name (`LatentField(..., rng=...)`, see
+LATENT_RNGS; each has a version string, LATENT_RNG_VERSIONS, to record with an output):
+
+- "v1" (`hash_normal`, "igan-hash-v1"): a 32-bit hash chain over (seed, stream, channel,
+  row, column). Its column index is XORed into one 32-bit row hash, so (channel, row) pairs
+  whose row hashes differ only in the low 4 bits repeat each other's values, permuted within
+  16-column blocks; kept, bit for bit, for the outputs already made with it.
+- "philox" (`philox_normal`, "philox4x32-10/v1"): Philox4x32-10 (Random123; the generator
+  of CUDA's curand and JAX) keyed by the seed, with (column, row, channel, stream) as the
+  128-bit counter: one counter per value, and for one seed distinct counters give distinct
+  outputs (the block function is a bijection for a fixed key).
+
+Both end in a Box-Muller transform whose log and cosine are evaluated with fixed
 polynomials in float32 (+, *, / only, correctly rounded in IEEE 754, and a sqrt corrected
 to be correctly rounded), so the bits are the same on CPU and GPU, for any window, in any
 order and with any number of threads. All integer arithmetic
@@ -49,9 +60,13 @@ def _mix32(x):
     return x ^ (x >> 15)
 
 
-def _key(seed: int, stream: int) -> int:
+def _check_seed(seed) -> None:
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
         raise ValueError(f"seed must be an integer in [0, 2^63), got {seed!r}")
+
+
+def _key(seed: int, stream: int) -> int:
+    _check_seed(seed)
     h = _mix32(_SALT ^ (seed & MASK32))
     h = _mix32(h ^ (seed >> 32))
     return _mix32(h ^ stream)
@@ -121,7 +136,8 @@ _CHUNK_DEFAULT = 1 << 24
 
 def hash_normal(seed: int, stream: int, channels: torch.Tensor, rows: torch.Tensor,
                 cols: torch.Tensor) -> torch.Tensor:
-    """N(0, 1) float32 values [C, R, W] at int64 indices channels [C] x rows [R] x cols [W].
+    """N(0, 1) float32 values [C, R, W] at int64 indices channels [C] x rows [R] x cols [W]:
+    the "v1" generator ("igan-hash-v1"; unchanged, see the module docstring for its flaw).
 
     Rows and columns may be negative (|index| < 2^31); the value at an index never
     depends on the other indices asked for at the same time.
@@ -141,6 +157,146 @@ def hash_normal(seed: int, stream: int, channels: torch.Tensor, rows: torch.Tens
         _mix32_(h.bitwise_xor_(_OUT2), tmp)
         out[a:a + step] = radius * _cos_turn(h)
     return out.reshape(c, r, w)
+
+
+# ---- Philox4x32-10 -----------------------------------------------------------------------------
+PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57  # round multipliers (Random123 PHILOX_M4x32_0/1)
+PHILOX_W0, PHILOX_W1 = 0x9E3779B9, 0xBB67AE85  # key schedule increments (PHILOX_W32_0/1)
+PHILOX_ROUNDS = 10
+
+
+def _mulhilo(a, m: int):
+    """(hi, lo) 32-bit halves of a * m for 0 <= a, m < 2^32, in int64 without overflow: m is
+    split into 16-bit halves, so the partial products stay below 2^48 and their sum below 2^49."""
+    x = a * (m & 0xFFFF)
+    t = a * (m >> 16) + (x >> 16)  # a * m = t * 2^16 + (x & 0xFFFF)
+    return t >> 16, ((t & 0xFFFF) << 16) | (x & 0xFFFF)
+
+
+def _philox_round(c0, c1, c2, c3, k0: int, k1: int):
+    hi0, lo0 = _mulhilo(c0, PHILOX_M0)
+    hi1, lo1 = _mulhilo(c2, PHILOX_M1)
+    return hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+
+
+def philox4x32_10(c0, c1, c2, c3, k0: int, k1: int):
+    """The Philox4x32-10 block function of Random123 (philox4x32_R with R = 10), words in
+    Random123's order: counter (c0, c1, c2, c3), key (k0, k1), result (w0, w1, w2, w3).
+
+    Counter words are int64 tensors (broadcast against each other) or Python ints in
+    [0, 2^32); key words are Python ints in [0, 2^32). Exact integer arithmetic only, so the
+    result is the same on every device. Round i (0-based) uses the key (k0 + i W0, k1 + i W1)
+    mod 2^32."""
+    for k in (k0, k1):
+        if not 0 <= k <= MASK32:
+            raise ValueError(f"Philox key words must be in [0, 2^32), got {k!r}")
+    c = (c0, c1, c2, c3)
+    for i in range(PHILOX_ROUNDS):
+        c = _philox_round(*c, (k0 + i * PHILOX_W0) & MASK32, (k1 + i * PHILOX_W1) & MASK32)
+    return c
+
+
+def _mulhilo_(a: torch.Tensor, m: int, lo: torch.Tensor, tmp: torch.Tensor) -> None:
+    """In-place _mulhilo: a <- hi(a * m), lo <- lo(a * m) (tmp: scratch; all of a's shape)."""
+    torch.mul(a, m & 0xFFFF, out=lo)
+    a.mul_(m >> 16).add_(torch.bitwise_right_shift(lo, 16, out=tmp))
+    lo.bitwise_and_(0xFFFF).bitwise_or_(torch.bitwise_and(a, 0xFFFF, out=tmp).bitwise_left_shift_(16))
+    a.bitwise_right_shift_(16)
+
+
+def _philox_w01(c0, c1, c2, c3, k0: int, k1: int):
+    """Words w0, w1 of philox4x32_10 for counters c0 [1, W], c1, c2 [S, 1], c3 (an int).
+
+    The first two rounds run out of place, on the broadcast shapes (round 0 only on vectors);
+    they leave c0 and c2 full [S, W] new tensors, and the remaining rounds update those in
+    place, recycling the two words each round frees; the last round's second multiply (for
+    w2, w3) is skipped. The same integer operations as philox4x32_10, so the same bits."""
+    def key(i):
+        return (k0 + i * PHILOX_W0) & MASK32, (k1 + i * PHILOX_W1) & MASK32
+
+    c = (c0, c1, c2, c3)
+    for i in range(2):
+        c = _philox_round(*c, *key(i))
+    c0, c1, c2, c3 = c
+    tmp = torch.empty_like(c0)
+    spare = None
+    for i in range(2, PHILOX_ROUNDS - 1):
+        lo0, lo1 = spare or (torch.empty_like(c0), torch.empty_like(c0))
+        ki0, ki1 = key(i)
+        _mulhilo_(c0, PHILOX_M0, lo0, tmp)
+        _mulhilo_(c2, PHILOX_M1, lo1, tmp)
+        c2.bitwise_xor_(c1).bitwise_xor_(ki0)
+        c0.bitwise_xor_(c3).bitwise_xor_(ki1)
+        # the words this round freed: from round 3 on, full lo buffers of the round before
+        spare = (c1, c3) if i > 2 else None
+        c0, c1, c2, c3 = c2, lo1, c0, lo0
+    lo1 = spare[0]
+    _mulhilo_(c2, PHILOX_M1, lo1, tmp)
+    return c2.bitwise_xor_(c1).bitwise_xor_(key(PHILOX_ROUNDS - 1)[0]), lo1
+
+
+def philox_key(seed: int) -> tuple[int, int]:
+    """The Philox key of a seed: its 64 bits, low word first (k0 = seed mod 2^32,
+    k1 = seed >> 32); distinct seeds, distinct keys."""
+    _check_seed(seed)
+    return seed & MASK32, seed >> 32
+
+
+def _box_muller(w0: torch.Tensor, w1: torch.Tensor) -> torch.Tensor:
+    """sqrt(-2 log u) cos(2 pi w1 / 2^32) with u = (floor(w0 / 2^8) + 1) / 2^24 in (0, 1],
+    float32, from the exact helpers (the transform of hash_normal)."""
+    u = ((w0 >> 8) + 1).to(torch.float32).mul_(2.0**-24)
+    return _sqrt_exact(_log_unit(u).mul_(-2.0)).mul_(_cos_turn(w1))
+
+
+def philox_normal(seed: int, stream: int, channels: torch.Tensor, rows: torch.Tensor,
+                  cols: torch.Tensor) -> torch.Tensor:
+    """N(0, 1) float32 values [C, R, W] at int64 indices channels [C] x rows [R] x cols [W]:
+    the "philox" generator, version "philox4x32-10/v1".
+
+    The value at (seed, stream, channel, row, col) is, exactly:
+
+        key     = (seed mod 2^32, seed >> 32)                       (seed in [0, 2^63))
+        counter = (col mod 2^32, row mod 2^32, channel, stream)     (words c0, c1, c2, c3)
+        w0, w1, w2, w3 = Philox4x32-10(counter, key)                (Random123 word order)
+        u       = (floor(w0 / 2^8) + 1) / 2^24                      (in (0, 1], exact in float32)
+        value   = sqrt(-2 log u) * cos(2 pi w1 / 2^32)              (float32: _box_muller)
+
+    Rows and columns may be negative (|index| < 2^31; taken mod 2^32, two's complement),
+    channels are in [0, 2^32), stream in [0, 2^32); w2 and w3 are unused (reserved). The
+    value at an index never depends on the other indices asked for at the same time, on the
+    device, on chunking or on threads. Changing any of this is a new version.
+    """
+    k0, k1 = philox_key(seed)
+    if not isinstance(stream, int) or not 0 <= stream <= MASK32:
+        raise ValueError(f"stream must be an integer in [0, 2^32), got {stream!r}")
+    c, r, w = channels.numel(), rows.numel(), cols.numel()
+    if c and not (0 <= int(channels.min()) and int(channels.max()) <= MASK32):
+        raise ValueError("channels must be in [0, 2^32)")
+    ch = channels.reshape(c, 1).expand(c, r).reshape(c * r, 1)
+    rw = (rows.reshape(1, r) & MASK32).expand(c, r).reshape(c * r, 1)
+    cols = cols.reshape(1, w) & MASK32
+    out = torch.empty(c * r, w, dtype=torch.float32, device=channels.device)
+    step = max(1, _CHUNK.get(channels.device.type, _CHUNK_DEFAULT) // max(1, w))
+    for a in range(0, c * r, step):
+        # [1, W] and [rows, 1] words broadcast: the first two rounds run partly on vectors
+        w0, w1 = _philox_w01(cols, rw[a:a + step], ch[a:a + step], stream, k0, k1)
+        out[a:a + step] = _box_muller(w0, w1)
+    return out.reshape(c, r, w)
+
+
+# ---- generator registry ------------------------------------------------------------------------
+LATENT_RNGS = {"v1": hash_normal, "philox": philox_normal}
+LATENT_RNG_VERSIONS = {"v1": "igan-hash-v1", "philox": "philox4x32-10/v1"}
+DEFAULT_LATENT_RNG = "v1"
+
+
+def latent_rng(name: str):
+    """The normal generator called `name` (a key of LATENT_RNGS)."""
+    try:
+        return LATENT_RNGS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown latent generator {name!r}; choose one of {sorted(LATENT_RNGS)}") from None
 
 
 def _arange(start: int, n: int, device) -> torch.Tensor:
@@ -226,11 +382,15 @@ class Field:
 class LatentField(Field):
     """The seeded infinite canvas. `horizon` is the canvas pixel row where the vertical
     coordinate is 0 (a property of the canvas, so separately rendered windows join).
-    `period` (pixels, a multiple of 2^U) makes the canvas cyclic horizontally."""
+    `period` (pixels, a multiple of 2^U) makes the canvas cyclic horizontally. `rng` names
+    the generator of every value (a key of LATENT_RNGS; `rng_version` is what to record)."""
+
+    rng = "v1"  # pickles made before the attribute existed drew with v1
 
     def __init__(self, config: GeneratorConfig, seed: int, *, horizon: float = 0.0, style_index: int = 0,
-                 period: int | None = None):
-        _key(seed, 0)  # validates the seed
+                 period: int | None = None, rng: str = DEFAULT_LATENT_RNG):
+        _check_seed(seed)
+        latent_rng(rng)  # validates the name
         if period is not None and (not isinstance(period, int) or isinstance(period, bool) or period < 1
                                    or period % config.upscale):
             raise ValueError(f"period must be a positive multiple of {config.upscale} pixels (one z_l cell) "
@@ -240,6 +400,14 @@ class LatentField(Field):
         self.horizon = float(horizon)
         self.style_index = style_index
         self.period = period
+        self.rng = rng
+
+    @property
+    def rng_version(self) -> str:
+        return LATENT_RNG_VERSIONS[self.rng]
+
+    def _normal(self, stream, channels, rows, cols):
+        return LATENT_RNGS[self.rng](self.seed, stream, channels, rows, cols)
 
     def _cols(self, c0: int, n_w: int, step: int, device) -> torch.Tensor:
         """Column indices of a grid with `step` cells per z_l cell, modulo its period."""
@@ -253,17 +421,17 @@ class LatentField(Field):
 
     def global_latent(self) -> torch.Tensor:
         d = self.config.global_latent_dim
-        return hash_normal(self.seed, STREAM_GLOBAL, _arange(0, d, "cpu"),
-                           _arange(self.style_index, 1, "cpu"), _arange(0, 1, "cpu")).reshape(d)
+        return self._normal(STREAM_GLOBAL, _arange(0, d, "cpu"),
+                            _arange(self.style_index, 1, "cpu"), _arange(0, 1, "cpu")).reshape(d)
 
     def local_latent(self, r0, c0, n_h, n_w, device="cpu"):
         c = _arange(0, self.config.local_latent_dim, device)
-        return hash_normal(self.seed, STREAM_LOCAL, c, _arange(r0, n_h, device), self._cols(c0, n_w, 1, device))
+        return self._normal(STREAM_LOCAL, c, _arange(r0, n_h, device), self._cols(c0, n_w, 1, device))
 
     def noise(self, layer, r0, c0, n_h, n_w, device="cpu"):
         step = layer_steps(self.config)[layer]
-        return hash_normal(self.seed, STREAM_NOISE + layer, _arange(0, 1, device), _arange(r0, n_h, device),
-                           self._cols(c0, n_w, step, device))
+        return self._normal(STREAM_NOISE + layer, _arange(0, 1, device), _arange(r0, n_h, device),
+                            self._cols(c0, n_w, step, device))
 
     def coords(self, r0, c0, n_h, n_w, device="cpu"):
         period = None if self.period is None else self.period // self.config.upscale
