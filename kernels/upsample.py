@@ -14,10 +14,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from igan.engine.ops import upsample_linear
+from igan.engine.ops import EPS, LRELU_SLOPE, SQRT2, upsample_linear
 
 from . import use_triton
-from .conv import DEMOD_EPS, SLOPE, SQRT2, conv_triton, pack_weight
+from .conv import conv_triton, pack_weight
 
 _FLIP = [2, 0]
 _PHASE_TAPS = [(1, 1), (1, 2), (2, 1), (2, 2)]  # (rows, cols) of the four phase kernels, phase_weights order
@@ -35,7 +35,7 @@ def demod_map(style: torch.Tensor, wsq: torch.Tensor) -> torch.Tensor:
     """Per-pixel demodulation on the input grid: rsqrt(sum_c s_c^2 wsq[c, o] + eps), [N, O, H, W]."""
     ct = torch.promote_types(style.dtype, torch.float32)
     # a 1x1 conv, not an einsum: its bits must not depend on the batch size (determinism.py)
-    return torch.rsqrt(F.conv2d(style.to(ct) ** 2, wsq.to(ct).t()[:, :, None, None]) + DEMOD_EPS)
+    return torch.rsqrt(F.conv2d(style.to(ct) ** 2, wsq.to(ct).t()[:, :, None, None]) + EPS)
 
 
 def upconv_ref(x, weight, *, style=None, wsq=None, noise=None, noise_strength=0.0, bias=None, act=True,
@@ -55,7 +55,7 @@ def upconv_ref(x, weight, *, style=None, wsq=None, noise=None, noise_strength=0.
     if bias is not None:
         y = y + bias.to(ct).view(1, -1, 1, 1)
     if act:
-        y = F.leaky_relu(y, SLOPE) * SQRT2
+        y = F.leaky_relu(y, LRELU_SLOPE) * SQRT2
     return y.to(out_dtype or x.dtype)
 
 
@@ -66,18 +66,40 @@ except ImportError:
     triton = None
 
 if triton is not None:
+    from .conv import leaky_relu_gain
 
     @triton.jit
     def _blur_epilogue_kernel(
-        p_ptr, spn, spc, sph, spw,
-        d_ptr, sdn, sdc, sdh, sdw,
-        n_ptr, snn, snh, snw, strength,
-        b_ptr,
-        y_ptr, syn, syc, syh, syw,
+        # pre: the interleaved transposed-conv output [N, C, OH + 2, OW + 2] (the four phase
+        # convs' buffer), any strides
+        pre_ptr, pre_stride_n, pre_stride_c, pre_stride_h, pre_stride_w,
+        # demod: the demodulation map on pre's grid [N, C, OH + 2, OW + 2] (HAS_D), any strides
+        demod_ptr, demod_stride_n, demod_stride_c, demod_stride_h, demod_stride_w,
+        # noise: [N, 1, OH, OW] (HAS_NOISE), strides of dims 0, 2, 3; times noise_strength
+        noise_ptr, noise_stride_n, noise_stride_h, noise_stride_w, noise_strength,
+        # bias: [C] contiguous (HAS_BIAS)
+        bias_ptr,
+        # y: the output [N, C, OH, OW], any strides
+        y_ptr, y_stride_n, y_stride_c, y_stride_h, y_stride_w,
+        # sizes: TOTAL = N * C * OH * OW elements, channels, output size
         TOTAL, C, OH, OW,
+        # what to compute (see the docstring), and the elements per program
         HAS_D: tl.constexpr, HAS_NOISE: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
+        """BLOCK output elements of the upsampling layer's epilogue (upconv_ref after the
+        transposed conv): y = act(blur3x3(pre * demod) + noise_strength * noise + bias), the
+        blur the separable [1, 2, 1] / 4 kernel over a valid 3x3 window (a plain sum of nine
+        weighted taps, in float32), then the cast to y's dtype. Elements are numbered flat over
+        (n, oh, ow, c), channels fastest, to match channels-last storage.
+
+        Constexprs:
+        HAS_D: multiply each tap of pre by the demodulation map (spatially varying styles).
+        HAS_NOISE: add noise_strength * noise[n, 0, oh, ow].
+        HAS_BIAS: add bias[c].
+        ACT: leaky ReLU times sqrt(2) (conv.leaky_relu_gain).
+        BLOCK: elements per program (a power of two).
+        """
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         ok = offs < TOTAL
         # flat index over (n, oh, ow, c): channels fastest, matching channels-last storage
@@ -86,25 +108,29 @@ if triton is not None:
         ow = pix % OW
         oh = (pix // OW) % OH
         n = pix // (OW * OH)
-        base = n * spn + c * spc
-        dbase = n * sdn + c * sdc
+        base = n * pre_stride_n + c * pre_stride_c
+        dbase = n * demod_stride_n + c * demod_stride_c
         acc = tl.zeros((BLOCK,), dtype=tl.float32)
         for dy in tl.static_range(3):
             rows = tl.zeros((BLOCK,), dtype=tl.float32)
             for dx in tl.static_range(3):
-                v = tl.load(p_ptr + base + (oh + dy) * sph + (ow + dx) * spw, mask=ok, other=0.0).to(tl.float32)
+                v = tl.load(pre_ptr + base + (oh + dy) * pre_stride_h + (ow + dx) * pre_stride_w,
+                            mask=ok, other=0.0).to(tl.float32)
                 if HAS_D:
-                    v = v * tl.load(d_ptr + dbase + (oh + dy) * sdh + (ow + dx) * sdw, mask=ok, other=0.0)
+                    v = v * tl.load(demod_ptr + dbase + (oh + dy) * demod_stride_h + (ow + dx) * demod_stride_w,
+                                    mask=ok, other=0.0)
                 rows += v * (2.0 if dx == 1 else 1.0)
             acc += rows * (2.0 if dy == 1 else 1.0)
         acc = acc * 0.25
         if HAS_NOISE:
-            acc += strength * tl.load(n_ptr + n * snn + oh * snh + ow * snw, mask=ok, other=0.0).to(tl.float32)
+            acc += noise_strength * tl.load(noise_ptr + n * noise_stride_n + oh * noise_stride_h + ow * noise_stride_w,
+                                            mask=ok, other=0.0).to(tl.float32)
         if HAS_BIAS:
-            acc += tl.load(b_ptr + c, mask=ok, other=0.0).to(tl.float32)
+            acc += tl.load(bias_ptr + c, mask=ok, other=0.0).to(tl.float32)
         if ACT:
-            acc = tl.where(acc >= 0.0, acc, acc * 0.2) * 1.4142135623730951
-        tl.store(y_ptr + n * syn + c * syc + oh * syh + ow * syw, acc.to(y_ptr.dtype.element_ty), mask=ok)
+            acc = leaky_relu_gain(acc)
+        tl.store(y_ptr + n * y_stride_n + c * y_stride_c + oh * y_stride_h + ow * y_stride_w,
+                 acc.to(y_ptr.dtype.element_ty), mask=ok)
 
 
 def upconv_triton(x, weight, *, style=None, wsq=None, noise=None, noise_strength=0.0, bias=None, act=True,
@@ -137,7 +163,7 @@ def upconv_triton(x, weight, *, style=None, wsq=None, noise=None, noise_strength
         raise ValueError(f"out has shape {tuple(out.shape)}, expected {(n, cout, oh, ow)}")
     total = out.numel()
     dummy = pre
-    _blur_epilogue_kernel[(triton.cdiv(total, block),)](
+    _blur_epilogue_kernel[(triton.cdiv(total, block),)](  # positional, in the kernel's groups
         pre, *pre.stride(),
         d if d is not None else dummy, *(d.stride() if d is not None else (0, 0, 0, 0)),
         noise if noise is not None else dummy,
