@@ -27,7 +27,7 @@ def build_dir():
     path = build_native.build(build_native.BUILD_DIR)
     import importlib
 
-    importlib.import_module("igan.engine._native")
+    importlib.import_module("igan.engine.native._native")
     if native.active() is None and native.UNAVAILABLE_REASON:  # imported before this build
         importlib.reload(native)
     assert native.active() is not None, native.UNAVAILABLE_REASON
@@ -36,7 +36,7 @@ def build_dir():
 
 @pytest.fixture(scope="module")
 def ext(build_dir):
-    import igan.engine._native as ext
+    import igan.engine.native._native as ext
 
     return ext
 

@@ -9,6 +9,7 @@ The directory is written under a temporary name and renamed into place when comp
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import logging
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from igan.engine.errors import BackendError
 from igan.engine.latent import LatentField
 from igan.engine.model import Generator
 from igan.engine.provenance import igan_version, sha256_file
@@ -29,6 +31,20 @@ FORMAT = "igan-onnx"
 FORMAT_VERSION = "1"
 MANIFEST = "manifest.json"
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+# onnx, onnxscript and onnxruntime come with igan's "onnx" extra ("gpu": the GPU build of
+# onnxruntime), not with the core install: imported when used, through require().
+ONNX_EXTRA = 'pip install "igan[onnx]" (or "igan[gpu]" for the GPU build of onnxruntime)'
+
+
+def require(module: str, needed_by: str):
+    """Import `module` of the onnx extra; BackendError naming the extra when it is missing."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise BackendError(f"{needed_by} needs {module}, which is not installed ({e}): install igan's onnx extra: "
+                           f"{ONNX_EXTRA}") from e
 
 
 def graph_names(config) -> list[str]:
@@ -82,7 +98,8 @@ def _quiet():
 
 def export_graph(module, args, input_names, dynamic_shapes, output_names, metadata: dict[str, str]):
     """One graph -> a checked onnx.ModelProto with `metadata` in its metadata_props."""
-    import onnx
+    onnx = require("onnx", "igan-export --onnx")
+    require("onnxscript", "igan-export --onnx")  # torch.onnx's dynamo exporter
 
     module = module.eval().requires_grad_(False)
     with _quiet():
@@ -100,7 +117,8 @@ def export_graph(module, args, input_names, dynamic_shapes, output_names, metada
 def export_onnx(model: Generator, out_dir: str | os.PathLike, source_hash: str,
                 precisions: tuple[str, ...] = ("fp32", "fp16"), progress=None) -> Path:
     """Write the export directory `out_dir` (which must not exist) atomically."""
-    import onnx
+    onnx = require("onnx", "igan-export --onnx")
+    require("onnxscript", "igan-export --onnx")  # before anything is written
 
     out = Path(out_dir)
     if out.exists():

@@ -25,7 +25,7 @@ from igan.engine.latent import Field
 from igan.engine.provenance import sha256_file
 from igan.engine.runner import Batch, gather_inputs
 
-from .onnx_export import FORMAT, FORMAT_VERSION, MANIFEST, graph_names
+from .onnx_export import FORMAT, FORMAT_VERSION, MANIFEST, graph_names, require
 
 log = logging.getLogger(__name__)
 _NP = {"fp32": np.float32, "fp16": np.float16}
@@ -58,7 +58,7 @@ def load_export(root: str | Path, expect_config: GeneratorConfig | None = None) 
     """Read and check an export directory: manifest present and of our format version,
     every graph present with its recorded sha256, and every graph's own metadata naming
     the manifest's config (and `expect_config`'s architecture, when given)."""
-    import onnx
+    onnx = require("onnx", "the onnx backend")
 
     root = Path(root)
     if not root.is_dir():
@@ -132,7 +132,7 @@ def choose_providers(device: str | None, available: list[str]) -> list[str]:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if str(device) != "auto":
         log.warning(f"the onnx backend runs on CPU: device {device!r} needs the GPU build of onnxruntime "
-                    f"(pip uninstall -y onnxruntime && pip install onnxruntime-gpu) and a CUDA GPU; "
+                    f"(pip uninstall -y onnxruntime && pip install 'igan[gpu]') and a CUDA GPU; "
                     f"available providers: {', '.join(available)}")
     return ["CPUExecutionProvider"]
 
@@ -149,7 +149,7 @@ class OnnxRunner:
     name = "onnx"
 
     def __init__(self, model: OnnxModel, device="auto", precision: str = "fp32"):
-        import onnxruntime as ort
+        ort = require("onnxruntime", "the onnx backend")
 
         if not isinstance(model, OnnxModel):
             raise ValueError(f"the onnx backend renders an ONNX export: pass {option('model')} DIR "

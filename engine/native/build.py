@@ -1,6 +1,8 @@
 """Build the C++ side (engine/native/cpp) with CMake: the extension igan.engine.native._native, the C++
 API library and the example programs, into build/cpp/ (ignored by git; rebuilt
 incrementally). `./run` calls it after installing; a failure leaves the Python paths in use.
+It needs a source checkout. `pip install` builds the extension alone (setup.py: the same
+sources, flags and module name; in an editable install both write engine/native/_native*.so).
 
     python -m igan.engine.native.build [--build-dir DIR] [--quiet]
 """
@@ -23,6 +25,8 @@ class BuildUnavailable(RuntimeError):
 
 def missing_tools() -> str | None:
     """Why the C++ side cannot be built here, or None."""
+    if not (SOURCE / "CMakeLists.txt").is_file():
+        return f"the C++ sources are not here ({SOURCE}): build from a source checkout of igan"
     if shutil.which("cmake") is None:
         return "cmake is not installed"
     if not (os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")):
