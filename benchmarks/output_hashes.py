@@ -6,6 +6,9 @@ a decision, never an accident:
     python benchmarks/output_hashes.py --write benchmarks/results/output-hashes.json   # before
     python benchmarks/output_hashes.py --check benchmarks/results/output-hashes.json   # after
 
+`--latent-rng v1` adds that option to every command that draws the canvas: the hashes of
+igan before 0.2 (benchmarks/results/output-hashes-v1.json), which it must still reproduce.
+
 Each case runs the real console command in a fresh folder (only the igan package and the
 interpreter are taken from this environment). Zarr outputs are hashed by their decoded values
 (chunk bytes may differ in compression framing) and inversion records by their tensors and
@@ -33,6 +36,8 @@ CASES = {
     "readme-default-sample": (RENDER + ["--width", "1024", "--height", "256", "--seed", "1", "--out", "{d}/s.png"],
                               "s.png"),
     "tiff-pyramid": (RENDER + ["--width", "1500", "--height", "700", "--seed", "7", "--out", "{d}/p.tif"], "p.tif"),
+    "tiff-zstd": (RENDER + ["--width", "1500", "--height", "700", "--seed", "7", "--compression", "zstd",
+                            "--out", "{d}/p.tif"], "p.tif"),
     "zarr": (RENDER + ["--width", "640", "--height", "300", "--seed", "2", "--out", "{d}/z.zarr"], "z.zarr"),
     "preview": (RENDER + ["--width", "2000", "--height", "256", "--seed", "4", "--preview", "{d}/pv.png",
                           "--out", "{d}/pv-main.png"], "pv.png"),
@@ -77,10 +82,15 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _prepare(root: Path) -> None:
+def _with(cmd: list[str], extra: list[str]) -> list[str]:
+    """`extra` options added to a command that draws the canvas (igan-invert does not)."""
+    return cmd if "invert_main" in cmd else cmd + extra
+
+
+def _prepare(root: Path, extra: list[str]) -> None:
     """The inversion target (a crop the model can draw) and the record the apps start from."""
-    subprocess.run(RENDER + ["--width", "96", "--height", "64", "--seed", "9", "--out", str(root / "target.png")],
-                   check=True, capture_output=True)
+    subprocess.run(RENDER + extra + ["--width", "96", "--height", "64", "--seed", "9", "--out",
+                                     str(root / "target.png")], check=True, capture_output=True)
     case = root / "rec"
     case.mkdir()
     cmd, name = CASES["invert-record"]
@@ -88,17 +98,17 @@ def _prepare(root: Path) -> None:
     (root / "rec.safetensors").write_bytes((case / name).read_bytes())
 
 
-def compute(names: list[str]) -> dict[str, str]:
-    out = {}
+def compute(names: list[str], extra: list[str] = ()) -> dict[str, str]:
+    out, extra = {}, list(extra)
     with tempfile.TemporaryDirectory(prefix="igan-hashes-") as tmp:
         root = Path(tmp)
-        _prepare(root)
+        _prepare(root, extra)
         for name in names:
             cmd, file = CASES[name]
             case = root / name
             case.mkdir()
             start = time.perf_counter()
-            done = subprocess.run([c.format(d=case) for c in cmd], capture_output=True, text=True)
+            done = subprocess.run([c.format(d=case) for c in _with(cmd, extra)], capture_output=True, text=True)
             if done.returncode != 0:
                 raise SystemExit(f"{name}: exit {done.returncode}: {done.stderr.strip()[-2000:]}")
             out[name] = _digest(case / file)
@@ -112,12 +122,13 @@ def main(argv=None) -> int:
     g.add_argument("--write", metavar="JSON", help="record the hashes in JSON")
     g.add_argument("--check", metavar="JSON", help="compare with the hashes recorded in JSON (exit 1 on a change)")
     p.add_argument("--only", default=None, help="comma-separated case names (default: all)")
+    p.add_argument("--latent-rng", default=None, help="add --latent-rng to every command that draws the canvas")
     args = p.parse_args(argv)
     names = args.only.split(",") if args.only else list(CASES)
     unknown = [n for n in names if n not in CASES]
     if unknown:
         p.error(f"unknown cases {unknown}; known: {', '.join(CASES)}")
-    got = compute(names)
+    got = compute(names, ["--latent-rng", args.latent_rng] if args.latent_rng else [])
     if args.write:
         Path(args.write).write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
         print(f"wrote {len(got)} hashes to {args.write}")

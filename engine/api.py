@@ -70,9 +70,10 @@ class Model:
         (styles, style_centers, style_map, style_blur, wrap, tile, batch, memory_budget)."""
         request = self._request(width=width, height=height, seed=seed, x0=x0, y0=y0, **options)
         spec, plan = pipeline.plan_request(request, self.config, self.device)
-        field = spec.build(self.config, seed) if spec is not None else _plain_field(self.config, seed)
+        field = (spec.build(self.config, seed, request.latent_rng) if spec is not None
+                 else LatentField(self.config, seed, rng=request.latent_rng))
         out = np.empty((height, width, 3), np.uint8)
-        for t, img in Renderer(self._runner).pixels(field, plan, request.batch):
+        for t, img in Renderer(self._runner, request.quantize).pixels(field, plan, request.batch):
             out[t.y:t.y + t.height, t.x:t.x + t.width] = img
         return out if array else Image.fromarray(out, "RGB")
 
@@ -84,10 +85,6 @@ class Model:
         Returns the RenderStats (None if `out` was already a finished render)."""
         request = self._request(out=str(out), width=width, height=height, seed=seed, x0=x0, y0=y0, **options)
         return pipeline.run(request, model=self.generator)
-
-
-def _plain_field(cfg, seed):
-    return LatentField(cfg, seed)
 
 
 def load(path: str | Path | None = None, *, config: str | None = None, device: str = "auto",

@@ -28,7 +28,7 @@ from . import planner, sinks, sources
 from .embedded import DEFAULT_WEIGHTS
 from .errors import option
 from .latent import LatentField
-from .provenance import sha256_file
+from .provenance import DEFAULT_LATENT_RNG, LATENT_RNG_VERSIONS, sha256_file
 from .renderer import RenderStats, Renderer, peak_rss_bytes
 from .sources import RUNNERS
 from .store import (FINISHED, MARKER, STORE_VERSION, Lease, StoreError, TileStore, is_work_dir, sweep_stale,
@@ -52,6 +52,8 @@ class Job:
     backend: str
     precision: str
     field: object = None  # fusion.FieldSpec (style fusion, cyclic canvas); None: the plain canvas
+    latent_rng: str = DEFAULT_LATENT_RNG  # the generator of the canvas's random values
+    quantize: str = "round"  # float -> uint8 (runner.QUANTIZE)
 
     def request(self, model) -> dict:
         """What a resume must match (the model by content, not by path)."""
@@ -64,15 +66,17 @@ class Job:
         return extra | {"model": identity, "config": model.config.to_json(), "seed": self.seed,
                 "window": dataclasses.asdict(self.window), "width": self.window.width, "height": self.window.height,
                 "tile_height": self.tile[0], "tile_width": self.tile[1], "precision": self.precision,
-                "backend": self.backend}
+                "backend": self.backend, "latent_rng": LATENT_RNG_VERSIONS[self.latent_rng],
+                "quantize": self.quantize}
 
 
 def build(job: Job, device, model=None):
     """(renderer, field, plan) of a job on `device`."""
     model = model or sources.load(job.checkpoint, job.config)
-    renderer = Renderer(RUNNERS[job.backend](model, device, job.precision))
+    renderer = Renderer(RUNNERS[job.backend](model, device, job.precision), job.quantize)
     plan = planner.plan(model.config, job.window, tile=job.tile, batch=job.batch)
-    field = LatentField(model.config, job.seed) if job.field is None else job.field.build(model.config, job.seed)
+    field = (LatentField(model.config, job.seed, rng=job.latent_rng) if job.field is None
+             else job.field.build(model.config, job.seed, job.latent_rng))
     return renderer, field, plan
 
 

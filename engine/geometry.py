@@ -65,6 +65,14 @@ def latent_window(cfg: GeneratorConfig, start: int, length: int) -> tuple[int, i
     return c0, n_ts + 2 * cfg.ss_halo, offset
 
 
+def pixel_extent(cfg: GeneratorConfig, c0: int, n: int) -> tuple[int, int] | None:
+    """The longest pixel range (start, length) whose z_l window (latent_window) lies inside
+    cells [c0, c0 + n): it starts on cell c0's first pixel and has 2^U (n - 2 halo - 5) + 5
+    pixels; None when n cells render no pixel."""
+    length = cfg.upscale * (n - 2 * cfg.ss_halo - 5) + 5
+    return (c0 * cfg.upscale, length) if length >= 1 else None
+
+
 def pixel_to_cell(cfg: GeneratorConfig, p: float) -> float:
     """The z_l cell (fractional) a canvas pixel is centred on: (p - 2)/2^U + 2 + halo."""
     return (p - 2) / cfg.upscale + 2 + cfg.ss_halo
@@ -142,6 +150,6 @@ def check_positive(name: str, value: int) -> int:
 
 __all__ = [
     "LayerShape", "activation_bytes", "cell_to_pixel", "check_positive", "divup", "forward_flops",
-    "latent_window", "layer_shapes", "layer_steps", "min_latent_size", "output_size", "pixel_to_cell",
+    "latent_window", "layer_shapes", "layer_steps", "min_latent_size", "output_size", "pixel_extent", "pixel_to_cell",
     "ss_sizes", "ts_input_sizes", "ts_sizes",
 ]

@@ -36,7 +36,9 @@ import math
 import torch
 
 from .config import GeneratorConfig
-from .geometry import layer_steps, ts_sizes
+from .errors import RequestError
+from .geometry import latent_window, layer_steps, pixel_extent, ts_sizes
+from .provenance import DEFAULT_LATENT_RNG, LATENT_RNG_VERSIONS
 
 MASK32 = 0xFFFFFFFF
 STREAM_GLOBAL = 1
@@ -286,9 +288,7 @@ def philox_normal(seed: int, stream: int, channels: torch.Tensor, rows: torch.Te
 
 
 # ---- generator registry ------------------------------------------------------------------------
-LATENT_RNGS = {"v1": hash_normal, "philox": philox_normal}
-LATENT_RNG_VERSIONS = {"v1": "igan-hash-v1", "philox": "philox4x32-10/v1"}
-DEFAULT_LATENT_RNG = "v1"
+LATENT_RNGS = {"v1": hash_normal, "philox": philox_normal}  # versions: provenance.LATENT_RNG_VERSIONS
 
 
 def latent_rng(name: str):
@@ -365,6 +365,10 @@ class Field:
 
     def coords(self, r0: int, c0: int, n_h: int, n_w: int, device) -> torch.Tensor:
         raise NotImplementedError
+
+    def check_window(self, x0: int, y0: int, width: int, height: int) -> None:
+        """Refuse a pixel window this field cannot give every input of (RequestError); the
+        seeded canvases are infinite, so only fields of given tensors refuse."""
 
     def window(self, r0: int, c0: int, n_h: int, n_w: int, device="cpu"):
         """Inputs of the z_l window [r0, r0+n_h) x [c0, c0+n_w): (z_l [C, n_h, n_w],
@@ -466,15 +470,69 @@ class TensorField(Field):
     def styles(self):
         return self._styles
 
+    # ---- the extent of the given tensors --------------------------------------------------------
+    def _needs(self, x0: int, y0: int, width: int, height: int):
+        """(name, tensor, rows, cols, origin) of every tensor a pixel window reads, with the
+        [start, stop) ranges it reads (the one-shot latent window: exactly the receptive field)."""
+        cfg = self.config
+        r0, n_h, _ = latent_window(cfg, y0, height)
+        c0, n_w, _ = latent_window(cfg, x0, width)
+        out = [("local_latent", self._z_l, (r0, r0 + n_h), (c0, c0 + n_w), self.origin)]
+        if self._coords is not None:
+            out.append(("coords", self._coords, (r0, r0 + n_h), (c0, c0 + n_w), self.origin))
+        halo = cfg.ss_halo
+        hs, ws = ts_sizes(cfg, n_h - 2 * halo), ts_sizes(cfg, n_w - 2 * halo)
+        for i, (step, h, w) in enumerate(zip(layer_steps(cfg), hs, ws)):
+            out.append((f"noise {i}", self._noises[i], (step * r0, step * r0 + h), (step * c0, step * c0 + w),
+                        (step * self.origin[0], step * self.origin[1])))
+        return out
+
+    def _outside(self, x0, y0, width, height) -> list[str]:
+        bad = []
+        for name, t, rows, cols, origin in self._needs(x0, y0, width, height):
+            have_r, have_c = (origin[0], origin[0] + t.shape[-2]), (origin[1], origin[1] + t.shape[-1])
+            if rows[0] < have_r[0] or rows[1] > have_r[1] or cols[0] < have_c[0] or cols[1] > have_c[1]:
+                bad.append(f"{name} rows [{rows[0]}, {rows[1]}) cols [{cols[0]}, {cols[1]}) (given: rows "
+                           f"[{have_r[0]}, {have_r[1]}) cols [{have_c[0]}, {have_c[1]}))")
+        return bad
+
+    def extent(self) -> tuple[int, int, int, int] | None:
+        """The largest pixel window (x0, y0, width, height) whose every input lies inside the
+        given tensors (z_l decides; noise and coordinate maps of the official sizes cover the
+        same window), or None if they render no pixel."""
+        rows = pixel_extent(self.config, self.origin[0], self._z_l.shape[-2])
+        cols = pixel_extent(self.config, self.origin[1], self._z_l.shape[-1])
+        if rows is None or cols is None:
+            return None
+        (y0, h), (x0, w) = rows, cols
+        while h > 0 and w > 0 and self._outside(x0, y0, w, h):  # noise maps smaller than z_l's extent
+            h, w = h - 1, w - 1
+        return (x0, y0, w, h) if h > 0 and w > 0 else None
+
+    def check_window(self, x0: int, y0: int, width: int, height: int) -> None:
+        bad = self._outside(x0, y0, width, height)
+        if bad:
+            largest = self.extent()
+            hint = ("they render no pixel" if largest is None else
+                    "the largest window they render is x0={}, y0={}, width={}, height={}".format(*largest))
+            raise RequestError(f"the window x0={x0}, y0={y0}, width={width}, height={height} reads latents outside "
+                               f"the given tensors: {'; '.join(bad)}; {hint}")
+
     @staticmethod
     def _slice(t, name, r0, c0, n_h, n_w, origin):
+        """t's [r0, r0 + n_h) x [c0, c0 + n_w), zero where it lies outside t. A tile is computed
+        at the plan's one shape, so an edge tile may read past the given tensors; those values
+        reach only pixels outside the window (check_window has refused any window whose own
+        receptive field leaves the tensors) and are cropped away."""
         r, c = r0 - origin[0], c0 - origin[1]
-        if r < 0 or c < 0 or r + n_h > t.shape[-2] or c + n_w > t.shape[-1]:
-            raise ValueError(
-                f"{name} window rows [{r0}, {r0 + n_h}) cols [{c0}, {c0 + n_w}) is outside the given "
-                f"tensor, which covers rows [{origin[0]}, {origin[0] + t.shape[-2]}) cols "
-                f"[{origin[1]}, {origin[1] + t.shape[-1]})")
-        return t[..., r:r + n_h, c:c + n_w]
+        if 0 <= r and 0 <= c and r + n_h <= t.shape[-2] and c + n_w <= t.shape[-1]:
+            return t[..., r:r + n_h, c:c + n_w]
+        out = t.new_zeros(t.shape[:-2] + (n_h, n_w))
+        rs, re = max(r, 0), min(r + n_h, t.shape[-2])
+        cs, ce = max(c, 0), min(c + n_w, t.shape[-1])
+        if rs < re and cs < ce:
+            out[..., rs - r:re - r, cs - c:ce - c] = t[..., rs:re, cs:ce]
+        return out
 
     def local_latent(self, r0, c0, n_h, n_w, device="cpu"):
         return self._slice(self._z_l, "local_latent", r0, c0, n_h, n_w, self.origin).to(device)

@@ -47,7 +47,8 @@ def run(request: RenderRequest, model=None):
     runner = RUNNERS[request.backend](model, devices[0], request.precision)  # fails early: backend/device/precision
     spec, plan = plan_request(request, model.config, runner.device)
     job = executor.Job(source, request.config, request.seed, plan.window, (plan.tile_height, plan.tile_width),
-                       request.batch, request.backend, request.precision, spec)
+                       request.batch, request.backend, request.precision, spec, request.latent_rng,
+                       request.quantize)
     common = dict(resume=request.resume, restart=request.restart, keep_work=request.keep_work,
                   progress=not request.quiet,
                   sink_args=dict(preview=request.preview_path, preview_size=request.preview_size,

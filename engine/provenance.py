@@ -8,6 +8,14 @@ from __future__ import annotations
 import hashlib
 import os
 
+# The generators of the canvas's random values (igan.engine.latent.LATENT_RNGS), by name, and the
+# version recorded with a render: the bytes of an image depend on it.
+LATENT_RNG_VERSIONS = {"philox": "philox4x32-10/v1", "v1": "igan-hash-v1"}
+DEFAULT_LATENT_RNG = "philox"  # since igan 0.2; "v1" reproduces images made before
+# How float pixels in [-1, 1] become bytes: "round" (round half up, igan's default) or
+# "official" (the official code's PNGs: matplotlib's truncation of (x + 1) / 2 * 255).
+QUANTIZERS = ("round", "official")
+
 
 def igan_version() -> str:
     """The installed igan version ("unknown" when run from an uninstalled tree)."""

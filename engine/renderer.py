@@ -16,9 +16,10 @@ import torch
 from tqdm import tqdm
 
 from . import native
+from .errors import RequestError, option
 from .latent import Field
 from .planner import Plan, Tile
-from .runner import TorchRunner, to_uint8
+from .runner import QUANTIZE, TorchRunner
 
 
 def peak_rss_bytes() -> int:
@@ -70,14 +71,21 @@ _BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} tiles [{elapsed}<{
 class Renderer:
     """Renders windows of a field's canvas with one runner."""
 
-    def __init__(self, runner: TorchRunner):
+    def __init__(self, runner: TorchRunner, quantize: str = "round"):
+        """`quantize`: how float pixels become bytes (runner.QUANTIZE: "round", or "official"
+        for the official code's PNG bytes)."""
+        if quantize not in QUANTIZE:
+            raise RequestError(f"{option('quantize')} must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
         self.runner = runner
+        self.quantize = quantize
 
     def batches(self, field: Field, plan: Plan, batch: int = 1, groups=None) -> Iterator[tuple[list[Tile], torch.Tensor]]:
         """Yield (tiles, float32 RGB [n, 3, H, W] on the runner's device): the plan's tiles in
         row-major batches, or the given iterable of tile groups."""
         if field.config.architecture() != self.runner.config.architecture():
             raise ValueError("the field and the model have different configs")
+        w = plan.window
+        field.check_window(w.x0, w.y0, w.width, w.height)
         prepared = self.runner.prepare(field)
         if groups is None:
             todo = list(plan.tiles)
@@ -116,7 +124,10 @@ class Renderer:
                     yield from ready(*pending)
                 pending = None
                 continue
-            u8 = native.to_uint8_nhwc(rgb)  # [n, H, W, 3]; C++ on the CPU when built
+            if self.quantize == "round":
+                u8 = native.to_uint8_nhwc(rgb)  # [n, H, W, 3]; C++ on the CPU when built
+            else:
+                u8 = QUANTIZE[self.quantize](rgb).permute(0, 2, 3, 1)
             if u8.device.type == "cuda":
                 host = torch.empty(u8.shape, dtype=torch.uint8, pin_memory=True)
                 host.copy_(u8, non_blocking=True)
@@ -136,7 +147,7 @@ class Renderer:
         w = plan.window
         out = np.empty((w.height, w.width, 3), np.uint8 if uint8 else np.float32)
         for t, img in self.tiles(field, plan, batch):
-            img = to_uint8(img) if uint8 else img
+            img = QUANTIZE[self.quantize](img) if uint8 else img
             out[t.y:t.y + t.height, t.x:t.x + t.width] = img.permute(1, 2, 0).numpy()
         return out
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RequestError, option
+from .provenance import DEFAULT_LATENT_RNG, LATENT_RNG_VERSIONS, QUANTIZERS
 
 FORMATS = (".png", ".tif", ".tiff", ".zarr")
 TILE_ALIGN = 16
@@ -38,6 +39,8 @@ class RenderRequest:
     style_map: str | None = None
     style_blur: int | None = None
     wrap: bool = False
+    latent_rng: str = DEFAULT_LATENT_RNG  # the canvas's random values: "philox", or "v1" (igan before 0.2)
+    quantize: str = "round"  # float -> uint8: "round", or "official" (the official code's PNG bytes)
     field: object = None  # an application's canvas (apps.AppSpec), instead of styles/wrap
     # how it is computed
     tile: int | None = None
@@ -109,6 +112,11 @@ class RenderRequest:
             raise RequestError(f"{option('precision')} must be fp32, fp16 or bf16, got {self.precision!r}")
         if self.backend not in ("torch", "triton", "onnx"):
             raise RequestError(f"{option('backend')} must be torch, triton or onnx, got {self.backend!r}")
+        if self.latent_rng not in LATENT_RNG_VERSIONS:
+            raise RequestError(f"{option('latent_rng')} must be one of {', '.join(LATENT_RNG_VERSIONS)}, "
+                               f"got {self.latent_rng!r}")
+        if self.quantize not in QUANTIZERS:
+            raise RequestError(f"{option('quantize')} must be one of {', '.join(QUANTIZERS)}, got {self.quantize!r}")
         if self.resume and self.restart:
             raise RequestError(f"{option('resume')} and {option('restart')} exclude each other")
         if (self.backend == "onnx") != (self.model is not None):

@@ -531,19 +531,24 @@ def _zstd_available() -> bool:
 
 
 def _tiff_codec(value) -> tuple[str | None, dict | None]:
-    """'zstd', 'zstd:5', 'zlib', 'zlib:9', 'none' or None (zstd:3, else zlib:6) -> tifffile args."""
+    """'zlib', 'zlib:9', 'zstd', 'zstd:5', 'none' or None (zlib:6) -> tifffile args.
+
+    zlib (deflate) is the default: every TIFF reader decodes it (libvips, QuPath/Bio-Formats,
+    GIMP, OpenSeadragon's converters), whereas libvips builds without zstd read a zstd TIFF
+    as black without an error. zstd (smaller, faster) is there for readers known to take it."""
     if value is None:
-        value = "zstd" if _zstd_available() else "zlib"
+        value = "zlib"
     name, _, level = value.lower().partition(":") if isinstance(value, str) else ("", "", "")
     if name == "none" and not level:
         return None, None
     lo, hi, default = _TIFF_CODECS.get(name, (0, -1, 0))
     level = default if not level else int(level) if level.isdigit() else -1
-    if not lo <= level <= hi or (name == "zstd" and not _zstd_available()):
-        raise ValueError(f"TIFF compression ({option('compression')}) must be 'zstd' (needs imagecodecs), 'zlib' or "
-                         "'none', "
-                         f"optionally with a level as in 'zstd:5' (1-22) or 'zlib:9' (0-9), "
-                         f"got {value!r}")
+    if not lo <= level <= hi:
+        raise ValueError(f"TIFF compression ({option('compression')}) must be 'zlib', 'zstd' or 'none', "
+                         f"optionally with a level as in 'zlib:9' (0-9) or 'zstd:5' (1-22), got {value!r}")
+    if name == "zstd" and not _zstd_available():
+        raise ValueError(f"TIFF compression ({option('compression')}) {value!r} needs imagecodecs: "
+                         f"pip install \"igan[zstd]\" (or use zlib, the default)")
     return name, {"level": level}
 
 

@@ -160,7 +160,8 @@ def _run(cmd, cwd, **kw):
     ["--styles", "1,2,5", "--style-centers", "0.1,0.2:0.5,0.9:0.8,0.4", "--style-blur", "31"],
     ["--wrap"],
     ["--wrap", "--styles", "4,9"],
-], ids=["plain", "styles", "centres", "wrap", "wrap-styles"])
+    ["--latent-rng", "v1", "--quantize", "official"],
+], ids=["plain", "styles", "centres", "wrap", "wrap-styles", "v1-official"])
 @pytest.mark.slow
 def test_example_file_is_byte_identical_to_igan_render(build_dir, tmp_path, extra):
     """Every igan-render option reaches the file through the C++ API (style fusion and wrap
@@ -226,3 +227,17 @@ def test_igan_native_0_forces_the_python_paths(ext):
     res = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, IGAN_NATIVE="0"),
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and "fallback" in res.stdout, res.stderr
+
+
+def test_the_cpp_command_line_carries_every_igan_render_option():
+    """igan::CommandLine has a field for every igan-render option (or refuses it): a new option
+    must be added to igan.cpp and capi.CARRIED, never dropped silently."""
+    import dataclasses
+
+    from igan.engine.native import capi
+    from igan.engine.request import RenderRequest
+
+    fields = {f.name for f in dataclasses.fields(RenderRequest)} - {"field"}
+    assert fields == capi.CARRIED | set(capi._UNSUPPORTED)
+    options = capi.parse_command_line(["--latent-rng", "v1", "--quantize", "official"])
+    assert options["latent_rng"] == "v1" and options["quantize"] == "official"

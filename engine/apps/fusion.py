@@ -43,6 +43,7 @@ from ..config import GeneratorConfig
 from ..errors import option
 from ..geometry import layer_steps, ts_input_sizes, ts_sizes
 from ..latent import Field, LatentField
+from ..provenance import DEFAULT_LATENT_RNG
 
 
 # ---- styles -------------------------------------------------------------------------------------
@@ -58,10 +59,11 @@ class StyleSource:
         if (self.seed is None) == (self.z_g is None):
             raise ValueError("a StyleSource is either a seed or an explicit z_g, not both nor neither")
 
-    def latents(self, config: GeneratorConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(z_g [D], W / W+ or None) of this style."""
+    def latents(self, config: GeneratorConfig, rng: str = DEFAULT_LATENT_RNG
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(z_g [D], W / W+ or None) of this style (a seed's z_g drawn by generator `rng`)."""
         if self.seed is not None:
-            z = LatentField(config, self.seed).global_latent()
+            z = LatentField(config, self.seed, rng=rng).global_latent()
         else:
             z = self.z_g.reshape(-1)
         if z.numel() != config.global_latent_dim:
@@ -238,7 +240,7 @@ class FusedField(Field):
 
     def __init__(self, config: GeneratorConfig, styles, centers=None, blur: int = 1, seed: int = 0, *,
                  base: Field | None = None, label_map: LabelMap | None = None, horizon: float = 0.0,
-                 period: int | None = None):
+                 period: int | None = None, rng: str = DEFAULT_LATENT_RNG):
         sources = [as_source(s) for s in styles]
         if not sources:
             raise ValueError("style fusion needs at least one style")
@@ -250,8 +252,8 @@ class FusedField(Field):
             raise ValueError("the base field has a different config")
         self.config = config
         self.sources = sources
-        self.latents = [s.latents(config) for s in sources]
-        self.base = base if base is not None else LatentField(config, seed, horizon=horizon, period=period)
+        self.latents = [s.latents(config, rng) for s in sources]
+        self.base = base if base is not None else LatentField(config, seed, horizon=horizon, period=period, rng=rng)
         period = getattr(self.base, "period", period)
         self.assign = NearestCenters(centers, period) if label_map is None else label_map
         if len(self.assign) != len(sources):
@@ -261,6 +263,9 @@ class FusedField(Field):
         self._positions = layer_positions(config)
 
     # inputs other than the styles come from the base field
+    def check_window(self, x0: int, y0: int, width: int, height: int) -> None:
+        self.base.check_window(x0, y0, width, height)
+
     def global_latent(self):
         return self.latents[0][0]
 
@@ -319,12 +324,12 @@ class FieldSpec:
         """Renders on the spatial-style path (several styles blended)."""
         return bool(self.styles)
 
-    def build(self, config: GeneratorConfig, seed: int) -> Field:
+    def build(self, config: GeneratorConfig, seed: int, rng: str = DEFAULT_LATENT_RNG) -> Field:
         if not self.styles:
-            return LatentField(config, seed, period=self.period)
+            return LatentField(config, seed, period=self.period, rng=rng)
         centers = None if self.label_map is not None else list(self.centers)
         return FusedField(config, list(self.styles), centers, self.blur, seed, label_map=self.label_map,
-                          period=self.period)
+                          period=self.period, rng=rng)
 
     def identity(self) -> dict:
         """What a resumed render must match."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from ..errors import option
 from ..latent import Field, LatentField
 from ..planner import Window
+from ..provenance import DEFAULT_LATENT_RNG
 from .fusion import MAX_BLUR, FusedField, StyleSource
 from .paste import Paste, PastedField
 from .record import InversionRecord
@@ -32,7 +33,7 @@ class Request:
 
 
 def outpaint_request(record: InversionRecord, width: int, height: int, *, at: tuple[int, int] | None = None,
-                     seed: int = 0) -> Request:
+                     seed: int = 0, rng: str = DEFAULT_LATENT_RNG) -> Request:
     """Render `width` x `height` pixels with the record's image at output pixel `at` (its
     top-left; default: centred) and fresh latents from `seed` around it."""
     p = record.placement
@@ -45,7 +46,7 @@ def outpaint_request(record: InversionRecord, width: int, height: int, *, at: tu
     if not (0 <= x <= width - p.width and 0 <= y <= height - p.height):
         raise ValueError(f"the {p.width}x{p.height} image placed at {x},{y} does not fit in the {width}x{height} "
                          f"output (x must be in [0, {width - p.width}], y in [0, {height - p.height}])")
-    base = LatentField(record.config, seed, horizon=record.horizon)
+    base = LatentField(record.config, seed, horizon=record.horizon, rng=rng)
     return Request(PastedField(base, record), Window(p.x0 - x, p.y0 - y, width, height), [(x, y, p.width, p.height)])
 
 
@@ -71,7 +72,7 @@ def right_position(left: InversionRecord, right_width: int, right_height: int, g
 
 
 def inbetween_request(left: InversionRecord, right: InversionRecord, gap: int, *, seed: int = 0,
-                      fuse: bool = True, blur: int | None = None) -> Request:
+                      fuse: bool = True, blur: int | None = None, rng: str = DEFAULT_LATENT_RNG) -> Request:
     """Left record where it was inverted, the right one `gap` px (rounded up to whole z_l
     cells if it must be moved) to its right, fresh latents between.
 
@@ -90,7 +91,7 @@ def inbetween_request(left: InversionRecord, right: InversionRecord, gap: int, *
     note = "" if q.x0 == want_x else f"gap rounded up from {gap} to {q.x0 - lp.x0 - lp.width} px (whole latent cells)"
     x0, y0 = lp.x0, min(lp.y0, q.y0)
     x1, y1 = q.x0 + q.width, max(lp.y0 + lp.height, q.y0 + q.height)
-    field = PastedField(LatentField(cfg, seed, horizon=left.horizon), pastes, style_from=0)
+    field = PastedField(LatentField(cfg, seed, horizon=left.horizon, rng=rng), pastes, style_from=0)
     if not fuse:
         blur = None
     else:
@@ -149,15 +150,15 @@ class AppSpec:
         """Renders on the spatial-style path (two styles blended)."""
         return self.kind == "inbetween" and self.params[1]
 
-    def request(self, seed: int) -> Request:
+    def request(self, seed: int, rng: str = DEFAULT_LATENT_RNG) -> Request:
         if self.kind == "outpaint":
             width, height, at = self.params
-            return outpaint_request(self.records[0], width, height, at=at, seed=seed)
+            return outpaint_request(self.records[0], width, height, at=at, seed=seed, rng=rng)
         gap, fuse, blur = self.params
-        return inbetween_request(*self.records, gap, seed=seed, fuse=fuse, blur=blur)
+        return inbetween_request(*self.records, gap, seed=seed, fuse=fuse, blur=blur, rng=rng)
 
-    def build(self, config, seed: int) -> Field:
-        return self.request(seed).field
+    def build(self, config, seed: int, rng: str = DEFAULT_LATENT_RNG) -> Field:
+        return self.request(seed, rng).field
 
     def identity(self) -> dict:
         return {"app": self.kind, "params": json.loads(json.dumps(self.params)),

@@ -88,6 +88,9 @@ class PastedField(Field):
             raise AttributeError(name)
         return getattr(self.base, name)
 
+    def check_window(self, x0: int, y0: int, width: int, height: int) -> None:
+        self.base.check_window(x0, y0, width, height)
+
     def global_latent(self) -> torch.Tensor:
         if self.style_from is None:
             return self.base.global_latent()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
 from ..errors import RequestError
+from ..provenance import DEFAULT_LATENT_RNG, LATENT_RNG_VERSIONS, QUANTIZERS
 from . import command
 from .args import positive, size_bytes
 
@@ -173,7 +174,8 @@ def _render(args, model, spec, request) -> None:
         checkpoint=args.checkpoint, config=args.config, device=args.device, threads=args.threads,
         tile=args.tile, batch=args.batch, memory_budget=args.memory_budget, workers=args.workers,
         precision=args.precision, backend=args.backend, resume=args.resume, restart=args.restart,
-        keep_work=args.keep_work, preview=args.preview, compression=args.compression, quiet=args.quiet)
+        keep_work=args.keep_work, preview=args.preview, compression=args.compression, quiet=args.quiet,
+        latent_rng=args.latent_rng, quantize=args.quantize)
     stats = pipeline.run(render_request, model=model)
     if stats is not None:
         print(f"{args.prog}: {stats.summary()} -> {args.out}")
@@ -197,7 +199,12 @@ def _render_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preview", nargs="?", const="", default=None, metavar="PATH",
                    help="also write a low-resolution preview PNG (default path: OUT stem + .preview.png)")
     g.add_argument("--compression", default=None,
-                   help="PNG: zlib level 0-9 (default 6); TIFF: zstd, zlib or none, optionally :level")
+                   help="PNG: zlib level 0-9 (default 6); TIFF: zlib (default, read by every viewer), zstd or "
+                        "none, optionally :level")
+    g.add_argument("--latent-rng", default=DEFAULT_LATENT_RNG, choices=list(LATENT_RNG_VERSIONS),
+                   help="generator of the fresh latents: philox (default) or v1 (igan before 0.2)")
+    g.add_argument("--quantize", default="round", choices=list(QUANTIZERS),
+                   help="float to 8-bit: round (default) or official (the official code's truncation)")
 
 
 def _main(prog: str, parser, argv, run, sources, outputs) -> int:

@@ -10,6 +10,7 @@ import sys
 
 from ..embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
 from ..errors import IganError
+from ..provenance import DEFAULT_LATENT_RNG, LATENT_RNG_VERSIONS, QUANTIZERS
 from ..request import RenderRequest
 from . import command
 from .args import blur, centers, positive, seeds, size_bytes
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=positive, default=512, help="image height in pixels (default 512)")
     p.add_argument("--x0", type=int, default=0, help="canvas column of the left edge (default 0)")
     p.add_argument("--y0", type=int, default=None,
-                   help="canvas row of the top edge (default: -height//2, which centres the image on "
+                   help="canvas row of the top edge (default: -(height // 2), which centres the image on "
                         "the horizon, as the official code does)")
     p.add_argument("--seed", type=int, default=0, help="canvas seed (default 0)")
     p.add_argument("--out", default="igan.png",
@@ -60,11 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write a low-resolution preview PNG (default path: OUT stem + .preview.png)")
     p.add_argument("--preview-size", type=positive, default=1024, help="preview's longer side (default 1024)")
     p.add_argument("--compression", default=None,
-                   help="PNG: zlib level 0-9 (default 6); TIFF: zstd, zlib or none, optionally :level")
+                   help="PNG: zlib level 0-9 (default 6); TIFF: zlib (default, read by every viewer), zstd or "
+                        "none, optionally :level")
     p.add_argument("--threads", type=positive, default=None, help="CPU threads for torch (default: all)")
     p.add_argument("--stats-json", default=None, metavar="PATH",
                    help="also write the summary figures as JSON (for scripts and benchmarks)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    fidelity = p.add_argument_group("reproducing other images")
+    fidelity.add_argument("--latent-rng", default=DEFAULT_LATENT_RNG, choices=list(LATENT_RNG_VERSIONS),
+                          help="generator of the canvas's random values: philox (Philox4x32-10, the default since "
+                               "igan 0.2) or v1 (the hash of earlier versions: re-renders their images)")
+    fidelity.add_argument("--quantize", default="round", choices=list(QUANTIZERS),
+                          help="float to 8-bit: round (to the nearest level, default) or official (truncation, as "
+                               "the official code's matplotlib PNGs: the same bytes from the same latents)")
     fusion = p.add_argument_group("style fusion and 360-degree panoramas")
     fusion.add_argument("--styles", type=seeds, default=None, metavar="SEED,SEED,...",
                         help="one style (z_g) per seed, blended across the image; --seed still sets the "

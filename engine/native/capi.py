@@ -15,6 +15,7 @@ import torch
 
 from .. import pipeline, planner, sources
 from ..cli import render as cli
+from ..errors import RequestError
 from ..latent import LatentField
 from ..renderer import Renderer
 from ..request import RenderRequest
@@ -23,6 +24,13 @@ from ..sources import RUNNERS
 
 # igan-render options the C++ API has no field for: one model, one process.
 _UNSUPPORTED = ("gpus", "workers")
+# The RenderRequest fields igan::CommandLine carries (igan.cpp's parse_command_line reads them).
+CARRIED = frozenset({
+    "checkpoint", "config", "device", "precision", "backend", "threads", "model",  # igan::ModelOptions
+    "x0", "y0", "width", "height", "seed",  # igan::Window and the seed
+    "out", "tile", "batch", "memory_budget", "compression", "preview", "preview_size", "resume", "restart",
+    "keep_work", "quiet", "stats_json", "styles", "style_centers", "style_map", "style_blur", "wrap",
+    "latent_rng", "quantize"})  # igan::FileOptions
 
 
 class Session:
@@ -62,6 +70,10 @@ def parse_command_line(argv: list[str]) -> dict:
     request = cli.parse_args(argv)
     for name in _UNSUPPORTED:
         if getattr(request, name):
-            raise ValueError(f"--{name} is not available through the C++ API (one model in one process); "
-                             f"use igan-render for it")
-    return dataclasses.asdict(request.replace(y0=request.top))
+            raise RequestError(f"--{name} is not available through the C++ API (one model in one process); "
+                               f"use igan-render for it")
+    options = dataclasses.asdict(request.replace(y0=request.top))
+    dropped = sorted(set(options) - CARRIED - set(_UNSUPPORTED) - {"field"})
+    if dropped:  # a new igan-render option igan::CommandLine has no field for yet: never drop it silently
+        raise RequestError(f"the C++ API does not carry igan-render option(s) {', '.join(dropped)} yet")
+    return options

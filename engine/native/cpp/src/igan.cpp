@@ -152,6 +152,8 @@ CommandLine parse_command_line(const std::vector<std::string>& args) {
     f.style_map = str("style_map");
     f.style_blur = num("style_blur");
     f.wrap = a["wrap"].cast<bool>();
+    f.latent_rng = str("latent_rng");
+    f.quantize = str("quantize");
     return cl;
   });
 }
@@ -242,6 +244,8 @@ void Model::render_to_file(const Window& w, std::int64_t seed, const FileOptions
     if (!f.style_map.empty()) o["style_map"] = f.style_map;
     if (f.style_blur) o["style_blur"] = f.style_blur;
     o["wrap"] = f.wrap;
+    if (!f.latent_rng.empty()) o["latent_rng"] = f.latent_rng;
+    if (!f.quantize.empty()) o["quantize"] = f.quantize;
     impl_->session.attr("render_file")(o);
     return 0;
   });

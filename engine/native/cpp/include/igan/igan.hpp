@@ -92,6 +92,9 @@ struct FileOptions {
   std::string style_map;                                 // PNG whose colours place the styles
   std::int64_t style_blur = 0;                           // 0 = igan-render's default
   bool wrap = false;                                     // cyclic panorama, period = the width
+  // reproducing other images (igan-render's --latent-rng, --quantize)
+  std::string latent_rng;  // "" = the default ("philox"); "v1": the generator of igan before 0.2
+  std::string quantize;    // "" = "round"; "official": the official code's PNG bytes (truncation)
 };
 
 // igan-render's command line, parsed by igan-render's own parser.
