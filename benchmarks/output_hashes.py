@@ -6,8 +6,9 @@ a decision, never an accident:
     python benchmarks/output_hashes.py --write benchmarks/results/output-hashes.json   # before
     python benchmarks/output_hashes.py --check benchmarks/results/output-hashes.json   # after
 
-`--latent-rng v1` adds that option to every command that draws the canvas: the hashes of
-igan before 0.2 (benchmarks/results/output-hashes-v1.json), which it must still reproduce.
+`--extra-args "--latent-rng v1 --no-metadata"` adds those options to every command that draws
+the canvas: then the hashes are those of igan 0.1 (benchmarks/results/output-hashes-v1.json),
+which igan must still reproduce (0.1's TIFF default, zstd, is the case tiff-zstd).
 
 Each case runs the real console command in a fresh folder (only the igan package and the
 interpreter are taken from this environment). Zarr outputs are hashed by their decoded values
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -122,13 +124,14 @@ def main(argv=None) -> int:
     g.add_argument("--write", metavar="JSON", help="record the hashes in JSON")
     g.add_argument("--check", metavar="JSON", help="compare with the hashes recorded in JSON (exit 1 on a change)")
     p.add_argument("--only", default=None, help="comma-separated case names (default: all)")
-    p.add_argument("--latent-rng", default=None, help="add --latent-rng to every command that draws the canvas")
+    p.add_argument("--extra-args", default="", metavar="ARGS",
+                   help="options added to every command that draws the canvas, e.g. '--latent-rng v1 --no-metadata'")
     args = p.parse_args(argv)
     names = args.only.split(",") if args.only else list(CASES)
     unknown = [n for n in names if n not in CASES]
     if unknown:
         p.error(f"unknown cases {unknown}; known: {', '.join(CASES)}")
-    got = compute(names, ["--latent-rng", args.latent_rng] if args.latent_rng else [])
+    got = compute(names, shlex.split(args.extra_args))
     if args.write:
         Path(args.write).write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
         print(f"wrote {len(got)} hashes to {args.write}")

@@ -73,7 +73,7 @@ class Model:
         field = (spec.build(self.config, seed, request.latent_rng) if spec is not None
                  else LatentField(self.config, seed, rng=request.latent_rng))
         out = np.empty((height, width, 3), np.uint8)
-        for t, img in Renderer(self._runner, request.quantize).pixels(field, plan, request.batch):
+        for t, img in Renderer(self._runner, request.quantize, request.trunc).pixels(field, plan, request.batch):
             out[t.y:t.y + t.height, t.x:t.x + t.width] = img
         return out if array else Image.fromarray(out, "RGB")
 

@@ -13,6 +13,7 @@ render killed at any point resumes from the manifest and produces the same bytes
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import sys
@@ -54,26 +55,41 @@ class Job:
     field: object = None  # fusion.FieldSpec (style fusion, cyclic canvas); None: the plain canvas
     latent_rng: str = DEFAULT_LATENT_RNG  # the generator of the canvas's random values
     quantize: str = "round"  # float -> uint8 (runner.QUANTIZE)
+    trunc: float = 1.0  # truncation of the styles
+    random_weights: bool = False  # config's preset with init_deterministic weights (no checkpoint)
 
     def request(self, model) -> dict:
         """What a resume must match (the model by content, not by path)."""
-        if self.checkpoint is None:
-            identity = "embedded:" + sha256_file(DEFAULT_WEIGHTS)
+        if self.random_weights:
+            identity = f"random:{self.config}:{sources.RANDOM_WEIGHTS_SEED}"
+        elif self.checkpoint is None:
+            identity = "embedded:" + _digest(DEFAULT_WEIGHTS)
         else:
-            identity = sha256_file(Path(self.checkpoint) / "manifest.json" if os.path.isdir(self.checkpoint)
-                                   else self.checkpoint)
+            identity = _digest(Path(self.checkpoint) / "manifest.json" if os.path.isdir(self.checkpoint)
+                               else self.checkpoint)
         extra = {} if self.field is None else {"field": self.field.identity()}
         return extra | {"model": identity, "config": model.config.to_json(), "seed": self.seed,
                 "window": dataclasses.asdict(self.window), "width": self.window.width, "height": self.window.height,
                 "tile_height": self.tile[0], "tile_width": self.tile[1], "precision": self.precision,
                 "backend": self.backend, "latent_rng": LATENT_RNG_VERSIONS[self.latent_rng],
-                "quantize": self.quantize}
+                "quantize": self.quantize, "trunc": self.trunc}
+
+
+def _digest(path) -> str:
+    """sha256 of a model file, computed once per file version (a checkpoint can be GBs)."""
+    st = os.stat(path)
+    return _cached_digest(os.path.realpath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_digest(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
 
 
 def build(job: Job, device, model=None):
     """(renderer, field, plan) of a job on `device`."""
-    model = model or sources.load(job.checkpoint, job.config)
-    renderer = Renderer(RUNNERS[job.backend](model, device, job.precision), job.quantize)
+    model = model or sources.load(job.checkpoint, job.config, random_weights=job.random_weights)
+    renderer = Renderer(RUNNERS[job.backend](model, device, job.precision), job.quantize, job.trunc)
     plan = planner.plan(model.config, job.window, tile=job.tile, batch=job.batch)
     field = (LatentField(model.config, job.seed, rng=job.latent_rng) if job.field is None
              else job.field.build(model.config, job.seed, job.latent_rng))

@@ -13,6 +13,7 @@ per-tile work `synthesize()` then runs plain valid convolutions on those weights
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -23,6 +24,9 @@ from torch import nn
 from . import determinism, ops, walk  # determinism: MKL's reproducible mode before torch computes
 from .config import GeneratorConfig
 from .latent import official_coords
+
+W_AVG_SAMPLES = 10_000  # z samples of the mean style (truncation)
+W_AVG_SEED = 0
 
 
 class PixelNorm(nn.Module):
@@ -347,14 +351,29 @@ class Generator(nn.Module):
         """z_g [B, D] -> w [B, D]."""
         return self.texture_synthesizer.mapping(z_global)
 
-    def prepare(self, z_global: torch.Tensor, styles: torch.Tensor | None = None) -> Prepared:
+    def w_avg(self) -> torch.Tensor:
+        """The mean style, for truncation: mapping(z) averaged over W_AVG_SAMPLES fixed z
+        (torch's CPU generator seeded W_AVG_SEED), computed once on a float32 CPU copy of the
+        mapping, so it is the same on every device. Official checkpoints carry no average;
+        StyleGAN's running w_avg is an estimate of the same mean."""
+        cached = self.__dict__.get("_w_avg")
+        if cached is None:
+            z = torch.randn(W_AVG_SAMPLES, self.config.global_latent_dim,
+                            generator=torch.Generator().manual_seed(W_AVG_SEED))
+            mapping = copy.deepcopy(self.texture_synthesizer.mapping).float().cpu()
+            with torch.no_grad():
+                cached = mapping(z).mean(0)
+            self.__dict__["_w_avg"] = cached
+        return cached
+
+    def prepare(self, z_global: torch.Tensor, styles: torch.Tensor | None = None, trunc: float = 1.0) -> Prepared:
         """Fold one image's styles into the weights.
 
         z_global: [D] or [1, D], the raw z_g (the SS is conditioned on it directly).
         styles: optional W ([D] / [1, D]) or W+ ([n_latent, D] / [1, n_latent, D]) for the TS;
-        by default w = mapping(z_g) in every slot.
+        by default w = mapping(z_g) in every slot, truncated towards w_avg() by `trunc` (1: none).
         """
-        z, slots = self._style_slots(z_global, styles)
+        z, slots = self._style_slots(z_global, styles, trunc)
         cfg = self.config
         ts = self.texture_synthesizer
         ss = [] if self.structure_synthesizer is None else [
@@ -363,14 +382,19 @@ class Generator(nn.Module):
         rgbs = [rgb.conv.fold(slots[cfg.torgb_slot(k)][None])[0] for k, rgb in enumerate(ts.to_rgbs)]
         return Prepared(ss, convs, rgbs)
 
-    def _style_slots(self, z_global: torch.Tensor, styles: torch.Tensor | None):
-        """(z [1, D], the TS style of every slot [n_latent, D])."""
+    def _style_slots(self, z_global: torch.Tensor, styles: torch.Tensor | None, trunc: float = 1.0):
+        """(z [1, D], the TS style of every slot [n_latent, D]). Truncation applies to
+        mapping(z_g) only: explicit styles (inversion records) are used as given, and the
+        structure synthesizer keeps the raw z_g it is conditioned on."""
         cfg = self.config
         z = z_global.reshape(1, -1)
         if z.shape[1] != cfg.global_latent_dim:
             raise ValueError(f"z_global has {z.shape[1]} values, the model expects {cfg.global_latent_dim}")
         if styles is None:
-            slots = self.mapping(z).expand(cfg.n_latent, -1)
+            w = self.mapping(z)
+            if trunc != 1.0:
+                w = torch.lerp(self.w_avg().to(w), w, float(trunc))  # w_avg + trunc (w - w_avg)
+            slots = w.expand(cfg.n_latent, -1)
         else:
             slots = styles.reshape(-1, cfg.global_latent_dim)
             if slots.shape[0] == 1:
@@ -379,14 +403,15 @@ class Generator(nn.Module):
                 raise ValueError(f"styles must be [D] or [{cfg.n_latent}, D], got {tuple(styles.shape)}")
         return z, slots
 
-    def prepare_spatial(self, latents: list[tuple[torch.Tensor, torch.Tensor | None]]) -> SpatialPrepared:
+    def prepare_spatial(self, latents: list[tuple[torch.Tensor, torch.Tensor | None]],
+                        trunc: float = 1.0) -> SpatialPrepared:
         """Per-layer modulations of S styles (z_g [D], W / W+ or None for mapping(z_g)), for
         `synthesize_spatial`. Each style's s is computed exactly as `prepare` computes it."""
         cfg = self.config
         ts = self.texture_synthesizer
         per_style = []
         for z_global, styles in latents:
-            z, slots = self._style_slots(z_global, styles)
+            z, slots = self._style_slots(z_global, styles, trunc)
             ss = [] if self.structure_synthesizer is None else [
                 layer.conv.spatial(z) for layer in self.structure_synthesizer.layers]
             convs = [conv.conv.spatial(slots[i:i + 1]) for i, conv in enumerate(ts.convs)]

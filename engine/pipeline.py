@@ -16,6 +16,7 @@ import torch
 from . import executor, planner, sources
 from .apps.fusion import spec_from_options
 from .errors import RequestError, option
+from .provenance import describe
 from .request import RenderRequest
 from .runner import PRECISIONS
 from .sources import RUNNERS
@@ -43,15 +44,16 @@ def run(request: RenderRequest, model=None):
     dist = executor.distributed_env()
     devices = _devices(request, dist)
     source = request.model if request.backend == "onnx" else request.checkpoint
-    model = sources.load(source, request.config) if model is None else model
+    model = load_model(request) if model is None else model
     runner = RUNNERS[request.backend](model, devices[0], request.precision)  # fails early: backend/device/precision
     spec, plan = plan_request(request, model.config, runner.device)
     job = executor.Job(source, request.config, request.seed, plan.window, (plan.tile_height, plan.tile_width),
                        request.batch, request.backend, request.precision, spec, request.latent_rng,
-                       request.quantize)
+                       request.quantize, request.trunc, request.random_weights)
+    metadata = describe(job.request(model), request.command()) if request.metadata else None
     common = dict(resume=request.resume, restart=request.restart, keep_work=request.keep_work,
                   progress=not request.quiet,
-                  sink_args=dict(preview=request.preview_path, preview_size=request.preview_size,
+                  sink_args=dict(metadata=metadata, preview=request.preview_path, preview_size=request.preview_size,
                                  compression=request.compression))
     out = Path(request.out)
     if dist is not None:
@@ -65,6 +67,13 @@ def run(request: RenderRequest, model=None):
         write_atomic(Path(request.stats_json),
                      json.dumps(dataclasses.asdict(stats) | {"mp_per_s": stats.mp_per_s, "out": request.out}, indent=1))
     return stats
+
+
+def load_model(request: RenderRequest):
+    """The model `request` names (its checkpoint, ONNX export, preset with random weights or
+    the embedded model)."""
+    source = request.model if request.backend == "onnx" else request.checkpoint
+    return sources.load(source, request.config, random_weights=request.random_weights)
 
 
 def plan_request(request: RenderRequest, cfg, device):

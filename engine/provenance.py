@@ -6,6 +6,7 @@ file found on disk says what made it. Torch-free, like the rest of what --help r
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 # The generators of the canvas's random values (igan.engine.latent.LATENT_RNGS), by name, and the
@@ -34,3 +35,47 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# The parts of a render's request (executor.Job.request) that do not decide its pixels: a file
+# says what it shows, never how it was cut into tiles.
+_NOT_PIXELS = ("tile_height", "tile_width")
+
+
+def describe(identity: dict, command: str | None) -> dict[str, str]:
+    """The metadata an output carries (sinks: PNG tEXt chunks, TIFF tags; Zarr keeps the
+    request in its attributes): "Software" (igan and its version), "Comment" (the igan-render
+    command that renders it again, when there is one) and "igan" (JSON: the version and the
+    request: model digest and config, seed, window, styles, wrap, generator, quantizer,
+    precision, backend). Nothing about time, paths of temporaries or tiling, so the same
+    command still writes the same bytes."""
+    request = {k: v for k, v in identity.items() if k not in _NOT_PIXELS}
+    if isinstance(request.get("config"), str) and request["config"].startswith("{"):
+        request["config"] = json.loads(request["config"])
+    meta = {"Software": f"igan {igan_version()}"}
+    if command:
+        meta["Comment"] = command
+    meta["igan"] = json.dumps({"igan": igan_version(), "command": command, "request": request},
+                              sort_keys=True, separators=(",", ":"))
+    return meta
+
+
+def read_metadata(path: str | os.PathLike) -> dict | None:
+    """The "igan" metadata of a PNG or TIFF igan wrote (describe), or None."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head == b"\x89PNG\r\n\x1a\n":
+        from PIL import Image
+
+        with Image.open(path) as im:
+            text = im.text.get("igan")
+    else:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            text = tif.pages[0].description
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
+

@@ -71,13 +71,14 @@ _BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} tiles [{elapsed}<{
 class Renderer:
     """Renders windows of a field's canvas with one runner."""
 
-    def __init__(self, runner: TorchRunner, quantize: str = "round"):
+    def __init__(self, runner: TorchRunner, quantize: str = "round", trunc: float = 1.0):
         """`quantize`: how float pixels become bytes (runner.QUANTIZE: "round", or "official"
-        for the official code's PNG bytes)."""
+        for the official code's PNG bytes); `trunc`: truncation of the styles (1: none)."""
         if quantize not in QUANTIZE:
             raise RequestError(f"{option('quantize')} must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
         self.runner = runner
         self.quantize = quantize
+        self.trunc = trunc
 
     def batches(self, field: Field, plan: Plan, batch: int = 1, groups=None) -> Iterator[tuple[list[Tile], torch.Tensor]]:
         """Yield (tiles, float32 RGB [n, 3, H, W] on the runner's device): the plan's tiles in
@@ -86,7 +87,7 @@ class Renderer:
             raise ValueError("the field and the model have different configs")
         w = plan.window
         field.check_window(w.x0, w.y0, w.width, w.height)
-        prepared = self.runner.prepare(field)
+        prepared = self.runner.prepare(field) if self.trunc == 1.0 else self.runner.prepare(field, self.trunc)
         if groups is None:
             todo = list(plan.tiles)
             groups = (todo[i:i + batch] for i in range(0, len(todo), batch))

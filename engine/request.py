@@ -9,7 +9,9 @@ mistakes with the same messages.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,8 @@ class RenderRequest:
     checkpoint: str | None = None  # None: the embedded model
     config: str | None = None  # preset of an official checkpoint
     model: str | None = None  # an ONNX export (igan-export --onnx DIR), for backend "onnx"
+    random_weights: bool = False  # with config and no checkpoint: that config with fixed random weights
+    trunc: float = 1.0  # truncation psi: w = w_avg + trunc (w - w_avg); 1.0: none, as the official code
     # style fusion and 360-degree panoramas
     styles: tuple[int, ...] | None = None
     style_centers: tuple[tuple[float, float], ...] | None = None
@@ -41,6 +45,7 @@ class RenderRequest:
     wrap: bool = False
     latent_rng: str = DEFAULT_LATENT_RNG  # the canvas's random values: "philox", or "v1" (igan before 0.2)
     quantize: str = "round"  # float -> uint8: "round", or "official" (the official code's PNG bytes)
+    metadata: bool = True  # embed what made the output (provenance.describe) in PNG and TIFF files
     field: object = None  # an application's canvas (apps.AppSpec), instead of styles/wrap
     # how it is computed
     tile: int | None = None
@@ -79,6 +84,38 @@ class RenderRequest:
         """The canvas row of the window's top edge."""
         return -(self.height // 2) if self.y0 is None else self.y0
 
+    def command(self) -> str | None:
+        """The igan-render command that renders this image again (None for an application's
+        canvas, which igan-render cannot describe): the options that decide its pixels, the
+        generator always spelled out (add --out to choose the file)."""
+        if self.field is not None:
+            return None
+        parts = ["igan-render"]
+        for name in ("checkpoint", "model", "config"):
+            if getattr(self, name) is not None:
+                parts += ["--" + name, str(getattr(self, name))]
+        if self.random_weights:
+            parts.append("--random-weights")
+        parts += ["--width", str(self.width), "--height", str(self.height), "--x0", str(self.x0),
+                  "--y0", str(self.top), "--seed", str(self.seed)]
+        if self.styles is not None:
+            parts += ["--styles", ",".join(map(str, self.styles))]
+        if self.style_centers is not None:
+            parts += ["--style-centers", ":".join(f"{x!r},{y!r}" for x, y in self.style_centers)]
+        if self.style_map is not None:
+            parts += ["--style-map", self.style_map]
+        if self.style_blur is not None:
+            parts += ["--style-blur", str(self.style_blur)]
+        if self.wrap:
+            parts.append("--wrap")
+        if self.trunc != 1.0:
+            parts += ["--trunc", repr(float(self.trunc))]
+        parts += ["--latent-rng", self.latent_rng]
+        for name, default in (("quantize", "round"), ("precision", "fp32"), ("backend", "torch")):
+            if getattr(self, name) != default:
+                parts += ["--" + name, getattr(self, name)]
+        return shlex.join(parts)  # no --out: a file's bytes never depend on its name
+
     @property
     def preview_path(self) -> str | None:
         if self.preview is None:
@@ -112,6 +149,16 @@ class RenderRequest:
             raise RequestError(f"{option('precision')} must be fp32, fp16 or bf16, got {self.precision!r}")
         if self.backend not in ("torch", "triton", "onnx"):
             raise RequestError(f"{option('backend')} must be torch, triton or onnx, got {self.backend!r}")
+        if isinstance(self.trunc, bool) or not isinstance(self.trunc, (int, float)) \
+                or not math.isfinite(self.trunc):
+            raise RequestError(f"{option('trunc')} must be a finite number (1 = none), got {self.trunc!r}")
+        if self.config is not None and self.checkpoint is None and self.model is None and not self.random_weights:
+            raise RequestError(f"{option('config')} {self.config!r} names the preset of a checkpoint: give "
+                               f"{option('checkpoint')} too, or {option('random_weights')} to render that config "
+                               f"with fixed random weights (for benchmarks; not a trained model)")
+        if self.random_weights and (self.checkpoint is not None or self.model is not None or self.config is None):
+            raise RequestError(f"{option('random_weights')} renders a preset with random weights: give "
+                               f"{option('config')} and no {option('checkpoint')}/{option('model')}")
         if self.latent_rng not in LATENT_RNG_VERSIONS:
             raise RequestError(f"{option('latent_rng')} must be one of {', '.join(LATENT_RNG_VERSIONS)}, "
                                f"got {self.latent_rng!r}")

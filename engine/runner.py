@@ -49,8 +49,9 @@ class Runner(Protocol):
     config: object  # GeneratorConfig
     device: torch.device
 
-    def prepare(self, field: Field) -> object:
-        """Everything of a forward pass that depends only on the image's styles, once."""
+    def prepare(self, field: Field, trunc: float = 1.0) -> object:
+        """Everything of a forward pass that depends only on the image's styles, once;
+        `trunc`: truncation of mapping(z_g) towards the mean style (1: none)."""
 
     def inputs(self, field: Field, windows: list[tuple[int, int]], n_h: int, n_w: int) -> "Batch":
         """The inputs of the z_l windows with first cells `windows` and shared size n_h x n_w."""
@@ -113,16 +114,16 @@ class TorchRunner:
                                                            allow_tf32=False))
         return stack
 
-    def prepare(self, field: Field) -> Prepared | SpatialPrepared:
+    def prepare(self, field: Field, trunc: float = 1.0) -> Prepared | SpatialPrepared:
         with self._context():
             if field.fused:  # spatially varying styles (fusion.FusedField)
                 latents = [(z.to(self.device, torch.float32), None if w is None else w.to(self.device, torch.float32))
                            for z, w in field.latents]
-                return self.model.prepare_spatial(latents).to(dtype=self.dtype)
+                return self.model.prepare_spatial(latents, trunc).to(dtype=self.dtype)
             z = field.global_latent().to(self.device, torch.float32)
             styles = field.styles()
             styles = None if styles is None else styles.to(self.device, torch.float32)
-            return self.model.prepare(z, styles).to(dtype=self.dtype)
+            return self.model.prepare(z, styles, trunc).to(dtype=self.dtype)
 
     def inputs(self, field: Field, windows: list[tuple[int, int]], n_h: int, n_w: int) -> Batch:
         return gather_inputs(field, windows, n_h, n_w, self.device)
@@ -197,11 +198,11 @@ class TritonRunner(TorchRunner):
         self.dtype = PRECISIONS[precision]
         self.channels_last = dev.type == "cuda" or traced
 
-    def prepare(self, field: Field) -> PackedImage:
+    def prepare(self, field: Field, trunc: float = 1.0) -> PackedImage:
         from igan.kernels.conv import pack_weight
         from igan.kernels.upsample import phase_weights
 
-        p = super().prepare(field)
+        p = super().prepare(field, trunc)
         if isinstance(p, SpatialPrepared):
             return p
         convs = [[pack_weight(s) for s in phase_weights(w)] if i % 2 == 0 else pack_weight(w)

@@ -77,15 +77,19 @@ def sweep_temps(final: Path) -> None:
 
 
 def open_sink(path, width, height, *, band_height, preview=None, preview_size=1024,
-              compression=None, tiff_tile=256, queue_tiles=64, workers=None, temp_dir=None) -> Sink:
+              compression=None, tiff_tile=256, queue_tiles=64, workers=None, temp_dir=None,
+              metadata: dict[str, str] | None = None) -> Sink:
     """Open a streaming sink; the format follows the extension (.png, .tif, .tiff).
     `workers`: compression threads (default min(8, CPUs)); the bytes do not depend on it.
-    `temp_dir`: where the temporaries go (on the output's filesystem; default: beside it)."""
+    `temp_dir`: where the temporaries go (on the output's filesystem; default: beside it).
+    `metadata`: text to embed (provenance.describe): PNG tEXt chunks (keyword -> text);
+    TIFF: "Software" as the Software tag, "igan" as the ImageDescription."""
     path = Path(path)
     ext = path.suffix.lower()
     workers = _check_int("workers", workers) if workers is not None else min(8, os.cpu_count() or 1)
     kw = dict(band_height=band_height, preview=preview, preview_size=preview_size,
-              compression=compression, queue_tiles=queue_tiles, workers=workers, temp_dir=temp_dir)
+              compression=compression, queue_tiles=queue_tiles, workers=workers, temp_dir=temp_dir,
+              metadata=metadata)
     if ext == ".png":
         return PngSink(path, width, height, **kw)
     if ext in (".tif", ".tiff"):
@@ -193,8 +197,13 @@ class Sink:
     (complete bands, top to bottom) and writes the whole file through `self._file`."""
 
     def __init__(self, path, width, height, *, band_height, preview=None, preview_size=1024,
-                 queue_tiles=64, temp_dir=None):
+                 queue_tiles=64, temp_dir=None, metadata: dict[str, str] | None = None):
         self.path = Path(path)
+        self.metadata = dict(metadata or {})
+        for key, text in self.metadata.items():  # PNG tEXt: a Latin-1 keyword of 1-79 bytes, Latin-1 text
+            if not (0 < len(key) < 80 and key.isascii() and key.isprintable() and isinstance(text, str)
+                    and text.isascii()):
+                raise ValueError(f"metadata {key!r}: keywords and texts must be printable ASCII (keyword 1-79 chars)")
         self.temp_dir = None if temp_dir is None else Path(temp_dir)
         self.width = _check_int("width", width)
         self.height = _check_int("height", height)
@@ -495,6 +504,8 @@ class PngSink(Sink):
         f, n = self._file, self.width * 3
         f.write(b"\x89PNG\r\n\x1a\n")
         f.write(_chunk(b"IHDR", struct.pack(">IIBBBBB", self.width, self.height, 8, 2, 0, 0, 0)))
+        for key, text in self.metadata.items():  # before the image data, where readers look first
+            f.write(_chunk(b"tEXt", key.encode("latin-1") + b"\0" + text.encode("latin-1")))
         pending = bytearray()
 
         def emit(data):
@@ -617,6 +628,9 @@ class TiffSink(Sink):
                     target = self._create_temp(self.path, f".L{level + 1}")
                 if level == 0:
                     extra = {"subifds": len(shapes) - 1} if len(shapes) > 1 else {}
+                    if self.metadata:  # ours instead of tifffile's shape JSON and name
+                        extra |= {"description": self.metadata.get("igan"),
+                                  "software": self.metadata.get("Software", False), "metadata": None}
                 else:
                     extra = {"subfiletype": 1}
                 target_fd = None if target is None else target[1]

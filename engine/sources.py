@@ -14,7 +14,7 @@ from pathlib import Path
 from igan.export.onnx_runner import OnnxRunner, load_export
 from igan.export.packed import load_packed
 
-from .checkpoint import CheckpointError, load_igan, load_official
+from .checkpoint import CheckpointError, init_deterministic, load_igan, load_official
 from .config import from_name
 from .embedded import embedded_model
 from .errors import option
@@ -22,14 +22,27 @@ from .model import Generator
 from .runner import TorchRunner, TritonRunner
 
 RUNNERS = {"torch": TorchRunner, "triton": TritonRunner, "onnx": OnnxRunner}
+RANDOM_WEIGHTS_SEED = 0  # the weights of --random-weights (checkpoint.init_deterministic)
 
 
-def load(path: str | os.PathLike | None = None, config: str | None = None) -> Generator:
+def load(path: str | os.PathLike | None = None, config: str | None = None, *,
+         random_weights: bool = False) -> Generator:
     """Any checkpoint igan reads: None -> the embedded default model; `.safetensors` -> ours;
     `.packed` -> packed weights (igan.export.packed); a directory -> an ONNX export (an
     igan.export.onnx_runner.OnnxModel, for the onnx backend only); anything else -> an
-    official torch checkpoint (`config` names its preset if needed)."""
+    official torch checkpoint (`config` names its preset if needed). `random_weights` with
+    `config` and no path: that preset with fixed random weights (the same on every machine;
+    for benchmarks, not a trained model)."""
+    if random_weights:
+        if path is not None or config is None:
+            raise CheckpointError(f"{option('random_weights')} builds a preset ({option('config')}) without a "
+                                  f"checkpoint")
+        return init_deterministic(Generator(from_name(config)), RANDOM_WEIGHTS_SEED).eval().requires_grad_(False)
     if path is None:
+        if config is not None:
+            raise CheckpointError(f"{option('config')} {config!r} is the preset of an official checkpoint: give "
+                                  f"{option('checkpoint')} too (or {option('random_weights')} for that config with "
+                                  f"random weights); the embedded model carries its own config")
         return embedded_model()
     path = Path(path)
     if path.is_dir():  # an ONNX export (igan-export --onnx DIR), rendered by the onnx backend

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from igan.engine.config import GeneratorConfig
-from igan.engine.errors import CheckpointError, option
+from igan.engine.errors import BackendError, CheckpointError, option
 from igan.engine.latent import Field
 from igan.engine.provenance import sha256_file
 from igan.engine.runner import Batch, gather_inputs
@@ -63,7 +63,7 @@ def load_export(root: str | Path, expect_config: GeneratorConfig | None = None) 
     root = Path(root)
     if not root.is_dir():
         raise ExportError(f"ONNX export {str(root)!r} " + ("is not a directory" if root.exists() else "does not exist")
-                          + " (make one with: igan-export CHECKPOINT --onnx DIR)")
+                          + " (make one with: igan-export --checkpoint CKPT --onnx DIR)")
     path = root / MANIFEST
     try:
         manifest = json.loads(path.read_text())
@@ -153,7 +153,7 @@ class OnnxRunner:
 
         if not isinstance(model, OnnxModel):
             raise ValueError(f"the onnx backend renders an ONNX export: pass {option('model')} DIR "
-                             "(made by igan-export CHECKPOINT --onnx DIR)")
+                             "(made by igan-export --checkpoint CKPT --onnx DIR)")
         if precision not in _NP:
             raise ValueError(f"the onnx backend has fp32 and fp16 graphs, not {precision!r}")
         if _both_builds_installed():
@@ -182,8 +182,11 @@ class OnnxRunner:
         if wanted[0] == "CUDAExecutionProvider" and self.providers[0] != "CUDAExecutionProvider":
             log.warning("the CUDA provider did not load (missing CUDA/cuDNN libraries?); running on CPU")
 
-    def prepare(self, field: Field) -> OnnxPrepared:
+    def prepare(self, field: Field, trunc: float = 1.0) -> OnnxPrepared:
         cfg = self.config
+        if trunc != 1.0:
+            raise BackendError(f"the onnx backend renders without truncation ({option('trunc')} 1); "
+                               f"use {option('backend')} torch or triton for {option('trunc')} {trunc}")
         if field.fused:
             raise ValueError(f"the onnx backend renders one style per image: style fusion ({option('styles')}) needs "
                              f"{option('backend')} torch or triton")

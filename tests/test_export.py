@@ -34,7 +34,8 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     model = random_model(PRESETS["tiny"], seed=3)
     ckpt = checkpoint.save(model, root / "tiny.safetensors")
-    code = export_main([str(ckpt), "--onnx", str(root / "onnx"), "--packed", str(root / "tiny.packed"), "--quiet"])
+    code = export_main(["--checkpoint", str(ckpt), "--onnx", str(root / "onnx"), "--packed", str(root / "tiny.packed"),
+                        "--quiet"])
     assert code == 0
     return model, ckpt, root / "onnx", root / "tiny.packed"
 
@@ -185,7 +186,8 @@ def test_packed_file_round_trip(exported, tmp_path):
 
     loaded = sources.load(packed)
     assert loaded.config == model.config
-    common = ["--width", 50, "--height", 37, "--seed", 11, "--tile", 32, "--quiet", "--device", "cpu"]
+    # --no-metadata: the files would differ in what they record of their model (digest, path)
+    common = ["--width", 50, "--height", 37, "--seed", 11, "--tile", 32, "--quiet", "--device", "cpu", "--no-metadata"]
     a, b = tmp_path / "src.png", tmp_path / "packed.png"
     assert render_main([*map(str, common), "--checkpoint", str(ckpt), "--out", str(a)]) == 0
     assert render_main([*map(str, common), "--checkpoint", str(packed), "--out", str(b)]) == 0
@@ -272,7 +274,7 @@ def test_cli_errors(exported, tmp_path, capsys):
         render_main(["--backend", "onnx", "--out", out])
     assert "--model DIR" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # never overwrites, and writes nothing else either
-        export_main([str(ckpt), "--onnx", str(onnx_dir), "--packed", str(tmp_path / "p.packed")])
+        export_main(["--checkpoint", str(ckpt), "--onnx", str(onnx_dir), "--packed", str(tmp_path / "p.packed")])
     assert "already exists" in capsys.readouterr().err and not (tmp_path / "p.packed").exists()
     assert not (tmp_path / "x.png").exists()
 

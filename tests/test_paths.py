@@ -159,12 +159,13 @@ def test_igan_export_refuses_collisions(files, capsys, no_model_work):
     d, _, _ = files
     packed = d / "w.packed"
     packed.write_bytes(b"packed weights")
-    refused(main, [packed, "--packed", packed], capsys, "--packed", "CHECKPOINT", unchanged=[packed])
+    refused(main, ["--checkpoint", packed, "--packed", packed], capsys, "--packed", "--checkpoint", unchanged=[packed])
     export = d / "export"
     export.mkdir()
     inside = export / "model.safetensors"
     inside.write_bytes(b"weights")
-    refused(main, [inside, "--onnx", export], capsys, "CHECKPOINT", "--onnx", "lies inside", unchanged=[inside])
+    refused(main, ["--checkpoint", inside, "--onnx", export], capsys, "--checkpoint", "--onnx", "lies inside",
+            unchanged=[inside])
 
 
 def test_igan_train_refuses_a_run_folder_that_is_the_data(files, capsys, no_model_work):

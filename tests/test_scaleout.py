@@ -3,7 +3,6 @@ render resumes to the same bytes, disk-full keeps the finished tiles."""
 import errno
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys

@@ -14,7 +14,7 @@ import torch
 from conftest import random_model, small_config
 from PIL import Image
 
-from igan.engine import checkpoint, sources
+from igan.engine import sources
 from igan.engine.config import PRESETS
 from igan.engine.latent import canvas_coords, official_coords
 from igan.trainer import losses
@@ -246,7 +246,7 @@ def test_checkpoint_exports(scenes, tmp_path):
     run = tmp_path / "run"
     Trainer(TINY, scenes, run, TrainOptions(steps=1, **FAST), device="cpu", progress=False).run()
     packed = tmp_path / "g.packed"
-    assert export_cli.main([str(run / "model.safetensors"), "--packed", str(packed), "--quiet"]) == 0
+    assert export_cli.main(["--checkpoint", str(run / "model.safetensors"), "--packed", str(packed), "--quiet"]) == 0
     assert packed.is_file() and packed.stat().st_size > 0
 
 

@@ -8,41 +8,72 @@ from __future__ import annotations
 import argparse
 import sys
 
+from igan.engine.cli import guarded
 from igan.engine.config import PRESETS, from_name
+from igan.engine.errors import IganError
 from igan.engine.paths import is_within, refuse_unsafe_paths
+from igan.engine.provenance import igan_version
 
 from .train import Trainer, TrainOptions
 
 
+EXAMPLES = """\
+examples:
+  igan-train --data scenes/ --config small --out runs/small --steps 2000
+  igan-train --data scenes/ --config small --out runs/small --steps 4000 --resume
+  torchrun --nproc-per-node 4 -m igan.trainer.cli --data scenes/ --config InfinityGAN --out runs/full --precision bf16
+
+Render the result with: igan-render --checkpoint runs/small/model.safetensors"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = TrainOptions()
-    p = argparse.ArgumentParser(prog="igan-train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", required=True, help="folder of training images (any size; centre-cropped)")
-    p.add_argument("--config", required=True, help=f"model preset: {', '.join(PRESETS)}")
-    p.add_argument("--out", required=True, help="run folder: model.safetensors, checkpoints/, samples/, state.pt")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/state.pt")
-    p.add_argument("--steps", type=int, default=d.steps, help="total iterations (including resumed ones)")
-    p.add_argument("--batch", type=int, default=d.batch, help="images per process per step (even)")
-    p.add_argument("--lr", type=float, default=d.lr)
+    p = argparse.ArgumentParser(prog="igan-train", description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {igan_version()}")
+    p.add_argument("--data", required=True, help="folder of training images, searched recursively (any size; "
+                                                 "centre-cropped) (required)")
+    p.add_argument("--config", required=True, help=f"model preset: {', '.join(PRESETS)} (required)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR",
+                   help="run folder: model.safetensors, checkpoints/, samples/, state.pt (required)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/state.pt (default: a new run)")
+    p.add_argument("--steps", type=int, default=d.steps,
+                   help="total iterations, including resumed ones (default %(default)s)")
+    p.add_argument("--batch", type=int, default=d.batch,
+                   help="images per process per step, even (dual pairs) (default %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate of G and D (default %(default)s)")
     p.add_argument("--full-size", type=int, default=None,
-                   help="size the images are resized to before patch crops (default patch + 6 cells)")
-    p.add_argument("--d-width", type=int, default=d.d_width, help="discriminator base channels")
-    p.add_argument("--r1", type=float, default=d.r1_gamma, dest="r1_gamma")
-    p.add_argument("--path-weight", type=float, default=d.path_weight)
-    p.add_argument("--diversity-weight", type=float, default=d.diversity_weight)
-    p.add_argument("--coord-weight", type=float, default=d.coord_weight)
-    p.add_argument("--mixing", type=float, default=d.mixing)
-    p.add_argument("--ema-kimg", type=float, default=d.ema_kimg, help="EMA half-life in thousands of images")
-    p.add_argument("--ema-rampup", type=float, default=None, help="cap the half-life at this x images seen")
-    p.add_argument("--save-every", type=int, default=d.save_every)
-    p.add_argument("--sample-every", type=int, default=d.sample_every)
-    p.add_argument("--log-every", type=int, default=d.log_every)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--precision", default=d.precision, choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+                   help="size the images are resized to before patch crops (default: patch size + 6 cells, "
+                        "197 for 101-px patches)")
+    p.add_argument("--d-width", type=int, default=d.d_width, help="discriminator base channels (default %(default)s)")
+    p.add_argument("--r1", type=float, default=d.r1_gamma, dest="r1_gamma",
+                   help="R1 penalty weight gamma on real images (default %(default)s)")
+    p.add_argument("--path-weight", type=float, default=d.path_weight,
+                   help="path length regularisation weight, 0 turns it off (default %(default)s)")
+    p.add_argument("--diversity-weight", type=float, default=d.diversity_weight,
+                   help="weight of the structure synthesizer's L1 diversity loss, 0 turns it off "
+                        "(default %(default)s)")
+    p.add_argument("--coord-weight", type=float, default=d.coord_weight,
+                   help="weight of the discriminator's coordinate L1 loss (default %(default)s)")
+    p.add_argument("--mixing", type=float, default=d.mixing,
+                   help="probability that a batch of fakes mixes two styles (default %(default)s)")
+    p.add_argument("--ema-kimg", type=float, default=d.ema_kimg,
+                   help="EMA half-life in thousands of images (default %(default)s)")
+    p.add_argument("--ema-rampup", type=float, default=None, metavar="X",
+                   help="cap the EMA half-life at X times the images seen, as StyleGAN2-ADA (default: off)")
+    p.add_argument("--save-every", type=int, default=d.save_every,
+                   help="steps between checkpoints and state.pt (default %(default)s; the last step always saves)")
+    p.add_argument("--sample-every", type=int, default=d.sample_every,
+                   help="steps between sample grids in RUN_DIR/samples/ (default %(default)s)")
+    p.add_argument("--log-every", type=int, default=d.log_every,
+                   help="steps between loss records (loss curves, progress bar) (default %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the initial weights, data order, latents and noise (default %(default)s)")
+    p.add_argument("--precision", default=d.precision, choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision: fp32, bf16 (GPU or CPU) or fp16 (GPU only) (default %(default)s)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (default: show it)")
     return p
 
 
@@ -57,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
+    def train() -> int:
         cfg = from_name(args.config)
         opts = TrainOptions(
             steps=args.steps, batch=args.batch, lr=args.lr, r1_gamma=args.r1_gamma, path_weight=args.path_weight,
@@ -71,15 +102,12 @@ def main(argv: list[str] | None = None) -> int:
             trainer.run()
         finally:
             trainer.close()
-    except KeyboardInterrupt:
-        print("igan-train: interrupted; the last saved state is in --out (resume with --resume)", file=sys.stderr)
-        return 130
-    except (ValueError, OSError, FloatingPointError) as e:
-        print(f"igan-train: error: {e}", file=sys.stderr)
-        return 1
-    if trainer.rank == 0:
-        print(f"igan-train: {trainer.step} steps -> {args.out}/model.safetensors")
-    return 0
+        if trainer.rank == 0:
+            print(f"igan-train: {trainer.step} steps -> {args.out}/model.safetensors")
+        return 0
+
+    return guarded("igan-train", train, interrupted="interrupted; the last saved state is in --out (resume with "
+                   "--resume)", reported=(IganError, ValueError, OSError, FloatingPointError))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-import time
 from dataclasses import dataclass, field
 
 import torch

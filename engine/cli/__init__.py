@@ -12,7 +12,11 @@ import contextlib
 import logging
 import sys
 
-from ..errors import cli_option_names
+from ..errors import IganError, cli_option_names
+
+# What a console script reports as "prog: error: ..." (exit 1) instead of a traceback: igan's
+# own errors, bad input, files and devices. Anything else is a bug and keeps its traceback.
+REPORTED = (IganError, ValueError, OSError, RuntimeError)
 
 
 class _StderrHandler(logging.Handler):
@@ -29,6 +33,19 @@ class _StderrHandler(logging.Handler):
             print(f"{self.prog}: {level}{record.getMessage()}", file=sys.stderr)
         except Exception:  # logging's contract: a failing handler never raises into the caller
             self.handleError(record)
+
+
+def guarded(prog: str, body, *, interrupted: str = "interrupted", reported: tuple = REPORTED) -> int:
+    """body()'s exit status, with Ctrl-C (130) and the `reported` errors (1) said in one line
+    on stderr as every console script says them."""
+    try:
+        return body()
+    except KeyboardInterrupt:
+        print(f"{prog}: {interrupted}", file=sys.stderr)
+        return 130
+    except reported as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
 
 
 @contextlib.contextmanager

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 from ..embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
 from ..errors import RequestError
-from ..provenance import DEFAULT_LATENT_RNG, LATENT_RNG_VERSIONS, QUANTIZERS
-from . import command
+from ..provenance import DEFAULT_LATENT_RNG, LATENT_RNG_VERSIONS, QUANTIZERS, igan_version
+from . import command, guarded
 from .args import positive, size_bytes
 
 OUT_FORMATS = (".png", ".tif", ".tiff", ".zarr")
@@ -26,6 +27,16 @@ class AppError(RequestError):
 
 
 # ---- shared pieces -----------------------------------------------------------------------------
+def _parser(prog: str, description: str, notes: str, examples: list[str]) -> argparse.ArgumentParser:
+    """A parser with --version whose description and notes are wrapped and whose examples keep
+    their lines (one command line each)."""
+    epilog = textwrap.fill(notes, 79) + "\n\nexamples:\n" + "\n".join(f"  {e}" for e in examples)
+    p = argparse.ArgumentParser(prog=prog, description=textwrap.fill(description, 79), epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {igan_version()}")
+    return p
+
+
 def _common(p: argparse.ArgumentParser, inverts: bool = True) -> None:
     p.add_argument("--checkpoint", default=None,
                    help="official checkpoint or igan .safetensors model (default: the embedded model)")
@@ -175,7 +186,7 @@ def _render(args, model, spec, request) -> None:
         tile=args.tile, batch=args.batch, memory_budget=args.memory_budget, workers=args.workers,
         precision=args.precision, backend=args.backend, resume=args.resume, restart=args.restart,
         keep_work=args.keep_work, preview=args.preview, compression=args.compression, quiet=args.quiet,
-        latent_rng=args.latent_rng, quantize=args.quantize)
+        latent_rng=args.latent_rng, quantize=args.quantize, metadata=args.metadata)
     stats = pipeline.run(render_request, model=model)
     if stats is not None:
         print(f"{args.prog}: {stats.summary()} -> {args.out}")
@@ -205,6 +216,8 @@ def _render_args(p: argparse.ArgumentParser) -> None:
                    help="generator of the fresh latents: philox (default) or v1 (igan before 0.2)")
     g.add_argument("--quantize", default="round", choices=list(QUANTIZERS),
                    help="float to 8-bit: round (default) or official (the official code's truncation)")
+    g.add_argument("--no-metadata", dest="metadata", action="store_false",
+                   help="do not embed what made the image (igan version, records, seed) in PNG and TIFF files")
 
 
 def _main(prog: str, parser, argv, run, sources, outputs) -> int:
@@ -227,28 +240,28 @@ def _checked_run(prog: str, parser, argv, run, sources, outputs) -> int:
     if args.out.lower().endswith(".zarr"):  # a folder it writes into (pipeline.run checks a finished one)
         files, folders = {k: v for k, v in files.items() if k != "--out"}, {"--out": args.out}
     refuse_unsafe_paths(parser, sources(args) | {"--checkpoint": args.checkpoint}, files, folders)
-    try:
+
+    def body() -> int:
         for path in sources(args).values():
             _check_source(path)
         return run(args)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; no output file was written", file=sys.stderr)
-        return 130
-    except (ValueError, OSError, RuntimeError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
+
+    return guarded(prog, body, interrupted="interrupted; no output file was written")
 
 
 # ---- igan-invert ------------------------------------------------------------------------------
 def invert_parser() -> argparse.ArgumentParser:
     from ..apps.invert import PERCEPTUAL_REPLACEMENT
 
-    p = argparse.ArgumentParser(
-        prog="igan-invert",
-        description="Find the latents (z_g, z_l window, W+ styles, noise maps) that make the generator "
-                    "reproduce an image, and save them as an inversion record.",
-        epilog=f"Losses as the official inversion, except LPIPS-VGG, replaced by a {PERCEPTUAL_REPLACEMENT}. "
-               f"Without --checkpoint: the {EMBEDDED_DESCRIPTION}.")
+    p = _parser(
+        "igan-invert",
+        "Find the latents (z_g, z_l window, W+ styles, noise maps) that make the generator "
+        "reproduce an image, and save them as an inversion record.",
+        f"Losses as the official inversion, except LPIPS-VGG, replaced by a {PERCEPTUAL_REPLACEMENT}. "
+        f"Without --checkpoint: the {EMBEDDED_DESCRIPTION}.",
+        ["igan-invert photo.png --out photo.inv.safetensors --steps 1000 --preview fit.png",
+         "igan-invert photo.png --out photo.inv.safetensors --checkpoint best_fid.pth.tar --diff-aug",
+         "igan-invert crop.png --out crop.inv.safetensors --x0 512 --y0 -64 --device cuda"])
     p.add_argument("image", help="image file to invert (PNG, JPEG, ...)")
     p.add_argument("--out", required=True, help="inversion record to write (.safetensors)")
     p.add_argument("--x0", type=int, default=0, help="canvas column of the image's left edge (default 0)")
@@ -277,10 +290,17 @@ def invert_main(argv: list[str] | None = None) -> int:
 
 # ---- igan-outpaint ----------------------------------------------------------------------------
 def outpaint_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="igan-outpaint",
-        description="Extend an inverted image (a record, or an image that is inverted first) to a larger "
-                    "canvas: its latents are pasted in and the rest is drawn from the seeded canvas.")
+    p = _parser(
+        "igan-outpaint",
+        "Extend an inverted image (a record, or an image that is inverted first) to a larger "
+        "canvas: its latents are pasted in and the rest is drawn from the seeded canvas.",
+        f"An image input is inverted first (--steps, --lr, ...; --save-record keeps the result). "
+        f"Without --checkpoint: the {EMBEDDED_DESCRIPTION}.",
+        ["igan-outpaint photo.inv.safetensors --width 1024 --height 256 --seed 3 --out wide.png",
+         "igan-outpaint photo.png --width 2048 --height 512 --at 512,128 --save-record photo.inv.safetensors "
+         "--out wide.tif",
+         "igan-outpaint photo.inv.safetensors --width 8192 --height 1024 --device cuda --backend triton "
+         "--out wide.zarr"])
     p.add_argument("input", help="inversion record (.safetensors) or image file")
     p.add_argument("--width", type=positive, required=True, help="output width in pixels")
     p.add_argument("--height", type=positive, required=True, help="output height in pixels")
@@ -310,13 +330,17 @@ def outpaint_main(argv: list[str] | None = None) -> int:
 
 # ---- igan-inbetween ---------------------------------------------------------------------------
 def inbetween_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="igan-inbetween",
-        description="Place two inverted images (records or images) side by side, GAP pixels apart, and "
-                    "generate the canvas between them.",
-        epilog="Each end keeps its own style (z_g and W+), blended between the two image centres by spatial "
-               "style fusion; the default blur is the widest that leaves both ends exactly as fitted. With "
-               "--one-style the LEFT style is used everywhere and a RIGHT image is fitted under it.")
+    p = _parser(
+        "igan-inbetween",
+        "Place two inverted images (records or images) side by side, GAP pixels apart, and "
+        "generate the canvas between them.",
+        "Each end keeps its own style (z_g and W+), blended between the two image centres by spatial "
+        "style fusion; the default blur is the widest that leaves both ends exactly as fitted. With "
+        "--one-style the LEFT style is used everywhere and a RIGHT image is fitted under it.",
+        ["igan-inbetween left.png right.png --gap 512 --out between.png",
+         "igan-inbetween left.inv.safetensors right.inv.safetensors --gap 256 --blur 63 --out between.tif",
+         "igan-inbetween left.png right.png --gap 384 --one-style --save-record l.inv.safetensors "
+         "--save-record r.inv.safetensors --out between.png"])
     p.add_argument("left", help="left inversion record (.safetensors) or image")
     p.add_argument("right", help="right inversion record (.safetensors) or image")
     p.add_argument("--gap", type=int, required=True, help="pixels between the two images")

@@ -50,6 +50,28 @@ def seeds(text: str) -> tuple[int, ...]:
     return seeds
 
 
+def seed_ranges(text: str) -> tuple[int, ...]:
+    """StyleGAN's seed lists: '0-7', '1,5,9', '0-3,10-12' (ranges inclusive, order kept,
+    repeats dropped)."""
+    out: list[int] = []
+    for part in text.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        try:
+            a = int(lo)
+            b = int(hi) if dash else a
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be seeds and ranges such as 0-7,10, got {text!r}") from None
+        if not 0 <= a <= b < 2**63:
+            raise argparse.ArgumentTypeError(f"{part.strip()!r} is not a range of seeds in [0, 2^63)")
+        if len(out) + b - a + 1 > MAX_SEEDS:
+            raise argparse.ArgumentTypeError(f"{text!r} names more than {MAX_SEEDS} seeds")
+        out.extend(range(a, b + 1))
+    return tuple(dict.fromkeys(out))
+
+
+MAX_SEEDS = 100_000
+
+
 def centers(text: str) -> tuple[tuple[float, float], ...]:
     out = []
     for part in text.split(":"):

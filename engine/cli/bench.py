@@ -5,6 +5,9 @@ times `Renderer.pixels` (latents -> forward -> uint8 on the host: everything but
 writer) and reports megapixels/s, FLOPs per output pixel (executed, from the planner),
 achieved TFLOP/s, the work ratio and peak memory (CUDA: max allocated; CPU: peak RSS, reset
 before each size where Linux allows it). Prints a table and draws a PNG plot with pillow.
+
+Every backend of igan-render is measured: torch, triton, and onnx (an export of igan-export
+--onnx DIR, given as --model DIR).
 """
 from __future__ import annotations
 
@@ -12,13 +15,15 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
 from ..paths import refuse_unsafe_paths
-from . import command
+from ..provenance import igan_version
+from . import command, guarded
 from .args import positive, size_bytes
 
 
@@ -104,18 +109,33 @@ def format_table(rows: list[BenchRow], device_name: str) -> str:
     return "\n".join(lines)
 
 
+EXAMPLES = """\
+examples:
+  igan-bench --device cpu --sizes 256,512,1024x256 --threads 8
+  igan-bench --device cuda --backend triton --precision fp16 --baseline-tile 96 --json bench.json
+  igan-export --checkpoint best_fid.pth.tar --onnx export/ && igan-bench --backend onnx --model export/"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="igan-bench", description="Speed report: MP/s, FLOPs per pixel, TFLOP/s, work ratio and peak "
-                                       "memory of one model on one device over image sizes.",
-        epilog=f"Without --checkpoint it measures the {EMBEDDED_DESCRIPTION}.")
+        prog="igan-bench", description="Speed report: MP/s, FLOPs per pixel, TFLOP/s, work ratio and peak memory\n"
+                                       "of one model on one device over image sizes.",
+        epilog=textwrap.fill(f"Without --checkpoint or --model it measures the {EMBEDDED_DESCRIPTION}.", 79)
+        + "\n\n" + EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {igan_version()}")
     p.add_argument("--checkpoint", default=None, help="official checkpoint or igan .safetensors (default: embedded)")
     p.add_argument("--config", default=None, help="preset of an official checkpoint (default: inferred)")
     p.add_argument("--sizes", default="256,512,1024,2048",
                    help="comma-separated sizes: N (square) or WxH (default 256,512,1024,2048)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
-    p.add_argument("--backend", default="torch", choices=["torch", "triton"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--backend", default="torch", choices=["torch", "triton", "onnx"],
+                   help="model runner: torch (reference, any device), triton (fused kernels, CUDA) or onnx "
+                        "(onnxruntime on the graphs of --model) (default torch)")
+    p.add_argument("--model", default=None, metavar="DIR",
+                   help="with --backend onnx: the ONNX export to measure (igan-export --onnx DIR)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                   help="compute precision (default fp32; the onnx backend has fp32 and fp16)")
     p.add_argument("--tile", type=positive, default=None, help="tile size (default: from the memory budget)")
     p.add_argument("--batch", type=positive, default=1, help="tiles per forward (default 1)")
     p.add_argument("--memory-budget", type=size_bytes, default=None, help="as igan-render (e.g. 4GiB)")
@@ -153,19 +173,18 @@ def _main(argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     if not args.plot.lower().endswith(".png"):
         parser.error(f"--plot {args.plot!r} must end in .png")
-    refuse_unsafe_paths(parser, {"--checkpoint": args.checkpoint}, {"--plot": args.plot, "--json": args.json})
+    if (args.backend == "onnx") != (args.model is not None):
+        parser.error("--backend onnx measures an ONNX export: give it --model DIR (made by igan-export --onnx DIR)"
+                     if args.backend == "onnx" else f"--model DIR is the export of --backend onnx, not {args.backend}")
+    if args.model is not None and args.checkpoint is not None:
+        parser.error("--model and --checkpoint exclude each other (the export carries its weights)")
+    refuse_unsafe_paths(parser, {"--checkpoint": args.checkpoint, "--model": args.model},
+                        {"--plot": args.plot, "--json": args.json})
     try:
         sizes = parse_sizes(args.sizes)
     except ValueError as e:
         parser.error(str(e))
-    try:
-        return _run(args, sizes)
-    except KeyboardInterrupt:
-        print("igan-bench: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, OSError, RuntimeError) as e:
-        print(f"igan-bench: error: {e}", file=sys.stderr)
-        return 1
+    return guarded("igan-bench", lambda: _run(args, sizes))
 
 
 def _run(args, sizes) -> int:
@@ -176,14 +195,16 @@ def _run(args, sizes) -> int:
     from .bench_plot import plot_rows
     from ..pipeline import default_budget
     from ..renderer import Renderer
-    from ..runner import PRECISIONS, resolve_device
+    from ..runner import PRECISIONS
     from ..sources import RUNNERS
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    model = sources.load(args.checkpoint, args.config)
-    renderer = Renderer(RUNNERS[args.backend](model, device, args.precision))
+    source = args.model if args.backend == "onnx" else args.checkpoint
+    model = sources.load(source, args.config)
+    runner = RUNNERS[args.backend](model, args.device, args.precision)  # each backend resolves "auto" its way
+    device = runner.device  # where inputs are made and outputs land (the host for onnx)
+    renderer = Renderer(runner)
     budget = args.memory_budget or default_budget(device)
     rows = []
     common = dict(batch=args.batch, memory_budget=budget, itemsize=PRECISIONS[args.precision].itemsize,
@@ -193,9 +214,8 @@ def _run(args, sizes) -> int:
         if args.baseline_tile:
             row.baseline = measure(renderer, model.config, w, h, tile=args.baseline_tile, **common)
         rows.append(row)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    title = (f"igan-bench: {args.checkpoint or 'embedded model'} ({model.config.name}), {args.backend} "
-             f"{args.precision} on {device} ({name})")
+    title = (f"igan-bench: {source or 'embedded model'} ({model.config.name}), {args.backend} "
+             f"{args.precision} on {_where(runner)}")
     print(title)
     print(format_table(rows, str(device)))
     plot_rows(rows, args.plot, title)
@@ -203,9 +223,24 @@ def _run(args, sizes) -> int:
     if args.json:
         tmp = Path(args.json).with_name(f".{Path(args.json).name}.igan-tmp-{os.getpid()}")
         data = [asdict(r) | {"speedup": r.speedup} for r in rows]
-        tmp.write_text(json.dumps(dict(title=title, rows=data), indent=1))
+        tmp.write_text(json.dumps(dict(title=title, backend=args.backend, precision=args.precision, rows=data),
+                                  indent=1))
         os.replace(tmp, args.json)
     return 0
+
+
+def _where(runner) -> str:
+    """Where `runner` computes, for the report's title: the device and the GPU's name or the CPU's
+    threads; for the onnx backend, onnxruntime's execution provider."""
+    import torch
+
+    threads = f"{torch.get_num_threads()} threads"
+    if runner.name == "onnx":
+        provider = runner.providers[0].removesuffix("ExecutionProvider")
+        return f"onnxruntime {provider}" + (f" ({threads})" if provider == "CPU" else "")
+    if runner.device.type == "cuda":
+        return f"{runner.device} ({torch.cuda.get_device_name(runner.device)})"
+    return f"{runner.device} (CPU, {threads})"
 
 
 if __name__ == "__main__":

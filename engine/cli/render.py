@@ -6,26 +6,42 @@ imported before the options are parsed, so `igan-render --help` answers at once.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import textwrap
 
 from ..embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
-from ..errors import IganError
-from ..provenance import DEFAULT_LATENT_RNG, LATENT_RNG_VERSIONS, QUANTIZERS
+from ..provenance import DEFAULT_LATENT_RNG, LATENT_RNG_VERSIONS, QUANTIZERS, igan_version
 from ..request import RenderRequest
-from . import command
-from .args import blur, centers, positive, seeds, size_bytes
+from . import command, guarded
+from .args import blur, centers, positive, seed_ranges, seeds, size_bytes
+
+
+EXAMPLES = """examples:
+  igan-render --width 8192 --height 256 --out panorama.png
+  igan-render --checkpoint best_fid.pth.tar --width 65536 --height 4096 --seed 7 --out pano.tif --preview
+  igan-render --seeds 0-7 --outdir samples --width 1024 --height 256 --trunc 0.7
+  igan-render --styles 3,17,42 --wrap --width 4096 --height 512 --out fused360.png
+  igan-render --gpus 8 --width 8192 --height 8192 --out big.tif --resume
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="igan-render",
         description="Render a window of an InfinityGAN canvas, tile by tile, streaming to disk.",
-        epilog=f"Without --checkpoint igan renders with the {EMBEDDED_DESCRIPTION}.")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES + "\n" + textwrap.fill(f"Without --checkpoint igan renders with the {EMBEDDED_DESCRIPTION}.",
+                                                 width=88))
+    p.add_argument("--version", action="version", version=f"%(prog)s {igan_version()}")
     p.add_argument("--checkpoint", default=None,
                    help="official InfinityGAN checkpoint (best_fid.pth.tar) or igan .safetensors model "
                         "(default: the embedded model, see below)")
     p.add_argument("--config", default=None,
-                   help="preset of an official checkpoint (default: inferred from its shapes)")
+                   help="preset of an official checkpoint (default: inferred from its shapes); without "
+                        "--checkpoint only with --random-weights")
+    p.add_argument("--random-weights", action="store_true",
+                   help="render --config's preset with fixed random weights (for benchmarks: not a trained model)")
     p.add_argument("--width", type=positive, default=2048, help="image width in pixels (default 2048)")
     p.add_argument("--height", type=positive, default=512, help="image height in pixels (default 512)")
     p.add_argument("--x0", type=int, default=0, help="canvas column of the left edge (default 0)")
@@ -33,8 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="canvas row of the top edge (default: -(height // 2), which centres the image on "
                         "the horizon, as the official code does)")
     p.add_argument("--seed", type=int, default=0, help="canvas seed (default 0)")
-    p.add_argument("--out", default="igan.png",
+    p.add_argument("--seeds", type=seed_ranges, default=None, metavar="LIST",
+                   help="render one image per seed, the model loaded once: e.g. 0-7 or 1,5,9-12 (files: "
+                        "--outdir/seedNNNN.png, or --out as a pattern such as 'pano-{seed}.tif')")
+    p.add_argument("--outdir", default=None, metavar="DIR", help="with --seeds: where the images go (default .)")
+    p.add_argument("--out", default=None,
                    help="output: .png, .tif/.tiff (pyramidal BigTIFF) or .zarr (Zarr v3 array) (default igan.png)")
+    p.add_argument("--trunc", type=float, default=1.0, metavar="PSI",
+                   help="truncation: styles pulled towards the mean style, w_avg + PSI (w - w_avg); below 1 "
+                        "trades variety for typical images (default 1: none, as the official code)")
     p.add_argument("--tile", type=positive, default=None,
                    help="tile size in pixels, a multiple of 16 (default: from --memory-budget)")
     p.add_argument("--batch", type=positive, default=1, help="tiles per forward pass (default 1)")
@@ -56,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model runner: torch (reference, any device), triton (fused kernels, CUDA) or "
                         "onnx (onnxruntime on the graphs of --model)")
     p.add_argument("--model", default=None, metavar="DIR",
-                   help="with --backend onnx: the ONNX export to render (igan-export CHECKPOINT --onnx DIR)")
+                   help="with --backend onnx: the ONNX export to render (igan-export --checkpoint CKPT --onnx DIR)")
     p.add_argument("--preview", nargs="?", const="", default=None, metavar="PATH",
                    help="also write a low-resolution preview PNG (default path: OUT stem + .preview.png)")
     p.add_argument("--preview-size", type=positive, default=1024, help="preview's longer side (default 1024)")
@@ -67,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats-json", default=None, metavar="PATH",
                    help="also write the summary figures as JSON (for scripts and benchmarks)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-metadata", dest="metadata", action="store_false",
+                   help="do not embed what made the image (igan version, command, model digest, seed, window) "
+                        "in PNG and TIFF files")
     fidelity = p.add_argument_group("reproducing other images")
     fidelity.add_argument("--latent-rng", default=DEFAULT_LATENT_RNG, choices=list(LATENT_RNG_VERSIONS),
                           help="generator of the canvas's random values: philox (Philox4x32-10, the default since "
@@ -93,15 +119,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: list[str] | None = None) -> RenderRequest:
-    """igan-render's command line as a checked RenderRequest (argparse exits with a message
-    on bad input)."""
+def parse_requests(argv: list[str] | None = None) -> list[RenderRequest]:
+    """igan-render's command line as checked RenderRequests: one, or one per --seeds seed
+    (argparse exits with a message on bad input)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    options = vars(parser.parse_args(argv))
+    seed_list, outdir, out = options.pop("seeds"), options.pop("outdir"), options.pop("out")
     try:
-        return RenderRequest(**vars(args)).validate()
-    except ValueError as e:
+        if seed_list is None:
+            if outdir is not None:
+                parser.error("--outdir is where --seeds writes its images: give --seeds too")
+            return [RenderRequest(out=out or "igan.png", **options).validate()]
+        if options["stats_json"] is not None:
+            parser.error("--stats-json describes one render: not with --seeds")
+        if out is not None and "{seed" not in out:
+            parser.error(f"with --seeds, --out is a pattern holding {{seed}} (e.g. 'pano-{{seed:04d}}.tif'), "
+                         f"got {out!r}")
+        pattern = out if out is not None else os.path.join(outdir or ".", "seed{seed:04d}.png")
+        return [RenderRequest(out=pattern.format(seed=s), **(options | {"seed": s})).validate() for s in seed_list]
+    except (KeyError, IndexError, ValueError) as e:
         parser.error(str(e))
+
+
+def parse_args(argv: list[str] | None = None) -> RenderRequest:
+    """igan-render's command line for one image (the C++ API's); --seeds is refused."""
+    requests = parse_requests(argv)
+    if len(requests) != 1:
+        build_parser().error("--seeds renders several images: use igan-render for it")
+    return requests[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,21 +155,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    request = parse_args(argv)
-    from ..pipeline import run  # loads torch and the model: after the options are checked
+    requests = parse_requests(argv)
+    from .. import pipeline  # loads torch and the model: after the options are checked
 
-    try:
-        stats = run(request)
-    except KeyboardInterrupt:
-        print("igan-render: interrupted; no output file was written", file=sys.stderr)
-        return 130
-    except (IganError, ValueError, OSError, RuntimeError) as e:
-        print(f"igan-render: error: {e}", file=sys.stderr)
-        return 1
-    if stats is not None:
-        preview = request.preview_path
-        print(f"igan-render: {stats.summary()} -> {request.out}" + (f" (preview {preview})" if preview else ""))
-    return 0
+    def render() -> int:
+        if len(requests) > 1:
+            os.makedirs(os.path.dirname(requests[0].out) or ".", exist_ok=True)
+        for request in requests:  # every output checked before the model loads or an image is made
+            request.check_outputs()
+        model = pipeline.load_model(requests[0])  # once for every seed
+        if requests[0].random_weights:
+            print(f"igan-render: {requests[0].config} with random weights (--random-weights): not a trained model",
+                  file=sys.stderr)
+        for request in requests:
+            stats = pipeline.run(request, model=model)
+            if stats is not None:
+                preview = request.preview_path
+                print(f"igan-render: {stats.summary()} -> {request.out}" + (f" (preview {preview})" if preview else ""))
+        return 0
+
+    return guarded("igan-render", render,
+                   interrupted="interrupted; the image being rendered was not written (--resume finishes it)")
 
 
 if __name__ == "__main__":

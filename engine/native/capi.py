@@ -23,14 +23,14 @@ from ..runner import PRECISIONS
 from ..sources import RUNNERS
 
 # igan-render options the C++ API has no field for: one model, one process.
-_UNSUPPORTED = ("gpus", "workers")
+_UNSUPPORTED = ("gpus", "workers", "random_weights")
 # The RenderRequest fields igan::CommandLine carries (igan.cpp's parse_command_line reads them).
 CARRIED = frozenset({
     "checkpoint", "config", "device", "precision", "backend", "threads", "model",  # igan::ModelOptions
     "x0", "y0", "width", "height", "seed",  # igan::Window and the seed
     "out", "tile", "batch", "memory_budget", "compression", "preview", "preview_size", "resume", "restart",
     "keep_work", "quiet", "stats_json", "styles", "style_centers", "style_map", "style_blur", "wrap",
-    "latent_rng", "quantize"})  # igan::FileOptions
+    "latent_rng", "quantize", "trunc", "metadata"})  # igan::FileOptions
 
 
 class Session:
@@ -70,8 +70,8 @@ def parse_command_line(argv: list[str]) -> dict:
     request = cli.parse_args(argv)
     for name in _UNSUPPORTED:
         if getattr(request, name):
-            raise RequestError(f"--{name} is not available through the C++ API (one model in one process); "
-                               f"use igan-render for it")
+            raise RequestError(f"--{name.replace('_', '-')} is not available through the C++ API (one model, "
+                               f"one process); use igan-render for it")
     options = dataclasses.asdict(request.replace(y0=request.top))
     dropped = sorted(set(options) - CARRIED - set(_UNSUPPORTED) - {"field"})
     if dropped:  # a new igan-render option igan::CommandLine has no field for yet: never drop it silently

@@ -5,26 +5,40 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 
-from igan.engine import determinism  # noqa: F401  (MKL reproducible mode before torch computes)
-from igan.engine.paths import refuse_unsafe_paths
+from igan.engine.cli import guarded
 from igan.engine.cli.args import positive, size_bytes
+from igan.engine.paths import refuse_unsafe_paths
+from igan.engine.provenance import igan_version
 
 from .inception import WEIGHTS_FILE, WEIGHTS_SHA256_PREFIX
 
 
+EXAMPLES = f"""\
+examples (pt_inception.pth: pytorch-fid's {WEIGHTS_FILE}):
+  igan-eval scaleinv-fid --checkpoint best_fid.pth.tar --real data/train --scale 4 --inception pt_inception.pth
+  igan-eval scaleinv-fid --real data/train --scale 1 --inception pt_inception.pth --save-real-stats real128.npz
+  igan-eval scaleinv-fid --real real128.npz --scale 8 --inception pt_inception.pth --num-fake 10000 --json fid8.json"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="igan-eval", description="Evaluate InfinityGAN generators.")
+    raw = argparse.RawDescriptionHelpFormatter  # the examples keep their lines
+    p = argparse.ArgumentParser(prog="igan-eval", description="Evaluate InfinityGAN generators.", epilog=EXAMPLES,
+                                formatter_class=raw)
+    p.add_argument("--version", action="version", version=f"%(prog)s {igan_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser(
-        "scaleinv-fid", help="ScaleInv FID (paper Table 1 protocol)",
-        description="Generate images at SCALE times the training field of view, bring them to the real "
-                    "resolution with the official two-stage bilinear resize, and compute the FID against "
-                    "real images (centre square crop, LANCZOS to --real-res).",
-        epilog=f"The Inception weights must be pytorch-fid's FID Inception state dict {WEIGHTS_FILE} "
-               "(the TF 2015-12-05 graph ported to torch); nothing is downloaded.")
+        "scaleinv-fid", help="ScaleInv FID (paper Table 1 protocol)", formatter_class=raw,
+        description=textwrap.fill(
+            "Generate images at SCALE times the training field of view, bring them to the real resolution with "
+            "the official two-stage bilinear resize, and compute the FID against real images (centre square "
+            "crop, LANCZOS to --real-res).", 79),
+        epilog=textwrap.fill(f"The Inception weights must be pytorch-fid's FID Inception state dict {WEIGHTS_FILE} "
+                             "(the TF 2015-12-05 graph ported to torch); nothing is downloaded.", 79)
+        + "\n\n" + EXAMPLES)
     s.add_argument("--checkpoint", default=None,
                    help="official best_fid.pth.tar or igan .safetensors (default: the embedded model)")
     s.add_argument("--config", default=None, help="preset of an official checkpoint (default: inferred)")
@@ -57,14 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     refuse_unsafe_paths(parser, {"--checkpoint": args.checkpoint, "--real": args.real, "--inception": args.inception},
                         {"--save-real-stats": args.save_real_stats, "--json": args.json})
-    try:
-        return _scaleinv(args)
-    except KeyboardInterrupt:
-        print("igan-eval: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, OSError, RuntimeError) as e:
-        print(f"igan-eval: error: {e}", file=sys.stderr)
-        return 1
+    return guarded("igan-eval", lambda: _scaleinv(args))
 
 
 def _scaleinv(args) -> int:

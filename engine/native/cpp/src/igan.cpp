@@ -154,6 +154,8 @@ CommandLine parse_command_line(const std::vector<std::string>& args) {
     f.wrap = a["wrap"].cast<bool>();
     f.latent_rng = str("latent_rng");
     f.quantize = str("quantize");
+    f.trunc = a["trunc"].cast<double>();
+    f.metadata = a["metadata"].cast<bool>();
     return cl;
   });
 }
@@ -246,6 +248,8 @@ void Model::render_to_file(const Window& w, std::int64_t seed, const FileOptions
     o["wrap"] = f.wrap;
     if (!f.latent_rng.empty()) o["latent_rng"] = f.latent_rng;
     if (!f.quantize.empty()) o["quantize"] = f.quantize;
+    o["trunc"] = f.trunc;
+    o["metadata"] = f.metadata;
     impl_->session.attr("render_file")(o);
     return 0;
   });

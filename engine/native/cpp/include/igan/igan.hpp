@@ -95,6 +95,8 @@ struct FileOptions {
   // reproducing other images (igan-render's --latent-rng, --quantize)
   std::string latent_rng;  // "" = the default ("philox"); "v1": the generator of igan before 0.2
   std::string quantize;    // "" = "round"; "official": the official code's PNG bytes (truncation)
+  double trunc = 1.0;      // truncation psi of the styles (igan-render's --trunc; 1 = none)
+  bool metadata = true;    // embed what made the file (igan-render's --no-metadata clears it)
 };
 
 // igan-render's command line, parsed by igan-render's own parser.

@@ -1,0 +1,127 @@
+"""What other tools and users see of an output: the metadata that lets anyone re-render it,
+StyleGAN's command-line conventions (--seeds/--outdir, --trunc, --version), and refusing
+--config without a checkpoint."""
+from __future__ import annotations
+
+import hashlib
+import shlex
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+import igan
+from igan.engine.cli.render import main as render_main
+from igan.engine.errors import CheckpointError, RequestError
+from igan.engine.provenance import read_metadata
+
+BASE = ["--width", "96", "--height", "64", "--device", "cpu", "--quiet"]
+
+
+def sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+def test_an_output_says_how_to_render_it_again(tmp_path, ext, monkeypatch):
+    out = tmp_path / f"a{ext}"
+    assert render_main(BASE + ["--seed", "11", "--x0", "-40", "--styles", "2,5", "--out", str(out)]) == 0
+    meta = read_metadata(out)
+    req = meta["request"]
+    assert meta["igan"] == igan.__version__ and req["seed"] == 11 and req["latent_rng"] == "philox4x32-10/v1"
+    assert req["window"] == {"x0": -40, "y0": -32, "width": 96, "height": 64}
+    assert req["model"].startswith("embedded:") and req["config"]["name"] == "mini"
+    assert req["field"]["styles"] == [2, 5] and "tile_width" not in req
+    if ext == ".png":
+        assert Image.open(out).text["Software"] == f"igan {igan.__version__}"
+    else:
+        with tifffile.TiffFile(out) as tif:
+            assert tif.pages[0].software == f"igan {igan.__version__}"
+    # the recorded command, run again from the file's folder, writes the same bytes
+    argv = shlex.split(meta["command"])
+    assert argv[0] == "igan-render" and "--out" not in argv  # the bytes never depend on the file's name
+    again = tmp_path / "again"
+    again.mkdir()
+    monkeypatch.chdir(again)
+    assert render_main(argv[1:] + ["--out", out.name, "--device", "cpu", "--quiet"]) == 0
+    assert sha(again / out.name) == sha(out)
+
+
+def test_metadata_can_be_left_out_and_never_depends_on_tiling(tmp_path):
+    a, b, c = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"
+    assert render_main(BASE + ["--tile", "32", "--out", str(a)]) == 0
+    assert render_main(BASE + ["--tile", "64", "--batch", "2", "--out", str(b)]) == 0
+    assert sha(a) == sha(b)  # the same command with other tiles: the same bytes, metadata included
+    assert render_main(BASE + ["--no-metadata", "--out", str(c)]) == 0
+    assert Image.open(c).text == {} and read_metadata(c) is None
+    np.testing.assert_array_equal(np.asarray(Image.open(c)), np.asarray(Image.open(a)))
+
+
+def test_seeds_render_one_file_each_with_the_model_loaded_once(tmp_path, monkeypatch):
+    from igan.engine import sources
+
+    loads = []
+    real = sources.load
+    monkeypatch.setattr(sources, "load", lambda *a, **k: loads.append(a) or real(*a, **k))
+    assert render_main(BASE + ["--seeds", "3-4,9", "--outdir", str(tmp_path / "s")]) == 0
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["seed0003.png", "seed0004.png", "seed0009.png"]
+    assert len(loads) == 1
+    assert render_main(BASE + ["--seed", "4", "--out", str(tmp_path / "one.png")]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "s" / "seed0004.png")),
+                                  np.asarray(Image.open(tmp_path / "one.png")))
+    assert render_main(BASE + ["--seeds", "1,2", "--out", str(tmp_path / "p-{seed}.tif")]) == 0
+    assert (tmp_path / "p-1.tif").exists() and (tmp_path / "p-2.tif").exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--seeds", "1-3", "--out", "x.png"], "pattern holding {seed}"),
+    (["--outdir", "d"], "give --seeds too"),
+    (["--seeds", "5-2"], "not a range"),
+    (["--seeds", "1,2", "--stats-json", "s.json"], "describes one render"),
+    (["--config", "InfinityGAN"], "give --checkpoint too, or --random-weights"),
+    (["--random-weights"], "--random-weights renders a preset"),
+    (["--trunc", "nan"], "--trunc must be a finite number"),
+])
+def test_bad_conventions_are_refused(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        render_main(BASE + argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_version_and_examples(capsys):
+    with pytest.raises(SystemExit) as e:
+        render_main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"igan-render {igan.__version__}"
+    with pytest.raises(SystemExit):
+        render_main(["--help"])
+    assert "examples:\n  igan-render --width 8192" in capsys.readouterr().out
+
+
+def test_truncation_pulls_styles_to_the_mean(tmp_path):
+    model = igan.load(device="cpu")
+    plain = model.render(64, 48, seed=2, array=True)
+    assert np.array_equal(model.render(64, 48, seed=2, trunc=1.0, array=True), plain)  # 1: the official pixels
+    half = model.render(64, 48, seed=2, trunc=0.5, array=True)
+    assert not np.array_equal(half, plain)
+    # trunc 0: every seed's w is the mean style, so two seeds differ only by their local latents
+    g = model.generator
+    w_avg = g.w_avg()
+    assert w_avg.shape == (g.config.global_latent_dim,) and w_avg is g.w_avg()
+    from igan.engine.latent import LatentField
+
+    prepared = [g.prepare(LatentField(g.config, s).global_latent(), trunc=0.0) for s in (1, 2)]
+    for a, b in zip(prepared[0].convs, prepared[1].convs):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    with pytest.raises(RequestError, match="trunc must be a finite number"):
+        model.render(8, 8, trunc=float("inf"))
+
+
+def test_config_without_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="give checkpoint too"):
+        igan.load(config="InfinityGAN")
+    out = tmp_path / "r.png"
+    assert render_main(BASE + ["--config", "tiny", "--random-weights", "--out", str(out)]) == 0
+    assert read_metadata(out)["request"]["model"] == "random:tiny:0"
+    assert "--config tiny --random-weights" in read_metadata(out)["command"]
