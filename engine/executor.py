@@ -60,19 +60,23 @@ class Job:
 
     def request(self, model) -> dict:
         """What a resume must match (the model by content, not by path)."""
-        if self.random_weights:
-            identity = f"random:{self.config}:{sources.RANDOM_WEIGHTS_SEED}"
-        elif self.checkpoint is None:
-            identity = "embedded:" + _digest(DEFAULT_WEIGHTS)
-        else:
-            identity = _digest(Path(self.checkpoint) / "manifest.json" if os.path.isdir(self.checkpoint)
-                               else self.checkpoint)
         extra = {} if self.field is None else {"field": self.field.identity()}
+        identity = model_identity(self.checkpoint, self.config, self.random_weights)
         return extra | {"model": identity, "config": model.config.to_json(), "seed": self.seed,
                 "window": dataclasses.asdict(self.window), "width": self.window.width, "height": self.window.height,
                 "tile_height": self.tile[0], "tile_width": self.tile[1], "precision": self.precision,
                 "backend": self.backend, "latent_rng": LATENT_RNG_VERSIONS[self.latent_rng],
                 "quantize": self.quantize, "trunc": self.trunc}
+
+
+def model_identity(checkpoint: str | None, config: str | None = None, random_weights: bool = False) -> str:
+    """The model by content: the sha256 of its file (an ONNX export: of its manifest),
+    "embedded:" + the embedded file's, or "random:CONFIG:SEED" for --random-weights."""
+    if random_weights:
+        return f"random:{config}:{sources.RANDOM_WEIGHTS_SEED}"
+    if checkpoint is None:
+        return "embedded:" + _digest(DEFAULT_WEIGHTS)
+    return _digest(Path(checkpoint) / "manifest.json" if os.path.isdir(checkpoint) else checkpoint)
 
 
 def _digest(path) -> str:

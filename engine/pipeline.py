@@ -45,6 +45,12 @@ def run(request: RenderRequest, model=None):
     devices = _devices(request, dist)
     source = request.model if request.backend == "onnx" else request.checkpoint
     model = load_model(request) if model is None else model
+    if request.expect_model is not None:
+        got = executor.model_identity(source, request.config, request.random_weights)
+        if got != request.expect_model:
+            raise RequestError(f"the image was made with the model {request.expect_model[:24]}..., but "
+                               f"{source or 'the embedded model'} is {got[:24]}...: give {option('checkpoint')} "
+                               f"the model it was made with")
     runner = RUNNERS[request.backend](model, devices[0], request.precision)  # fails early: backend/device/precision
     spec, plan = plan_request(request, model.config, runner.device)
     job = executor.Job(source, request.config, request.seed, plan.window, (plan.tile_height, plan.tile_width),

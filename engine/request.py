@@ -46,6 +46,7 @@ class RenderRequest:
     latent_rng: str = DEFAULT_LATENT_RNG  # the canvas's random values: "philox", or "v1" (igan before 0.2)
     quantize: str = "round"  # float -> uint8: "round", or "official" (the official code's PNG bytes)
     metadata: bool = True  # embed what made the output (provenance.describe) in PNG and TIFF files
+    expect_model: str | None = None  # the model's identity (executor.model_identity) it must have (--from)
     field: object = None  # an application's canvas (apps.AppSpec), instead of styles/wrap
     # how it is computed
     tile: int | None = None

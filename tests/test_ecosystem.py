@@ -125,3 +125,33 @@ def test_config_without_checkpoint(tmp_path):
     assert render_main(BASE + ["--config", "tiny", "--random-weights", "--out", str(out)]) == 0
     assert read_metadata(out)["request"]["model"] == "random:tiny:0"
     assert "--config tiny --random-weights" in read_metadata(out)["command"]
+
+
+def test_from_renders_an_image_again_and_wider(tmp_path, capsys):
+    a = tmp_path / "a.png"
+    assert render_main(BASE + ["--seed", "21", "--x0", "32", "--trunc", "0.8", "--out", str(a)]) == 0
+    again = tmp_path / "again.png"
+    assert render_main(["--from", str(a), "--out", str(again), "--device", "cpu", "--quiet"]) == 0
+    assert sha(again) == sha(a)
+    wider = tmp_path / "wider.png"  # the same canvas, twice as wide: the original is its left half
+    assert render_main(["--from", str(a), "--width", "192", "--out", str(wider), "--quiet"]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(wider))[:, :96], np.asarray(Image.open(a)))
+    assert read_metadata(wider)["request"]["trunc"] == 0.8
+    fused = tmp_path / "fused.png"  # and a recorded fusion comes back as it was
+    assert render_main(BASE + ["--styles", "1,3", "--style-blur", "31", "--wrap", "--out", str(fused)]) == 0
+    assert render_main(["--from", str(fused), "--out", str(again), "--quiet"]) == 0
+    assert sha(again) == sha(fused)
+    # another model than the one recorded is refused; so are images without a recipe
+    from igan.engine import checkpoint, config
+    from igan.engine.model import Generator
+
+    other = checkpoint.save(checkpoint.init_deterministic(Generator(config.PRESETS["mini"]), 3), tmp_path / "o.safetensors")
+    assert render_main(["--from", str(a), "--checkpoint", str(other), "--out", str(tmp_path / "x.png"), "--quiet"]) == 1
+    assert "was made with the model embedded:" in capsys.readouterr().err
+    plain = tmp_path / "plain.png"
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(plain)
+    for image, message in ((plain, "carries no igan metadata"), (tmp_path / "missing.png", "No such file")):
+        with pytest.raises(SystemExit):
+            render_main(["--from", str(image), "--out", str(tmp_path / "y.png")])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "y.png").exists()

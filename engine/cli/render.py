@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import textwrap
 
@@ -23,6 +24,7 @@ EXAMPLES = """examples:
   igan-render --seeds 0-7 --outdir samples --width 1024 --height 256 --trunc 0.7
   igan-render --styles 3,17,42 --wrap --width 4096 --height 512 --out fused360.png
   igan-render --gpus 8 --width 8192 --height 8192 --out big.tif --resume
+  igan-render --from pano.png --width 16384 --out wider.png     # the same canvas, twice as wide
 """
 
 
@@ -34,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES + "\n" + textwrap.fill(f"Without --checkpoint igan renders with the {EMBEDDED_DESCRIPTION}.",
                                                  width=88))
     p.add_argument("--version", action="version", version=f"%(prog)s {igan_version()}")
+    p.add_argument("--from", dest="from_image", default=None, metavar="IMAGE",
+                   help="render again from what an igan PNG or TIFF records (its command); options given here "
+                        "override it, e.g. --width/--x0 for a wider window of the same canvas")
     p.add_argument("--checkpoint", default=None,
                    help="official InfinityGAN checkpoint (best_fid.pth.tar) or igan .safetensors model "
                         "(default: the embedded model, see below)")
@@ -124,12 +129,20 @@ def parse_requests(argv: list[str] | None = None) -> list[RenderRequest]:
     (argparse exits with a message on bad input)."""
     parser = build_parser()
     options = vars(parser.parse_args(argv))
+    if options["from_image"] is not None:  # the recorded options first, those given here override them
+        recorded, expect_model = _recorded_args(parser, options["from_image"])
+        options = vars(parser.parse_args(recorded + list(argv if argv is not None else sys.argv[1:])))
+        options["expect_model"] = expect_model
+    from_image = options.pop("from_image")
     seed_list, outdir, out = options.pop("seeds"), options.pop("outdir"), options.pop("out")
     try:
         if seed_list is None:
             if outdir is not None:
                 parser.error("--outdir is where --seeds writes its images: give --seeds too")
-            return [RenderRequest(out=out or "igan.png", **options).validate()]
+            request = RenderRequest(out=out or "igan.png", **options).validate()
+            if from_image is not None and os.path.exists(request.out) and os.path.samefile(request.out, from_image):
+                parser.error(f"--out {request.out!r} is the --from image: choose another --out")
+            return [request]
         if options["stats_json"] is not None:
             parser.error("--stats-json describes one render: not with --seeds")
         if out is not None and "{seed" not in out:
@@ -139,6 +152,27 @@ def parse_requests(argv: list[str] | None = None) -> list[RenderRequest]:
         return [RenderRequest(out=pattern.format(seed=s), **(options | {"seed": s})).validate() for s in seed_list]
     except (KeyError, IndexError, ValueError) as e:
         parser.error(str(e))
+
+
+def _recorded_args(parser, image: str) -> list[str]:
+    """The options of the igan-render command `image` records (provenance.describe), and the
+    identity of the model it was made with."""
+    from ..provenance import read_metadata
+
+    try:
+        meta = read_metadata(image)
+    except OSError as e:
+        parser.error(f"--from {image!r}: {e.strerror or e}")
+    except Exception as e:  # noqa: BLE001  (not an image PIL or tifffile can open)
+        parser.error(f"--from {image!r} is not a PNG or TIFF igan can read ({e})")
+    if meta is None:
+        parser.error(f"--from {image!r} carries no igan metadata (made elsewhere, or with --no-metadata)")
+    if not meta.get("command"):
+        parser.error(f"--from {image!r} was made by an igan application, not igan-render: run that again")
+    argv = shlex.split(meta["command"])
+    if argv[:1] != ["igan-render"]:
+        parser.error(f"--from {image!r}: unexpected recorded command {meta['command']!r}")
+    return argv[1:], meta.get("request", {}).get("model")
 
 
 def parse_args(argv: list[str] | None = None) -> RenderRequest:

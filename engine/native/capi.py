@@ -23,7 +23,7 @@ from ..runner import PRECISIONS
 from ..sources import RUNNERS
 
 # igan-render options the C++ API has no field for: one model, one process.
-_UNSUPPORTED = ("gpus", "workers", "random_weights")
+_UNSUPPORTED = ("gpus", "workers", "random_weights", "expect_model")
 # The RenderRequest fields igan::CommandLine carries (igan.cpp's parse_command_line reads them).
 CARRIED = frozenset({
     "checkpoint", "config", "device", "precision", "backend", "threads", "model",  # igan::ModelOptions
