@@ -8,7 +8,7 @@
     model.render_to_file("pano.tif", 65536, 4096, seed=7, styles=(3, 17), resume=True)
 
 Both calls take igan-render's options by name (`styles`, `style_centers`, `style_blur`,
-`wrap`, `tile`, `memory_budget`, ...; `render_to_file` also `preview`, `compression`,
+`wrap`, `tile`, `memory_budget`, ...; `render_to_file` also `preview`, `compression`, `ome`,
 `resume`, `workers`, `gpus`, ...) and compute the same pixels as `igan-render`: the same
 request, the same plan, the same runner. `render` keeps the whole image in memory;
 `render_to_file` streams tiles through the resumable work directory into the file, in
@@ -41,6 +41,8 @@ class Model:
         self.options = dict(checkpoint=checkpoint, config=config, model=model, device=device, precision=precision,
                             backend=backend, threads=threads)
         self._runner = RUNNERS[backend](generator, device, precision)  # refuses a bad device/precision now
+        if self._runner.device.type == "cpu" and precision != "fp32" and backend != "onnx":
+            pipeline.check_cpu_precision(precision)  # bf16 slower than fp32 here: refused, as igan-render does
 
     @property
     def config(self):

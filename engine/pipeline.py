@@ -7,8 +7,10 @@ the tiles of a request, shared with the in-memory renders so they compute the sa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -52,6 +54,8 @@ def run(request: RenderRequest, model=None):
                                f"{source or 'the embedded model'} is {got[:24]}...: give {option('checkpoint')} "
                                f"the model it was made with")
     runner = RUNNERS[request.backend](model, devices[0], request.precision)  # fails early: backend/device/precision
+    if runner.device.type == "cpu" and request.precision != "fp32" and request.backend != "onnx":
+        check_cpu_precision(request.precision)
     spec, plan = plan_request(request, model.config, runner.device)
     job = executor.Job(source, request.config, request.seed, plan.window, (plan.tile_height, plan.tile_width),
                        request.batch, request.backend, request.precision, spec, request.latent_rng,
@@ -60,7 +64,7 @@ def run(request: RenderRequest, model=None):
     common = dict(resume=request.resume, restart=request.restart, keep_work=request.keep_work,
                   progress=not request.quiet,
                   sink_args=dict(metadata=metadata, preview=request.preview_path, preview_size=request.preview_size,
-                                 compression=request.compression))
+                                 compression=request.compression, ome=request.ome))
     out = Path(request.out)
     if dist is not None:
         stats = executor.run_torchrun(job, model, devices[0], out, **common)
@@ -73,6 +77,34 @@ def run(request: RenderRequest, model=None):
         write_atomic(Path(request.stats_json),
                      json.dumps(dataclasses.asdict(stats) | {"mp_per_s": stats.mp_per_s, "out": request.out}, indent=1))
     return stats
+
+
+@functools.lru_cache(maxsize=4)
+def cpu_conv_gflops(precision: str) -> float:
+    """GFLOP/s of a 3x3 conv (128 channels, 32x32 output) on igan's CPU conv path in
+    `precision`, measured now (best of a few runs, about 0.1 s)."""
+    from .determinism import reproducible_cpu_convs
+    from .runner import PRECISIONS
+
+    dtype = PRECISIONS[precision]
+    x, w = torch.randn(1, 128, 34, 34, dtype=dtype), torch.randn(128, 128, 3, 3, dtype=dtype)
+    best = float("inf")
+    with torch.inference_mode(), reproducible_cpu_convs():
+        for _ in range(3):
+            start = time.perf_counter()
+            torch.nn.functional.conv2d(x, w)
+            best = min(best, time.perf_counter() - start)
+    return 2 * 128 * 128 * 9 * 32 * 32 / best / 1e9
+
+
+def check_cpu_precision(precision: str) -> None:
+    """Refuse a reduced precision that this CPU runs slower than fp32 (measured: on the
+    project's machines bf16 convolutions run at a tenth of fp32's rate or less)."""
+    low, full = cpu_conv_gflops(precision), cpu_conv_gflops("fp32")
+    if low < full:
+        raise RequestError(f"{option('precision')} {precision} is slower than fp32 on this CPU (measured now: a 3x3 "
+                           f"conv at {low:.1f} GFLOP/s in {precision}, {full:.1f} in fp32): use "
+                           f"{option('precision')} fp32, which is also exact")
 
 
 def load_model(request: RenderRequest):

@@ -16,6 +16,9 @@ DEFAULT_LATENT_RNG = "philox"  # since igan 0.2; "v1" reproduces images made bef
 # How float pixels in [-1, 1] become bytes: "round" (round half up, igan's default) or
 # "official" (the official code's PNGs: matplotlib's truncation of (x + 1) / 2 * 255).
 QUANTIZERS = ("round", "official")
+# The namespace of the OME MapAnnotation that holds describe()'s entries in an OME-TIFF (whose
+# ImageDescription is the OME-XML).
+OME_NAMESPACE = "igan/metadata"
 
 
 def igan_version() -> str:
@@ -61,7 +64,7 @@ def describe(identity: dict, command: str | None) -> dict[str, str]:
 
 
 def read_metadata(path: str | os.PathLike) -> dict | None:
-    """The "igan" metadata of a PNG or TIFF igan wrote (describe), or None."""
+    """The "igan" metadata of a PNG, TIFF or OME-TIFF igan wrote (describe), or None."""
     with open(path, "rb") as f:
         head = f.read(8)
     if head == b"\x89PNG\r\n\x1a\n":
@@ -74,8 +77,27 @@ def read_metadata(path: str | os.PathLike) -> dict | None:
 
         with tifffile.TiffFile(path) as tif:
             text = tif.pages[0].description
+        if text.lstrip().startswith("<"):
+            text = _ome_entry(text, "igan")
     try:
         return json.loads(text) if text else None
     except ValueError:
         return None
+
+
+def _ome_entry(xml: str, key: str) -> str | None:
+    """The value of `key` in the MapAnnotation of namespace OME_NAMESPACE of an OME-XML
+    document, or None."""
+    from xml.etree import ElementTree
+
+    try:
+        root = ElementTree.fromstring(xml.encode())  # bytes: the XML declaration names the encoding
+    except ElementTree.ParseError:
+        return None
+    for element in root.iter():
+        if element.tag.rpartition("}")[2] == "MapAnnotation" and element.get("Namespace") == OME_NAMESPACE:
+            for entry in element.iter():
+                if entry.tag.rpartition("}")[2] == "M" and entry.get("K") == key:
+                    return entry.text
+    return None
 

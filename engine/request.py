@@ -65,6 +65,7 @@ class RenderRequest:
     preview: str | None = None  # "": OUT's stem + .preview.png
     preview_size: int = 1024
     compression: str | int | None = None
+    ome: bool = False  # .tif/.tiff: write an OME-TIFF (OME-XML, igan's metadata in a MapAnnotation)
     stats_json: str | None = None
     quiet: bool = False
 
@@ -144,6 +145,9 @@ class RenderRequest:
         if ext not in FORMATS:
             raise RequestError(f"{option('out')} {self.out!r}: unsupported extension {ext or '(none)'!r}; use "
                                f"{', '.join(FORMATS)}")
+        if self.ome and ext not in (".tif", ".tiff"):
+            raise RequestError(f"{option('ome')} writes an OME-TIFF: it is for .tif/.tiff outputs, not {ext} "
+                               f"({option('out')} {self.out!r})")
         if self.tile is not None and self.tile % TILE_ALIGN:
             raise RequestError(f"{option('tile')} must be a multiple of {TILE_ALIGN}, got {self.tile}")
         if self.precision not in ("fp32", "fp16", "bf16"):

@@ -11,7 +11,9 @@ left next to a final path is recognised (unlocked) and deleted by the next sink 
 * PngSink: hand-rolled PNG (libpng-like adaptive row filters, one zlib stream, bounded IDATs).
 * TiffSink: tiled BigTIFF with a 2x pyramid in SubIFDs, written by tifffile. A reduced level is
   buffered in a temporary raw file while the level above it streams (pwrite/pread, not memmap:
-  dirty memmap pages count as RSS).
+  dirty memmap pages count as RSS). Lossless (zlib, zstd, none) or JPEG tiles; plain TIFF, or
+  OME-TIFF (`ome=True`: OME-XML in page 0's ImageDescription, igan's metadata in an OME
+  MapAnnotation).
 """
 from __future__ import annotations
 
@@ -35,11 +37,14 @@ import numpy as np
 
 from . import native
 from .errors import WriteError, option
+from .provenance import OME_NAMESPACE
 
 PNG_LEVEL = 6
 PNG_IDAT_BYTES = 1 << 20  # IDAT chunk size bound
 _FILTER_BYTES = 64 << 10  # scanline bytes filtered per numpy pass (bounds the temporaries)
-_TIFF_CODECS = {"zstd": (1, 22, 3), "zlib": (0, 9, 6)}  # name: (min level, max level, default)
+# name: (min level, max level, default); jpeg's level is the quality
+_TIFF_CODECS = {"zstd": (1, 22, 3), "zlib": (0, 9, 6), "jpeg": (1, 100, 90)}
+_TIFF_EXTENSIONS = (".tif", ".tiff")
 _ABORT = object()  # queue sentinel: unwind the writer thread
 
 
@@ -78,22 +83,25 @@ def sweep_temps(final: Path) -> None:
 
 def open_sink(path, width, height, *, band_height, preview=None, preview_size=1024,
               compression=None, tiff_tile=256, queue_tiles=64, workers=None, temp_dir=None,
-              metadata: dict[str, str] | None = None) -> Sink:
+              metadata: dict[str, str] | None = None, ome: bool = False) -> Sink:
     """Open a streaming sink; the format follows the extension (.png, .tif, .tiff).
     `workers`: compression threads (default min(8, CPUs)); the bytes do not depend on it.
     `temp_dir`: where the temporaries go (on the output's filesystem; default: beside it).
     `metadata`: text to embed (provenance.describe): PNG tEXt chunks (keyword -> text);
-    TIFF: "Software" as the Software tag, "igan" as the ImageDescription."""
+    TIFF: "Software" as the Software tag, "igan" as the ImageDescription (OME-TIFF: every
+    entry in an OME MapAnnotation of namespace provenance.OME_NAMESPACE).
+    `ome`: write an OME-TIFF (.tif/.tiff only)."""
     path = Path(path)
     ext = path.suffix.lower()
+    check_ome(path, ome)
     workers = _check_int("workers", workers) if workers is not None else min(8, os.cpu_count() or 1)
     kw = dict(band_height=band_height, preview=preview, preview_size=preview_size,
               compression=compression, queue_tiles=queue_tiles, workers=workers, temp_dir=temp_dir,
               metadata=metadata)
     if ext == ".png":
         return PngSink(path, width, height, **kw)
-    if ext in (".tif", ".tiff"):
-        return TiffSink(path, width, height, tile=tiff_tile, **kw)
+    if ext in _TIFF_EXTENSIONS:
+        return TiffSink(path, width, height, tile=tiff_tile, ome=ome, **kw)
     raise ValueError(f"unsupported output extension {ext or '(none)'!r} for '{path}': "
                      f"supported are .png, .tif, .tiff")
 
@@ -107,11 +115,19 @@ def check_compression(path, compression) -> None:
     if ext == ".png":
         level = int(compression) if isinstance(compression, str) and compression.isdigit() else compression
         _check_int(f"{option('compression')} for PNG (a zlib level)", level, 0, 9)
-    elif ext in (".tif", ".tiff"):
+    elif ext in _TIFF_EXTENSIONS:
         _tiff_codec(compression)
     else:
         raise ValueError(f"{option('compression')} {compression!r} is for .png and .tif outputs, not "
                          f"{ext or 'this output'}")
+
+
+def check_ome(path, ome) -> None:
+    """ValueError naming `ome` unless `path` is a TIFF (an OME-TIFF is the only OME output)."""
+    ext = Path(path).suffix.lower()
+    if ome and ext not in _TIFF_EXTENSIONS:
+        raise ValueError(f"{option('ome')} writes an OME-TIFF: it is for .tif/.tiff outputs, not "
+                         f"{ext or 'this output'} ('{path}')")
 
 
 def _check_int(name: str, value, minimum: int = 1, maximum: float = math.inf) -> int:
@@ -533,20 +549,25 @@ class PngSink(Sink):
             del pending[:size]
 
 
-def _zstd_available() -> bool:
+def _codec_available(name: str) -> bool:
+    """imagecodecs has the encoder tifffile uses for `name` (zstd, jpeg)."""
     try:
-        from imagecodecs import zstd_encode  # noqa: F401
+        import imagecodecs
     except ImportError:
         return False
-    return True
+    return hasattr(imagecodecs, f"{name}_encode")
 
 
 def _tiff_codec(value) -> tuple[str | None, dict | None]:
-    """'zlib', 'zlib:9', 'zstd', 'zstd:5', 'none' or None (zlib:6) -> tifffile args.
+    """'zlib', 'zlib:9', 'zstd', 'zstd:5', 'jpeg', 'jpeg:80', 'none' or None (zlib:6) ->
+    tifffile args.
 
     zlib (deflate) is the default: every TIFF reader decodes it (libvips, QuPath/Bio-Formats,
     GIMP, OpenSeadragon's converters), whereas libvips builds without zstd read a zstd TIFF
-    as black without an error. zstd (smaller, faster) is there for readers known to take it."""
+    as black without an error. zstd (smaller, faster) is there for readers known to take it.
+    jpeg (quality 1-100, default 90; lossy, several times smaller for photographic images) is
+    baseline JPEG in YCbCr with 2x2 chroma subsampling, as slide scanners write: every
+    pyramid viewer decodes it."""
     if value is None:
         value = "zlib"
     name, _, level = value.lower().partition(":") if isinstance(value, str) else ("", "", "")
@@ -555,12 +576,21 @@ def _tiff_codec(value) -> tuple[str | None, dict | None]:
     lo, hi, default = _TIFF_CODECS.get(name, (0, -1, 0))
     level = default if not level else int(level) if level.isdigit() else -1
     if not lo <= level <= hi:
-        raise ValueError(f"TIFF compression ({option('compression')}) must be 'zlib', 'zstd' or 'none', "
-                         f"optionally with a level as in 'zlib:9' (0-9) or 'zstd:5' (1-22), got {value!r}")
-    if name == "zstd" and not _zstd_available():
+        raise ValueError(f"TIFF compression ({option('compression')}) must be 'zlib', 'zstd', 'jpeg' or 'none', "
+                         f"optionally with a level as in 'zlib:9' (0-9), 'zstd:5' (1-22) or 'jpeg:80' "
+                         f"(quality 1-100), got {value!r}")
+    if name in ("zstd", "jpeg") and not _codec_available(name):
         raise ValueError(f"TIFF compression ({option('compression')}) {value!r} needs imagecodecs: "
                          f"pip install \"igan[zstd]\" (or use zlib, the default)")
     return name, {"level": level}
+
+
+def _ome_uuid(*parts: str) -> str:
+    """A UUID for an OME-TIFF that is a digest of what made it (tifffile's default is
+    time-based), so the same command still writes the same bytes."""
+    import uuid
+
+    return uuid.uuid5(uuid.NAMESPACE_URL, "igan:ome-tiff:" + "|".join(parts)).urn
 
 
 def pyramid_shapes(height: int, width: int, tile: int) -> list[tuple[int, int]]:
@@ -601,13 +631,19 @@ def _recut(bands, rows: int):
 
 
 class TiffSink(Sink):
-    """Tiled pyramidal BigTIFF: level 0 plus 2x-reduced levels as SubIFDs, streamed by tifffile."""
+    """Tiled pyramidal BigTIFF: level 0 plus 2x-reduced levels as SubIFDs, streamed by tifffile.
 
-    def __init__(self, path, width, height, *, compression=None, tile=256, workers=1, **kw):
+    `ome`: an OME-TIFF (tifffile's ome=True): the same pixels, tiles and SubIFD pyramid, with
+    OME-XML (a digest-derived UUID, Creator = the Software entry) as page 0's ImageDescription
+    and every metadata entry in an OME MapAnnotation of namespace provenance.OME_NAMESPACE
+    (provenance.read_metadata finds "igan" there)."""
+
+    def __init__(self, path, width, height, *, compression=None, tile=256, workers=1, ome=False, **kw):
         self.tile = _check_int("tiff_tile", tile, 16)
         if self.tile % 16:
             raise ValueError(f"tiff_tile must be a multiple of 16, got {tile!r}")
         self.compression, self._codec_args = _tiff_codec(compression)
+        self.ome = bool(ome)
         self._workers = workers
         # tifffile pulls buffersize bytes of tiles ahead for its workers: keep that small
         self._buffersize = min(32 << 20, 8 * self._workers * self.tile * self.tile * 3)
@@ -621,14 +657,17 @@ class TiffSink(Sink):
                   compression=self.compression, compressionargs=self._codec_args,
                   maxworkers=self._workers, buffersize=self._buffersize)
         source, source_tmp = self._bands(), None
-        with tifffile.TiffWriter(self._file, bigtiff=True) as tif:
+        with tifffile.TiffWriter(self._file, bigtiff=True, ome=self.ome) as tif:
             for level, (h, w) in enumerate(shapes):
                 target = None
                 if level + 1 < len(shapes):
                     target = self._create_temp(self.path, f".L{level + 1}")
                 if level == 0:
                     extra = {"subifds": len(shapes) - 1} if len(shapes) > 1 else {}
-                    if self.metadata:  # ours instead of tifffile's shape JSON and name
+                    if self.ome:
+                        extra |= {"software": self.metadata.get("Software", False),
+                                  "metadata": self._ome_metadata(shapes)}
+                    elif self.metadata:  # ours instead of tifffile's shape JSON and name
                         extra |= {"description": self.metadata.get("igan"),
                                   "software": self.metadata.get("Software", False), "metadata": None}
                 else:
@@ -642,10 +681,25 @@ class TiffSink(Sink):
                     source_tmp = target[0]
                     source = self._read_level(target[1], *shapes[level + 1])
 
+    def _ome_metadata(self, shapes) -> dict:
+        """tifffile's OME metadata for level 0 (the OME-XML is written when the file closes)."""
+        codec = f"{self.compression}:{self._codec_args['level']}" if self.compression else "none"
+        ome = {"axes": "YXS", "Name": "igan", "Creator": self.metadata.get("Software"),  # None: no Creator
+               "UUID": _ome_uuid(self.metadata.get("igan", ""), f"{self.width}x{self.height}",
+                                 f"tile {self.tile}", codec, str(len(shapes)))}
+        if self.metadata:
+            ome["MapAnnotation"] = {"Namespace": OME_NAMESPACE, "Value": dict(self.metadata)}
+        return ome
+
     def _tiles(self, bands, width: int, target_fd: int | None, count_rows: bool):
-        """Yield one level's tiles row-major; also write its 2x-reduced rows to `target_fd`."""
-        y = 0
-        for band in _recut(bands, self.tile):
+        """Yield one level's tiles row-major; also write its 2x-reduced rows to `target_fd`.
+
+        JPEG tiles at the right and bottom edges are padded by repeating the last column/row
+        (tifffile pads with zeros: a black border inside the last JPEG blocks, whose
+        quantisation would darken the image's edge pixels)."""
+        y, t = 0, self.tile
+        pad_edges = self.compression == "jpeg"
+        for band in _recut(bands, t):
             if self._aborting.is_set():
                 raise _Aborted
             if target_fd is not None:
@@ -654,8 +708,11 @@ class TiffSink(Sink):
             y += len(band)
             if count_rows:  # tifffile stops pulling after the last tile: count rows first
                 self.rows_written = y
-            for x in range(0, width, self.tile):
-                yield band[:, x:x + self.tile]
+            for x in range(0, width, t):
+                tile = band[:, x:x + t]
+                if pad_edges and tile.shape[:2] != (t, t):
+                    tile = np.pad(tile, ((0, t - tile.shape[0]), (0, t - tile.shape[1]), (0, 0)), mode="edge")
+                yield tile
 
     def _read_level(self, fd: int, height: int, width: int):
         """Yield a reduced level back from its raw file in bands of `tile` rows."""

@@ -155,3 +155,22 @@ def test_from_renders_an_image_again_and_wider(tmp_path, capsys):
             render_main(["--from", str(image), "--out", str(tmp_path / "y.png")])
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "y.png").exists()
+
+
+def test_reduced_precision_on_cpu_is_refused_where_measured_slower(tmp_path, monkeypatch, capsys):
+    from igan.engine import pipeline
+
+    rates = {"fp32": 100.0, "bf16": 12.0}
+    monkeypatch.setattr(pipeline, "cpu_conv_gflops", lambda p: rates[p])
+    out = tmp_path / "b.png"
+    assert render_main(BASE + ["--precision", "bf16", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "--precision bf16 is slower than fp32 on this CPU (measured now: a 3x3 conv at 12.0 GFLOP/s" in err
+    assert not out.exists()
+    with pytest.raises(RequestError, match="precision bf16 is slower than fp32"):
+        igan.load(device="cpu", precision="bf16")
+    rates["bf16"] = 250.0  # a CPU whose bf16 is faster renders in bf16
+    assert render_main(BASE + ["--precision", "bf16", "--out", str(out)]) == 0 and out.exists()
+    # the measurement itself: a positive rate for each precision, on igan's own CPU conv path
+    monkeypatch.undo()
+    assert pipeline.cpu_conv_gflops("fp32") > 0 and pipeline.cpu_conv_gflops("bf16") > 0

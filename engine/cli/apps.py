@@ -186,7 +186,7 @@ def _render(args, model, spec, request) -> None:
         tile=args.tile, batch=args.batch, memory_budget=args.memory_budget, workers=args.workers,
         precision=args.precision, backend=args.backend, resume=args.resume, restart=args.restart,
         keep_work=args.keep_work, preview=args.preview, compression=args.compression, quiet=args.quiet,
-        latent_rng=args.latent_rng, quantize=args.quantize, metadata=args.metadata)
+        latent_rng=args.latent_rng, quantize=args.quantize, metadata=args.metadata, ome=args.ome)
     stats = pipeline.run(render_request, model=model)
     if stats is not None:
         print(f"{args.prog}: {stats.summary()} -> {args.out}")
@@ -210,8 +210,9 @@ def _render_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preview", nargs="?", const="", default=None, metavar="PATH",
                    help="also write a low-resolution preview PNG (default path: OUT stem + .preview.png)")
     g.add_argument("--compression", default=None,
-                   help="PNG: zlib level 0-9 (default 6); TIFF: zlib (default, read by every viewer), zstd or "
-                        "none, optionally :level")
+                   help="PNG: zlib level 0-9 (default 6); TIFF: zlib (default, read by every viewer), zstd, "
+                        "jpeg (lossy; :quality, default 90) or none, optionally :level")
+    g.add_argument("--ome", action="store_true", help="with a .tif/.tiff --out: write an OME-TIFF")
     g.add_argument("--latent-rng", default=DEFAULT_LATENT_RNG, choices=list(LATENT_RNG_VERSIONS),
                    help="generator of the fresh latents: philox (default) or v1 (igan before 0.2)")
     g.add_argument("--quantize", default="round", choices=list(QUANTIZERS),

@@ -89,8 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write a low-resolution preview PNG (default path: OUT stem + .preview.png)")
     p.add_argument("--preview-size", type=positive, default=1024, help="preview's longer side (default 1024)")
     p.add_argument("--compression", default=None,
-                   help="PNG: zlib level 0-9 (default 6); TIFF: zlib (default, read by every viewer), zstd or "
-                        "none, optionally :level")
+                   help="PNG: zlib level 0-9 (default 6); TIFF: zlib (default, read by every viewer), zstd, "
+                        "jpeg (lossy, for photographic pyramids; :quality 1-100, default 90) or none, "
+                        "optionally :level")
+    p.add_argument("--ome", action="store_true",
+                   help="with a .tif/.tiff --out: write an OME-TIFF (OME-XML, the same pyramid in SubIFDs) for "
+                        "QuPath, OMERO and Bio-Formats; igan's metadata goes in an OME MapAnnotation")
     p.add_argument("--threads", type=positive, default=None, help="CPU threads for torch (default: all)")
     p.add_argument("--stats-json", default=None, metavar="PATH",
                    help="also write the summary figures as JSON (for scripts and benchmarks)")

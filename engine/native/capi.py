@@ -28,7 +28,7 @@ _UNSUPPORTED = ("gpus", "workers", "random_weights", "expect_model")
 CARRIED = frozenset({
     "checkpoint", "config", "device", "precision", "backend", "threads", "model",  # igan::ModelOptions
     "x0", "y0", "width", "height", "seed",  # igan::Window and the seed
-    "out", "tile", "batch", "memory_budget", "compression", "preview", "preview_size", "resume", "restart",
+    "out", "tile", "batch", "memory_budget", "compression", "ome", "preview", "preview_size", "resume", "restart",
     "keep_work", "quiet", "stats_json", "styles", "style_centers", "style_map", "style_blur", "wrap",
     "latent_rng", "quantize", "trunc", "metadata"})  # igan::FileOptions
 

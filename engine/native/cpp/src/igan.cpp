@@ -135,6 +135,7 @@ CommandLine parse_command_line(const std::vector<std::string>& args) {
     f.batch = num("batch");
     f.memory_budget = num("memory_budget");
     f.compression = str("compression");
+    f.ome = a["ome"].cast<bool>();
     if (!a["preview"].is_none()) f.preview = str("preview");
     f.preview_size = num("preview_size");
     f.resume = a["resume"].cast<bool>();
@@ -226,6 +227,7 @@ void Model::render_to_file(const Window& w, std::int64_t seed, const FileOptions
     o["batch"] = f.batch;
     o["memory_budget"] = f.memory_budget ? py::object(py::int_(f.memory_budget)) : py::none();
     o["compression"] = f.compression.empty() ? py::object(py::none()) : py::object(py::str(f.compression));
+    o["ome"] = f.ome;
     o["preview"] = f.preview ? py::object(py::str(*f.preview)) : py::none();
     o["preview_size"] = f.preview_size;
     o["resume"] = f.resume;

@@ -80,7 +80,8 @@ struct FileOptions {
   std::int64_t tile = 0;           // tile size in pixels, a multiple of 16
   std::int64_t batch = 1;          // tiles per forward pass
   std::int64_t memory_budget = 0;  // bytes for one batch of tiles
-  std::string compression;         // PNG: zlib level "0".."9"; TIFF: "zstd", "zlib:9", "none"...
+  std::string compression;         // PNG: zlib level "0".."9"; TIFF: "zstd", "zlib:9", "jpeg:85", "none"...
+  bool ome = false;                // .tif/.tiff: an OME-TIFF (igan-render's --ome)
   std::optional<std::string> preview;  // also write a preview PNG ("" = OUT stem + .preview.png)
   std::int64_t preview_size = 1024;
   bool resume = false, restart = false, keep_work = false;
