@@ -17,7 +17,8 @@ from igan.engine.apps.record import InversionRecord
 from igan.engine.cli.render import main as render_main
 from igan.engine.store import work_dir_for
 
-APPS = "import sys; from igan.engine import apps_cli; sys.exit(getattr(apps_cli, sys.argv[1])(sys.argv[2:]))"
+APPS = ("import sys; from igan.engine.cli import apps as apps_cli; "
+        "sys.exit(getattr(apps_cli, sys.argv[1])(sys.argv[2:]))")
 COMMON = ["--device", "cpu", "--quiet", "--tile", "64"]
 
 
