@@ -4,7 +4,7 @@ The top-level folders (engine/, kernels/, export/, trainer/) install under one i
 namespace, ``igan`` (``igan.engine``, ``igan.kernels``, ...), so that bare names such as
 ``kernels`` never collide with other installed packages.
 
-The build requirements are in pyproject.toml. `pip install .` and `pip install -e .` also
+The metadata (PEP 621) and build requirements are in pyproject.toml. `pip install .` and `pip install -e .` also
 compile the C++ hot paths, igan.engine.native._native (engine/native/cpp/src, the same
 sources and flags as its CMake target); the extension is optional: without a compiler the
 install goes on and igan runs the Python paths. The C++ API and its examples are built by
@@ -50,49 +50,14 @@ def _native():
 packages, package_dir = _packages()
 ext_modules, cmdclass = _native()
 
-# onnx (igan-export --onnx, --backend onnx) is an extra: "onnx" with the CPU build of
-# onnxruntime, "gpu" with the GPU build. The two builds write the same package: install one.
-ONNX = ["onnx>=1.16", "onnxscript>=0.1"]
-
 setup(
-    name="igan",
-    version="0.2.0",
-    description="High-performance inference engine for InfinityGAN (unbounded-size image generation)",
-    license="MIT",
-    license_files=["LICENSE"],
-    python_requires=">=3.11",  # zarr 3
     packages=packages,
     package_dir=package_dir,
     # The embedded default model (igan.engine.embedded), trained by igan-train.
-    package_data={"igan.engine": ["default_model.safetensors"]},
+    package_data={"igan.engine": ["default_model.safetensors"],
+                  # igan-serve's page and its viewer (Leaflet), served from the package: no CDN
+                  "igan.engine.serve": ["static/*.html", "static/*.js", "static/*.css", "static/leaflet/*"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     zip_safe=False,
-    install_requires=[
-        "torch>=2.4,<2.15",
-        "numpy>=1.24",
-        "pillow>=10",
-        "safetensors>=0.4",
-        "tifffile>=2024.1",
-        "tqdm>=4.60",
-        "zarr>=3.0",  # the tile store (engine/store.py)
-        "pybind11>=2.12",  # headers + CMake config for the C++ API (python -m igan.engine.native.build)
-    ],
-    extras_require={
-        "test": ["pytest>=8", "pytest-benchmark>=4", "scipy>=1.10"],
-        "onnx": ONNX + ["onnxruntime>=1.18"],
-        "gpu": ONNX + ["onnxruntime-gpu>=1.18"],  # instead of "onnx", never with it
-        "triton": ["triton>=3.0"],
-        "zstd": ["imagecodecs>=2024.1"],  # --compression zstd for TIFF (zlib, the default, needs nothing)
-    },
-    entry_points={"console_scripts": [
-        "igan-render=igan.engine.cli.render:main",
-        "igan-train=igan.trainer.cli:main",
-        "igan-export=igan.export.cli:main",
-        "igan-bench=igan.engine.cli.bench:main",
-        "igan-eval=igan.trainer.eval.cli:main",
-        "igan-invert=igan.engine.cli.apps:invert_main",
-        "igan-outpaint=igan.engine.cli.apps:outpaint_main",
-        "igan-inbetween=igan.engine.cli.apps:inbetween_main",
-    ]},
 )

@@ -2,13 +2,13 @@
 `--help` with example command lines that parse, the model named by `--checkpoint`; and
 igan-bench measures each backend igan-render renders with, onnx included."""
 import argparse
-import ast
 import importlib
 import json
 import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -24,18 +24,9 @@ from igan.export.packed import read_packed
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _setup_keywords() -> dict:
-    """The keyword arguments of setup.py's setup(...) call, as literals."""
-    for node in ast.walk(ast.parse((ROOT / "setup.py").read_text())):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setup":
-            return {kw.arg: kw.value for kw in node.keywords}
-    raise AssertionError("setup.py has no setup(...) call")
-
-
-SETUP = _setup_keywords()
-VERSION = ast.literal_eval(SETUP["version"])
-SCRIPTS = dict(line.replace(" ", "").split("=") for line in
-               ast.literal_eval(SETUP["entry_points"])["console_scripts"])  # name -> "module:function"
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]  # PEP 621 metadata
+VERSION = PROJECT["version"]
+SCRIPTS = dict(PROJECT["scripts"])  # name -> "module:function"
 OTHER_CHANGE = "igan-render's command line belongs to another change"
 
 

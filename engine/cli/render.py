@@ -24,7 +24,7 @@ EXAMPLES = """examples:
   igan-render --seeds 0-7 --outdir samples --width 1024 --height 256 --trunc 0.7
   igan-render --styles 3,17,42 --wrap --width 4096 --height 512 --out fused360.png
   igan-render --gpus 8 --width 8192 --height 8192 --out big.tif --resume
-  igan-render --from pano.png --width 16384 --out wider.png     # the same canvas, twice as wide
+  igan-render --from pano.png --width 16384 --out wider.png
 """
 
 
