@@ -602,8 +602,9 @@ def pyramid_shapes(height: int, width: int, tile: int) -> list[tuple[int, int]]:
     return shapes
 
 
-def _halve(a: np.ndarray) -> np.ndarray:
-    """2x2 box average [h, w, 3] -> [ceil(h/2), ceil(w/2), 3], round half up, edges replicated."""
+def halve(a: np.ndarray) -> np.ndarray:
+    """2x2 box average [h, w, 3] -> [ceil(h/2), ceil(w/2), 3], round half up, an odd last row
+    or column replicated: the reduction of the TIFF pyramids (and of igan-serve's levels)."""
     if a.shape[0] % 2 or a.shape[1] % 2:
         a = np.pad(a, ((0, a.shape[0] % 2), (0, a.shape[1] % 2), (0, 0)), mode="edge")
     s = a[0::2, 0::2].astype(np.uint16)
@@ -703,7 +704,7 @@ class TiffSink(Sink):
             if self._aborting.is_set():
                 raise _Aborted
             if target_fd is not None:
-                half = _halve(band)
+                half = halve(band)
                 _pwrite_all(target_fd, half, (y // 2) * half.shape[1] * 3)
             y += len(band)
             if count_rows:  # tifffile stops pulling after the last tile: count rows first

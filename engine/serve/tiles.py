@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..sinks import halve  # the TIFF pyramids' reduction: levels equal igan-render's
+
 TILE = 256  # pixels per tile side, every level
 MAX_COORD = 1 << 34  # canvas pixels per axis from the origin (planner.Window's limit)
 MAX_LEVEL = 8  # hard floor of the pyramid: one level-8 tile is 65,536 native tiles
@@ -65,20 +67,6 @@ def tile_key(canvas: str, zoom: str, x: str, y: str, max_level: int) -> TileKey:
         if not (-MAX_COORD <= v * key.span and (v + 1) * key.span <= MAX_COORD):
             raise TileError(f"tile ({key.x}, {key.y}) at zoom {zoom} lies beyond {MAX_COORD} pixels from the origin")
     return key
-
-
-def halve(a: np.ndarray) -> np.ndarray:
-    """2x2 box average [h, w, 3] -> [ceil(h/2), ceil(w/2), 3], round half up, an odd last
-    row or column replicated: the reduction of igan's TIFF pyramids (sinks.TiffSink)."""
-    if a.shape[0] % 2 or a.shape[1] % 2:
-        a = np.pad(a, ((0, a.shape[0] % 2), (0, a.shape[1] % 2), (0, 0)), mode="edge")
-    s = a[0::2, 0::2].astype(np.uint16)
-    s += a[1::2, 0::2]
-    s += a[0::2, 1::2]
-    s += a[1::2, 1::2]
-    s += 2
-    s >>= 2
-    return s.astype(np.uint8)
 
 
 def reduce_children(children: list[np.ndarray | None]) -> np.ndarray:
