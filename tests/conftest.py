@@ -64,7 +64,7 @@ def rng(request):
 # compile of every kernel launch, an inversion, the apps' models and records): every test that
 # uses one belongs to the slow tier, whatever its own time.
 _SLOW_FIXTURES = {("test_export.py", "exported"), ("test_aot.py", "rows"), ("test_invert.py", "inverted"),
-                  ("test_outpaint.py", "setup")}
+                  ("test_outpaint.py", "setup"), ("test_cli_conventions.py", "onnx_export")}
 
 
 def pytest_collection_modifyitems(config, items):
