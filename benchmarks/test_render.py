@@ -57,6 +57,31 @@ def test_render_throughput(benchmark, tmp_path, name, tiling):
     assert stats.tiles == len(plan.tiles)
 
 
+@pytest.mark.parametrize("path", ["bit-exact", "fast"])
+def test_cpu_path_throughput(benchmark, path):
+    """The default CPU path (oneDNN, channels-last) against the bit-exact reference path on
+    the default config's 256-px tiles, in the same run: MP/s, GFLOP/s and the ratio."""
+    model = _model("InfinityGAN")
+    width, height = 256, 256
+    plan = planner.plan(model.config, planner.Window(0, -height // 2, width, height), tile=256)
+    renderer = Renderer(TorchRunner(model, "cpu", bit_exact=path == "bit-exact"))
+    field = LatentField(model.config, seed=0)
+    renderer.render_array(field, plan)  # warm-up: oneDNN builds its kernels for the shapes
+
+    def render():
+        return renderer.render_array(field, plan, uint8=True)
+
+    benchmark.pedantic(render, rounds=2, iterations=1, warmup_rounds=0)
+    seconds = benchmark.stats.stats.min
+    mp_s = width * height / 1e6 / seconds
+    _RESULTS[("cpu-path", path)] = mp_s
+    figures = dict(mp_per_s=round(mp_s, 4), gflop_per_s=round(plan.flops / seconds / 1e9, 1))
+    if path == "fast" and ("cpu-path", "bit-exact") in _RESULTS:
+        figures["speedup_vs_bit_exact"] = round(mp_s / _RESULTS[("cpu-path", "bit-exact")], 2)
+    benchmark.extra_info.update(figures)
+    record(f"render InfinityGAN 256x256 {path}", **figures)
+
+
 def _peak_rss_of_render(tmp_path, width, height, tile):
     """Run igan-render in a fresh process; return its peak RSS (bytes) as it reports it."""
     out, stats = tmp_path / f"w{width}.png", tmp_path / f"w{width}.json"

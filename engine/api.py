@@ -26,9 +26,8 @@ from . import pipeline, sources
 from .latent import LatentField
 from .renderer import Renderer
 from .request import RenderRequest
-from .sources import RUNNERS
 
-_MODEL_OPTIONS = ("checkpoint", "config", "model", "device", "precision", "backend", "threads")
+_MODEL_OPTIONS = ("checkpoint", "config", "model", "device", "precision", "backend", "threads", "bit_exact")
 
 
 class Model:
@@ -36,13 +35,14 @@ class Model:
 
     def __init__(self, generator, *, checkpoint: str | None = None, config: str | None = None,
                  model: str | None = None, device: str = "auto", precision: str = "fp32", backend: str = "torch",
-                 threads: int | None = None):
+                 threads: int | None = None, bit_exact: bool = False):
         self.generator = generator
         self.options = dict(checkpoint=checkpoint, config=config, model=model, device=device, precision=precision,
-                            backend=backend, threads=threads)
-        self._runner = RUNNERS[backend](generator, device, precision)  # refuses a bad device/precision now
+                            backend=backend, threads=threads, bit_exact=bit_exact)
+        # refuses a bad device/precision now
+        self._runner = sources.make_runner(backend, generator, device, precision, bit_exact)
         if self._runner.device.type == "cpu" and precision != "fp32" and backend != "onnx":
-            pipeline.check_cpu_precision(precision)  # bf16 slower than fp32 here: refused, as igan-render does
+            pipeline.check_cpu_precision(precision, bit_exact)  # bf16 slower than fp32 here: refused, as igan-render does
 
     @property
     def config(self):
@@ -90,14 +90,17 @@ class Model:
 
 
 def load(path: str | Path | None = None, *, config: str | None = None, device: str = "auto",
-         precision: str = "fp32", backend: str = "torch", threads: int | None = None) -> Model:
+         precision: str = "fp32", backend: str = "torch", threads: int | None = None,
+         bit_exact: bool = False) -> Model:
     """A Model from an official checkpoint (`best_fid.pth.tar`), an igan `.safetensors` or
     `.packed` file, an ONNX export folder (with backend="onnx"), or None for the embedded
-    model. Loading never runs code from the file."""
+    model. Loading never runs code from the file. `bit_exact`: on a CPU, the reference path
+    whose bytes do not depend on the tiling (slower; the default is the oneDNN path, whose
+    bytes are the same for the same call)."""
     if threads:
         torch.set_num_threads(threads)
     path = None if path is None else str(path)
     onnx = backend == "onnx"
     generator = sources.load(path, config)
     return Model(generator, checkpoint=None if onnx else path, model=path if onnx else None, config=config,
-                 device=device, precision=precision, backend=backend, threads=threads)
+                 device=device, precision=precision, backend=backend, threads=threads, bit_exact=bit_exact)

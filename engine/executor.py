@@ -31,7 +31,6 @@ from .errors import option
 from .latent import LatentField
 from .provenance import DEFAULT_LATENT_RNG, LATENT_RNG_VERSIONS, sha256_file
 from .renderer import RenderStats, Renderer, peak_rss_bytes
-from .sources import RUNNERS
 from .store import (FINISHED, MARKER, STORE_VERSION, Lease, StoreError, TileStore, is_work_dir, sweep_stale,
                     work_dir_for)
 
@@ -57,6 +56,7 @@ class Job:
     quantize: str = "round"  # float -> uint8 (runner.QUANTIZE)
     trunc: float = 1.0  # truncation of the styles
     random_weights: bool = False  # config's preset with init_deterministic weights (no checkpoint)
+    bit_exact: bool = False  # the torch backend's reference path (CPU: the same bytes in any tiling)
 
     def request(self, model) -> dict:
         """What a resume must match (the model by content, not by path)."""
@@ -66,7 +66,12 @@ class Job:
                 "window": dataclasses.asdict(self.window), "width": self.window.width, "height": self.window.height,
                 "tile_height": self.tile[0], "tile_width": self.tile[1], "precision": self.precision,
                 "backend": self.backend, "latent_rng": LATENT_RNG_VERSIONS[self.latent_rng],
-                "quantize": self.quantize, "trunc": self.trunc}
+                "quantize": self.quantize, "trunc": self.trunc} | self._path()
+
+    def _path(self) -> dict:
+        """Which torch path computes the pixels: "fast" (the CPU default since 0.3) or
+        "bit-exact" (igan 0.2's only path); the other backends have one path each."""
+        return {"path": "bit-exact" if self.bit_exact else "fast"} if self.backend == "torch" else {}
 
 
 def model_identity(checkpoint: str | None, config: str | None = None, random_weights: bool = False) -> str:
@@ -93,7 +98,8 @@ def _cached_digest(path: str, size: int, mtime_ns: int) -> str:
 def build(job: Job, device, model=None):
     """(renderer, field, plan) of a job on `device`."""
     model = model or sources.load(job.checkpoint, job.config, random_weights=job.random_weights)
-    renderer = Renderer(RUNNERS[job.backend](model, device, job.precision), job.quantize, job.trunc)
+    renderer = Renderer(sources.make_runner(job.backend, model, device, job.precision, job.bit_exact), job.quantize,
+                        job.trunc)
     plan = planner.plan(model.config, job.window, tile=job.tile, batch=job.batch)
     field = (LatentField(model.config, job.seed, rng=job.latent_rng) if job.field is None
              else job.field.build(model.config, job.seed, job.latent_rng))

@@ -21,7 +21,6 @@ from .errors import RequestError, option
 from .provenance import describe
 from .request import RenderRequest
 from .runner import PRECISIONS
-from .sources import RUNNERS
 from .store import write_atomic
 
 
@@ -53,13 +52,14 @@ def run(request: RenderRequest, model=None):
             raise RequestError(f"the image was made with the model {request.expect_model[:24]}..., but "
                                f"{source or 'the embedded model'} is {got[:24]}...: give {option('checkpoint')} "
                                f"the model it was made with")
-    runner = RUNNERS[request.backend](model, devices[0], request.precision)  # fails early: backend/device/precision
+    # fails early: backend/device/precision
+    runner = sources.make_runner(request.backend, model, devices[0], request.precision, request.bit_exact)
     if runner.device.type == "cpu" and request.precision != "fp32" and request.backend != "onnx":
-        check_cpu_precision(request.precision)
+        check_cpu_precision(request.precision, request.bit_exact)
     spec, plan = plan_request(request, model.config, runner.device)
     job = executor.Job(source, request.config, request.seed, plan.window, (plan.tile_height, plan.tile_width),
                        request.batch, request.backend, request.precision, spec, request.latent_rng,
-                       request.quantize, request.trunc, request.random_weights)
+                       request.quantize, request.trunc, request.random_weights, request.bit_exact)
     metadata = describe(job.request(model), request.command()) if request.metadata else None
     common = dict(resume=request.resume, restart=request.restart, keep_work=request.keep_work,
                   progress=not request.quiet,
@@ -79,17 +79,24 @@ def run(request: RenderRequest, model=None):
     return stats
 
 
-@functools.lru_cache(maxsize=4)
-def cpu_conv_gflops(precision: str) -> float:
-    """GFLOP/s of a 3x3 conv (128 channels, 32x32 output) on igan's CPU conv path in
-    `precision`, measured now (best of a few runs, about 0.1 s)."""
+@functools.lru_cache(maxsize=8)
+def cpu_conv_gflops(precision: str, bit_exact: bool = False) -> float:
+    """GFLOP/s of a 3x3 conv (128 channels, 32x32 output) on the CPU conv path igan would
+    take (the fast path, or with `bit_exact` the reference path) in `precision`, measured
+    now (best of a few runs, about 0.1 s)."""
     from .determinism import reproducible_cpu_convs
+    from .fastcpu import onednn_convs
     from .runner import PRECISIONS
 
     dtype = PRECISIONS[precision]
     x, w = torch.randn(1, 128, 34, 34, dtype=dtype), torch.randn(128, 128, 3, 3, dtype=dtype)
+    if bit_exact:
+        path = reproducible_cpu_convs()
+    else:
+        x, w = x.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
+        path = onednn_convs()
     best = float("inf")
-    with torch.inference_mode(), reproducible_cpu_convs():
+    with torch.inference_mode(), path:
         for _ in range(3):
             start = time.perf_counter()
             torch.nn.functional.conv2d(x, w)
@@ -97,10 +104,11 @@ def cpu_conv_gflops(precision: str) -> float:
     return 2 * 128 * 128 * 9 * 32 * 32 / best / 1e9
 
 
-def check_cpu_precision(precision: str) -> None:
-    """Refuse a reduced precision that this CPU runs slower than fp32 (measured: on the
-    project's machines bf16 convolutions run at a tenth of fp32's rate or less)."""
-    low, full = cpu_conv_gflops(precision), cpu_conv_gflops("fp32")
+def check_cpu_precision(precision: str, bit_exact: bool = False) -> None:
+    """Refuse a reduced precision that this CPU runs slower than fp32 on the path the render
+    takes (measured: on the project's machines bf16 convolutions run at a tenth of fp32's
+    rate or less, on both paths)."""
+    low, full = cpu_conv_gflops(precision, bit_exact), cpu_conv_gflops("fp32", bit_exact)
     if low < full:
         raise RequestError(f"{option('precision')} {precision} is slower than fp32 on this CPU (measured now: a 3x3 "
                            f"conv at {low:.1f} GFLOP/s in {precision}, {full:.1f} in fp32): use "

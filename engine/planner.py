@@ -70,6 +70,7 @@ class Plan:
     tiles: tuple[Tile, ...]
     flops_per_tile: int
     flops_oneshot: int
+    batch: int = 1  # tiles per forward (a runner that pads batches pads a short one to this)
 
     @property
     def flops(self) -> int:
@@ -148,4 +149,4 @@ def plan(cfg: GeneratorConfig, window: Window, *, tile: int | tuple[int, int] | 
     one_h = latent_window(cfg, window.y0, window.height)[1]
     one_w = latent_window(cfg, window.x0, window.width)[1]
     return Plan(cfg, window, th, tw, n_h, n_w, len(ys), len(xs), tuple(tiles),
-                forward_flops(cfg, n_h, n_w), forward_flops(cfg, one_h, one_w))
+                forward_flops(cfg, n_h, n_w), forward_flops(cfg, one_h, one_w), batch)

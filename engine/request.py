@@ -58,6 +58,7 @@ class RenderRequest:
     threads: int | None = None
     precision: str = "fp32"
     backend: str = "torch"
+    bit_exact: bool = False  # CPU: the reference path, the same bytes in any tiling (slower than the default)
     # the work directory and the outputs
     resume: bool = False
     restart: bool = False
@@ -116,6 +117,8 @@ class RenderRequest:
         for name, default in (("quantize", "round"), ("precision", "fp32"), ("backend", "torch")):
             if getattr(self, name) != default:
                 parts += ["--" + name, getattr(self, name)]
+        if self.bit_exact:
+            parts.append("--bit-exact")
         return shlex.join(parts)  # no --out: a file's bytes never depend on its name
 
     @property
@@ -154,6 +157,9 @@ class RenderRequest:
             raise RequestError(f"{option('precision')} must be fp32, fp16 or bf16, got {self.precision!r}")
         if self.backend not in ("torch", "triton", "onnx"):
             raise RequestError(f"{option('backend')} must be torch, triton or onnx, got {self.backend!r}")
+        if self.bit_exact and self.backend != "torch":
+            raise RequestError(f"{option('bit_exact')} is the torch backend's reference path; {option('backend')} "
+                               f"{self.backend} has none")
         if isinstance(self.trunc, bool) or not isinstance(self.trunc, (int, float)) \
                 or not math.isfinite(self.trunc):
             raise RequestError(f"{option('trunc')} must be a finite number (1 = none), got {self.trunc!r}")

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import torch
 
-from . import walk
+from . import fastcpu, walk
 from .apps.fusion import StyleMaps
 from .determinism import reproducible_cpu_convs
 from .errors import option
@@ -87,9 +87,14 @@ class Batch:
 
 
 class TorchRunner:
+    """The torch backend. On a CPU it runs the fast path (engine/fastcpu.py: oneDNN,
+    channels-last) unless `bit_exact`, which keeps the reference path whose bytes do not
+    depend on the tiling (engine/determinism.py); style fusion always takes the reference
+    path. On a GPU `bit_exact` changes nothing: cuDNN runs deterministically either way."""
+
     name = "torch"
 
-    def __init__(self, model: Generator, device="cpu", precision: str = "fp32"):
+    def __init__(self, model: Generator, device="cpu", precision: str = "fp32", bit_exact: bool = False):
         if not isinstance(model, Generator):
             raise ValueError(f"the {self.name} backend needs a checkpoint, not {type(model).__name__} "
                              f"(an ONNX export renders with {option('backend')} onnx)")
@@ -101,6 +106,10 @@ class TorchRunner:
             raise ValueError("precision fp16 is not supported on CPU (use fp32 or bf16)")
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.config = model.config
+        self.bit_exact = bool(bit_exact)
+        # the fast path pads a short last batch, so every forward of a render has one shape
+        self.fast = self.device.type == "cpu" and not self.bit_exact and type(self) is TorchRunner
+        self.pads_batches = self.fast
 
     def _context(self):
         stack = contextlib.ExitStack()
@@ -123,13 +132,19 @@ class TorchRunner:
             z = field.global_latent().to(self.device, torch.float32)
             styles = field.styles()
             styles = None if styles is None else styles.to(self.device, torch.float32)
-            return self.model.prepare(z, styles, trunc).to(dtype=self.dtype)
+            prepared = self.model.prepare(z, styles, trunc).to(dtype=self.dtype)
+            return fastcpu.prepare(self.model, prepared) if self.fast else prepared
 
     def inputs(self, field: Field, windows: list[tuple[int, int]], n_h: int, n_w: int) -> Batch:
         return gather_inputs(field, windows, n_h, n_w, self.device)
 
     def run(self, prepared: Prepared, batch: Batch) -> torch.Tensor:
         """float32 RGB [N, 3, H, W] on the runner's device."""
+        if isinstance(prepared, fastcpu.FastPrepared):
+            with torch.inference_mode():
+                cast = self.dtype
+                return fastcpu.synthesize(self.config, prepared, batch.local_latent.to(cast), batch.coords,
+                                          [n.to(cast) for n in batch.noises]).float()
         with self._context():
             cast = self.dtype
             if isinstance(prepared, SpatialPrepared):

@@ -57,3 +57,17 @@ def load(path: str | os.PathLike | None = None, config: str | None = None, *,
             raise CheckpointError(f"{option('config')} is for official checkpoints; igan models carry their config")
         return load_igan(path)
     return load_official(path, config)
+
+
+def make_runner(backend: str, model, device="auto", precision: str = "fp32", bit_exact: bool = False):
+    """The runner of `backend` for `model` on `device`. `bit_exact`: the torch backend's
+    reference path, whose bytes do not depend on the tiling (on a CPU; the default there is
+    the faster oneDNN path, engine/fastcpu.py); the other backends have no such path."""
+    if backend not in RUNNERS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(RUNNERS)}")
+    if bit_exact:
+        if backend != "torch":
+            raise ValueError(f"{option('bit_exact')} is the torch backend's reference path; the {backend} backend "
+                             f"has none (drop {option('bit_exact')} or use {option('backend')} torch)")
+        return TorchRunner(model, device, precision, bit_exact=True)
+    return RUNNERS[backend](model, device, precision)

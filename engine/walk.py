@@ -8,6 +8,7 @@ stage before. That sequence lives here and nowhere else. Each backend supplies t
 an `Ops` object:
 
 - the torch reference with per-image folded weights (engine/model.py, `FoldedOps`),
+- the fast CPU path, oneDNN on channels-last activations (engine/fastcpu.py, `FastOps`),
 - per-pixel styles for style fusion (engine/model.py, `SpatialOps`),
 - the fused Triton kernels (engine/runner.py, `TritonOps`),
 - the ONNX graphs, which modulate activations (export/graphs.py),

@@ -162,7 +162,8 @@ def test_reduced_precision_on_cpu_is_refused_where_measured_slower(tmp_path, mon
     from igan.engine import pipeline
 
     rates = {"fp32": 100.0, "bf16": 12.0}
-    monkeypatch.setattr(pipeline, "cpu_conv_gflops", lambda p: rates[p])
+    paths = []
+    monkeypatch.setattr(pipeline, "cpu_conv_gflops", lambda p, bit_exact=False: paths.append(bit_exact) or rates[p])
     out = tmp_path / "b.png"
     assert render_main(BASE + ["--precision", "bf16", "--out", str(out)]) == 1
     err = capsys.readouterr().err
@@ -172,6 +173,11 @@ def test_reduced_precision_on_cpu_is_refused_where_measured_slower(tmp_path, mon
         igan.load(device="cpu", precision="bf16")
     rates["bf16"] = 250.0  # a CPU whose bf16 is faster renders in bf16
     assert render_main(BASE + ["--precision", "bf16", "--out", str(out)]) == 0 and out.exists()
-    # the measurement itself: a positive rate for each precision, on igan's own CPU conv path
+    # measured on the path the render takes: the fast path, or the reference one with --bit-exact
+    assert set(paths) == {False}
+    assert render_main(BASE + ["--precision", "bf16", "--bit-exact", "--out", str(tmp_path / "c.png")]) == 0
+    assert paths[-1] is True
+    # the measurement itself: a positive rate for each precision, on each of igan's CPU conv paths
     monkeypatch.undo()
-    assert pipeline.cpu_conv_gflops("fp32") > 0 and pipeline.cpu_conv_gflops("bf16") > 0
+    for bit_exact in (False, True):
+        assert pipeline.cpu_conv_gflops("fp32", bit_exact) > 0 and pipeline.cpu_conv_gflops("bf16", bit_exact) > 0

@@ -186,7 +186,8 @@ def _render(args, model, spec, request) -> None:
         tile=args.tile, batch=args.batch, memory_budget=args.memory_budget, workers=args.workers,
         precision=args.precision, backend=args.backend, resume=args.resume, restart=args.restart,
         keep_work=args.keep_work, preview=args.preview, compression=args.compression, quiet=args.quiet,
-        latent_rng=args.latent_rng, quantize=args.quantize, metadata=args.metadata, ome=args.ome)
+        latent_rng=args.latent_rng, quantize=args.quantize, metadata=args.metadata, ome=args.ome,
+        bit_exact=args.bit_exact)
     stats = pipeline.run(render_request, model=model)
     if stats is not None:
         print(f"{args.prog}: {stats.summary()} -> {args.out}")
@@ -204,6 +205,8 @@ def _render_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     g.add_argument("--backend", default="torch", choices=["torch", "triton"],
                    help="torch (reference, any device) or triton (fused kernels, CUDA)")
+    g.add_argument("--bit-exact", action="store_true",
+                   help="CPU: the reference path, the same bytes for every --tile, --batch and --workers (slower)")
     g.add_argument("--resume", action="store_true", help="finish an interrupted render from its finished tiles")
     g.add_argument("--restart", action="store_true", help="discard the finished tiles of an interrupted render")
     g.add_argument("--keep-work", action="store_true", help="keep the work directory after the output is written")

@@ -136,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --backend onnx: the ONNX export to measure (igan-export --onnx DIR)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
                    help="compute precision (default fp32; the onnx backend has fp32 and fp16)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="measure --config's preset with fixed random weights (no checkpoint needed)")
+    p.add_argument("--bit-exact", action="store_true",
+                   help="CPU, torch backend: measure the bit-exact reference path instead of the default oneDNN path")
     p.add_argument("--tile", type=positive, default=None, help="tile size (default: from the memory budget)")
     p.add_argument("--batch", type=positive, default=1, help="tiles per forward (default 1)")
     p.add_argument("--memory-budget", type=size_bytes, default=None, help="as igan-render (e.g. 4GiB)")
@@ -196,13 +200,13 @@ def _run(args, sizes) -> int:
     from ..pipeline import default_budget
     from ..renderer import Renderer
     from ..runner import PRECISIONS
-    from ..sources import RUNNERS
 
     if args.threads:
         torch.set_num_threads(args.threads)
     source = args.model if args.backend == "onnx" else args.checkpoint
-    model = sources.load(source, args.config)
-    runner = RUNNERS[args.backend](model, args.device, args.precision)  # each backend resolves "auto" its way
+    model = sources.load(source, args.config, random_weights=args.random_weights)
+    # each backend resolves "auto" its way
+    runner = sources.make_runner(args.backend, model, args.device, args.precision, args.bit_exact)
     device = runner.device  # where inputs are made and outputs land (the host for onnx)
     renderer = Renderer(runner)
     budget = args.memory_budget or default_budget(device)
@@ -214,7 +218,9 @@ def _run(args, sizes) -> int:
         if args.baseline_tile:
             row.baseline = measure(renderer, model.config, w, h, tile=args.baseline_tile, **common)
         rows.append(row)
-    title = (f"igan-bench: {source or 'embedded model'} ({model.config.name}), {args.backend} "
+    what = "random weights" if args.random_weights else source or "embedded model"
+    path = " bit-exact" if args.bit_exact else ""
+    title = (f"igan-bench: {what} ({model.config.name}), {args.backend}{path} "
              f"{args.precision} on {_where(runner)}")
     print(title)
     print(format_table(rows, str(device)))

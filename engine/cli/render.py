@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "onnx (onnxruntime on the graphs of --model)")
     p.add_argument("--model", default=None, metavar="DIR",
                    help="with --backend onnx: the ONNX export to render (igan-export --checkpoint CKPT --onnx DIR)")
+    p.add_argument("--bit-exact", action="store_true",
+                   help="CPU, torch backend: the reference path, whose bytes are the same for every --tile, "
+                        "--batch and --workers (and igan 0.2's); about 1.5x slower than the default oneDNN path, "
+                        "whose bytes are the same for the same command on the same CPU")
     p.add_argument("--preview", nargs="?", const="", default=None, metavar="PATH",
                    help="also write a low-resolution preview PNG (default path: OUT stem + .preview.png)")
     p.add_argument("--preview-size", type=positive, default=1024, help="preview's longer side (default 1024)")

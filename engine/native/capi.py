@@ -20,13 +20,12 @@ from ..latent import LatentField
 from ..renderer import Renderer
 from ..request import RenderRequest
 from ..runner import PRECISIONS
-from ..sources import RUNNERS
 
 # igan-render options the C++ API has no field for: one model, one process.
 _UNSUPPORTED = ("gpus", "workers", "random_weights", "expect_model")
 # The RenderRequest fields igan::CommandLine carries (igan.cpp's parse_command_line reads them).
 CARRIED = frozenset({
-    "checkpoint", "config", "device", "precision", "backend", "threads", "model",  # igan::ModelOptions
+    "checkpoint", "config", "device", "precision", "backend", "threads", "model", "bit_exact",  # igan::ModelOptions
     "x0", "y0", "width", "height", "seed",  # igan::Window and the seed
     "out", "tile", "batch", "memory_budget", "compression", "ome", "preview", "preview_size", "resume", "restart",
     "keep_work", "quiet", "stats_json", "styles", "style_centers", "style_map", "style_blur", "wrap",
@@ -37,13 +36,14 @@ class Session:
     """One model on one device, as igan::Model holds it."""
 
     def __init__(self, checkpoint: str, config: str, device: str, precision: str, backend: str, threads: int,
-                 model: str = ""):
+                 model: str = "", bit_exact: bool = False):
         if threads:
             torch.set_num_threads(threads)
         self.options = dict(checkpoint=checkpoint or None, config=config or None, device=device,
-                            precision=precision, backend=backend, threads=threads or None, model=model or None)
+                            precision=precision, backend=backend, threads=threads or None, model=model or None,
+                            bit_exact=bool(bit_exact))
         self.model = sources.load(self.options["model"] or self.options["checkpoint"], self.options["config"])
-        self.runner = RUNNERS[backend](self.model, device, precision)
+        self.runner = sources.make_runner(backend, self.model, device, precision, bool(bit_exact))
         self.renderer = Renderer(self.runner)
         self.budget = pipeline.default_budget(self.runner.device)
         self.itemsize = PRECISIONS[precision].itemsize

@@ -34,18 +34,19 @@ class GeneratorSource:
         from .. import pipeline
         from ..executor import Job
         from ..renderer import Renderer
-        from ..sources import RUNNERS
+        from ..sources import make_runner
 
         self.request = request.validate()
         self.generator = pipeline.load_model(request) if generator is None else generator
         self.config = self.generator.config
-        self.runner = RUNNERS[request.backend](self.generator, request.device, request.precision)
+        self.runner = make_runner(request.backend, self.generator, request.device, request.precision,
+                                  request.bit_exact)
         self.renderer = Renderer(self.runner, request.quantize, request.trunc)
         source = request.model if request.backend == "onnx" else request.checkpoint
         job = Job(checkpoint=source, config=request.config, seed=0, window=planner.Window(0, 0, TILE, TILE),
                   tile=(TILE, TILE), batch=1, backend=request.backend, precision=request.precision,
                   latent_rng=request.latent_rng, quantize=request.quantize, trunc=request.trunc,
-                  random_weights=request.random_weights)
+                  random_weights=request.random_weights, bit_exact=request.bit_exact)
         # what decides a tile's bytes besides the canvas: the model by content, its config,
         # backend, precision, the canvas generator, quantization and truncation
         self.identity = {k: v for k, v in job.request(self.generator).items()

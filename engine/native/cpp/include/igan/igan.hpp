@@ -64,6 +64,7 @@ struct ModelOptions {
   std::string backend = "torch";   // torch, triton, onnx
   int threads = 0;                 // CPU threads for torch; 0 = all
   std::string model;               // with backend "onnx": the ONNX export (igan-export --onnx DIR)
+  bool bit_exact = false;  // CPU: the reference path, the same bytes in any tiling (slower than the default)
 };
 
 // A window of the canvas: pixel columns [x0, x0 + width), rows [y0, y0 + height).
