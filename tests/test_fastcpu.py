@@ -128,3 +128,35 @@ def test_other_backends_have_no_bit_exact_path():
 def test_plans_carry_their_batch():
     cfg = PRESETS["tiny"]
     assert planner.plan(cfg, Window(0, 0, 64, 64), tile=32, batch=3).batch == 3
+
+
+@pytest.mark.parametrize("trial", range(6))
+def test_winograd_conv_matches_a_float64_conv(rng, trial, monkeypatch):
+    """Winograd F(2x2, 3x3) (the fast path's wide 3x3 convs) against a float64 direct conv on
+    fresh shapes: odd and even sizes (the last tile row/column half outside), batches, bias,
+    and scratch bands of one tile row up to the whole output. Its error is float32 rounding of
+    sums of 9 in-channel terms per tap, here bounded by 2e-6 x the output's scale."""
+    from igan.engine import fastcpu
+
+    n, c, o = int(rng.integers(1, 4)), int(rng.integers(1, 40)), int(rng.integers(1, 40))
+    h, w = int(rng.integers(3, 20)), int(rng.integers(3, 20))
+    if trial % 2:
+        monkeypatch.setattr(fastcpu, "_WINOGRAD_BAND_BYTES", 1)  # one tile row per band
+    gen = torch.Generator().manual_seed(trial)
+    x = torch.randn(n, c, h, w, generator=gen).contiguous(memory_format=torch.channels_last)
+    wt = torch.randn(o, c, 3, 3, generator=gen) / (9 * c) ** 0.5
+    b = torch.randn(o, generator=gen)
+    ref = torch.nn.functional.conv2d(x.double(), wt.double(), b.double())
+    y = fastcpu.winograd_conv3x3(x, fastcpu.winograd_weight(wt), b)
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
+    assert (y.double() - ref).abs().max() < 2e-6 * max(1.0, float(ref.abs().max()))
+
+
+def test_wide_3x3_convs_take_winograd():
+    from igan.engine import fastcpu
+
+    model = random_model(PRESETS["InfinityGAN"].replace(channels=(128, 128, 64, 32)), seed=0)
+    p = TorchRunner(model).prepare(LatentField(model.config, 0))
+    kinds = ["winograd" if w.dim() == 3 else "direct" for w in p.convs[1::2]]
+    assert kinds == ["winograd", "winograd", "direct", "direct"], kinds
+    assert fastcpu.WINOGRAD_MIN_CHANNELS == 128
