@@ -1,28 +1,30 @@
-"""The fast CPU path: oneDNN convolutions on channels-last activations, the default on CPU.
+"""The fast CPU path: oneDNN and Winograd convolutions on channels-last activations, the
+default on CPU.
 
 The bit-exact path (determinism.py: im2col + GEMM with MKL in strict mode, `--bit-exact`)
 computes every output value with the same operations whatever the size of the tile around
 it, so a window renders to the same bytes in any tiling, on any number of workers. It pays
-for that: on the project's 2-core machine it runs the 512-channel 3x3 conv of the default
-config at 56-111 GFLOP/s, where oneDNN's direct convolutions on channels-last tensors run
-the same conv at 138-166 (benchmarks/cpu_conv_paths.py). oneDNN picks its kernels by shape
-and instruction set, so this path keeps determinism where users feel it instead:
+for that: on the project's 2-core machine it renders the default config at 100-110 GFLOP/s.
+This path computes the same layers faster (benchmarks/cpu_paths.py):
+- the texture synthesizer's wide 3x3 convs (at least 128 channels in and out) as Winograd
+  F(2x2, 3x3): 16 batched GEMMs on 4x4 input tiles, 2.25x fewer multiplies than a direct conv,
+  and closer to a float64 conv than oneDNN's direct one (float32 sums of fewer terms);
+- the other convs with oneDNN's direct convolutions, the bias in their epilogue;
+- the upsampling conv as one stride-2 transposed convolution instead of four polyphase convs;
+- activations channels-last from the first layer to the last, so no conv reorders its input.
 
-- The same command gives the same bytes (on the same CPU): oneDNN's convolutions are
-  deterministic for a given shape, and nothing here depends on timing or thread scheduling.
+oneDNN and the Winograd tiling see a tile's shape, so this path keeps determinism where users
+feel it instead of across tilings:
+- The same command gives the same bytes (on the same CPU): every kernel here is deterministic
+  for a given shape, and nothing depends on timing or thread scheduling.
 - Every tile of a render runs the same algorithm: the planner gives every tile one compute
   shape (edge tiles are computed at full size and cropped) and the renderer pads a short
   last batch to the full batch size (`pads_batches`), so every forward has the same shapes.
-- Seams stay invisible: a pixel differs from the bit-exact path's only by float rounding
-  (a few 1e-6), so neighbouring tiles agree to that and the 8-bit bytes agree but for a
-  rare rounding-boundary pixel (tests/test_fastcpu.py measures both at tile borders).
+- Seams stay invisible: a pixel differs from the bit-exact path's only by float32 rounding,
+  so neighbouring tiles agree to that and 8-bit values differ by at most one level on a rare
+  pixel at a rounding boundary (tests/test_fastcpu.py measures both at tile borders).
 
-The layers are those of the reference (walk.Ops), with the style folded into the weights
-once per image (`prepare`); what differs is only how each conv is computed: oneDNN's
-direct convolution (bias in its epilogue) instead of im2col + GEMM, the upsampling conv as
-one stride-2 transposed convolution instead of four polyphase convs, and activations kept
-channels-last from the first layer to the last so no conv reorders its input.
-The spatial-style path (style fusion, 360-degree panoramas) stays on the reference path.
+The spatial-style path (style fusion) and GAN inversion stay on the reference path.
 """
 from __future__ import annotations
 

@@ -160,3 +160,25 @@ def test_wide_3x3_convs_take_winograd():
     kinds = ["winograd" if w.dim() == 3 else "direct" for w in p.convs[1::2]]
     assert kinds == ["winograd", "winograd", "direct", "direct"], kinds
     assert fastcpu.WINOGRAD_MIN_CHANNELS == 128
+
+
+def test_the_path_is_part_of_the_recipe_and_the_request(tmp_path):
+    """igan-render records which path made a file; --from renders it again the same way (the
+    same bytes), and --bit-exact is refused where there is no reference path to take."""
+    from igan.engine.cli.render import main as render_main
+    from igan.engine.errors import RequestError
+    from igan.engine.provenance import read_metadata
+    from igan.engine.request import RenderRequest
+
+    base = ["--width", "96", "--height", "64", "--seed", "3", "--device", "cpu", "--quiet"]
+    for name, extra in (("fast", []), ("exact", ["--bit-exact"])):
+        out = tmp_path / f"{name}.png"
+        assert render_main(base + extra + ["--out", str(out)]) == 0
+        meta = read_metadata(out)
+        assert meta["request"]["path"] == ("bit-exact" if extra else "fast")
+        assert ("--bit-exact" in meta["command"]) == bool(extra)
+        again = tmp_path / f"{name}-again.png"
+        assert render_main(["--from", str(out), "--out", str(again), "--quiet"]) == 0
+        assert again.read_bytes() == out.read_bytes()
+    with pytest.raises(RequestError, match="bit_exact is the torch backend's reference path"):
+        RenderRequest(backend="onnx", model="export", bit_exact=True).validate()
