@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=d.batch,
                    help="images per process per step, even (dual pairs) (default %(default)s)")
     p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate of G and D (default %(default)s)")
+    p.add_argument("--keep-aspect", action="store_true",
+                   help="keep a wide image's whole width (resized to --full-size rows), patches drawn across it; "
+                        "default: the centre square, as the official code")
     p.add_argument("--full-size", type=int, default=None,
                    help="size the images are resized to before patch crops (default: patch size + 6 cells, "
                         "197 for 101-px patches)")
@@ -94,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             steps=args.steps, batch=args.batch, lr=args.lr, r1_gamma=args.r1_gamma, path_weight=args.path_weight,
             mixing=args.mixing, diversity_weight=args.diversity_weight, coord_weight=args.coord_weight,
             ema_kimg=args.ema_kimg, ema_rampup=args.ema_rampup, d_width=args.d_width, full_size=args.full_size,
+            keep_aspect=args.keep_aspect,
             save_every=args.save_every, sample_every=args.sample_every, log_every=args.log_every, seed=args.seed,
             precision=args.precision)
         trainer = Trainer(cfg, args.data, args.out, opts, device=args.device, resume=args.resume,

@@ -4,6 +4,11 @@ Each image is centre-cropped to a square, LANCZOS-resized to `full_size` once (k
 memory as uint8), then per sample: a horizontal flip with p = 0.5 and a random
 patch_size crop at row xst / column yst, uniform in {0..full-patch} (both ends, unlike the
 official randrange). The vertical label is 2 xst / (full - patch) - 1: -1 at the top.
+
+`keep_aspect` (igan-train --keep-aspect; not in the official code) keeps a wide image's
+whole width instead: it is resized to `full_size` rows and its width in proportion, and
+the column yst is uniform over that width, so panoramas teach horizontal variety rather
+than their centre square only.
 """
 from __future__ import annotations
 
@@ -27,6 +32,18 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
+def load_rows(path: Path, size: int) -> np.ndarray:
+    """LANCZOS resize to `size` rows, the width in proportion (at least `size`):
+    uint8 [size, W, 3]."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            return np.asarray(im.resize((max(size, round(w * size / h)), size), Image.LANCZOS))
+    except OSError as e:
+        raise ValueError(f"cannot read image {str(path)!r}: {e}") from e
+
+
 def load_square(path: Path, size: int) -> np.ndarray:
     """Centre square crop (shorter side) then LANCZOS resize to size x size: uint8 [size, size, 3]."""
     try:
@@ -43,12 +60,16 @@ def load_square(path: Path, size: int) -> np.ndarray:
 class PatchDataset:
     """All images at full_size in memory; `batch()` draws random patches with labels."""
 
-    def __init__(self, folder: str | os.PathLike, full_size: int, patch_size: int):
+    def __init__(self, folder: str | os.PathLike, full_size: int, patch_size: int, keep_aspect: bool = False):
         if patch_size > full_size:
             raise ValueError(f"patch_size {patch_size} is larger than full_size {full_size}")
         self.paths = list_images(folder)
-        self.full_size, self.patch_size = full_size, patch_size
-        self.images = torch.from_numpy(np.stack([load_square(p, full_size) for p in self.paths]))  # [N, S, S, 3]
+        self.full_size, self.patch_size, self.keep_aspect = full_size, patch_size, keep_aspect
+        if keep_aspect:  # [S, W_k, 3] each
+            self.images = [torch.from_numpy(load_rows(p, full_size).copy()) for p in self.paths]
+        else:
+            self.images = torch.from_numpy(np.stack([load_square(p, full_size) for p in self.paths]))  # [N, S, S, 3]
+        self.widths = torch.tensor([img.shape[1] for img in self.images])
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -58,7 +79,11 @@ class PatchDataset:
         span = self.full_size - self.patch_size
         idx = torch.randint(0, len(self), (size,), generator=gen)
         xst = torch.randint(0, span + 1, (size,), generator=gen)
-        yst = torch.randint(0, span + 1, (size,), generator=gen)
+        if self.keep_aspect:  # uniform over each image's width - patch + 1 columns
+            yst = (torch.rand(size, generator=gen, dtype=torch.float64)
+                   * (self.widths[idx] - self.patch_size + 1)).long()
+        else:
+            yst = torch.randint(0, span + 1, (size,), generator=gen)
         flip = torch.rand(size, generator=gen) < 0.5
         p = self.patch_size
         out = []

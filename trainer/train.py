@@ -50,6 +50,7 @@ class TrainOptions:
     ema_rampup: float | None = None  # half-life <= rampup * images seen (StyleGAN2-ADA), None: off
     d_width: int = 32
     full_size: int | None = None  # None: patch + 6 * upscale (197 for 101-px patches)
+    keep_aspect: bool = False  # wide images keep their width (data.PatchDataset); official: centre square
     save_every: int = 500
     sample_every: int = 250
     log_every: int = 10
@@ -116,7 +117,7 @@ class Trainer:
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             torch.distributed.init_process_group(backend, device_id=self.device if backend == "nccl" else None)
         full = opts.full_size or default_full_size(cfg)
-        self.data = PatchDataset(data_dir, full, cfg.patch_size)
+        self.data = PatchDataset(data_dir, full, cfg.patch_size, opts.keep_aspect)
         torch.manual_seed(opts.seed)  # the initial weights: the same on every rank
         self.gen = torch.Generator().manual_seed(opts.seed * 1000 + self.rank)  # data and latents (CPU)
         self.noise_gen = torch.Generator(self.device).manual_seed(opts.seed * 1000 + self.rank + 1)  # noise maps

@@ -1,4 +1,5 @@
-"""igan-eval: evaluation commands. `igan-eval scaleinv-fid` computes the paper's ScaleInv FID."""
+"""igan-eval: evaluation commands. `igan-eval scaleinv-fid` computes the paper's ScaleInv FID;
+`igan-eval swd` ProGAN's multi-scale sliced Wasserstein distance (no downloaded network)."""
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,9 @@ EXAMPLES = f"""\
 examples (pt_inception.pth: pytorch-fid's {WEIGHTS_FILE}):
   igan-eval scaleinv-fid --checkpoint best_fid.pth.tar --real data/train --scale 4 --inception pt_inception.pth
   igan-eval scaleinv-fid --real data/train --scale 1 --inception pt_inception.pth --save-real-stats real128.npz
-  igan-eval scaleinv-fid --real real128.npz --scale 8 --inception pt_inception.pth --num-fake 10000 --json fid8.json"""
+  igan-eval scaleinv-fid --real real128.npz --scale 8 --inception pt_inception.pth --num-fake 10000 --json fid8.json
+  igan-eval swd --real scenes:v1:1000:320x256 --count 64
+  igan-eval swd --checkpoint runs/v2/model.safetensors --real scenes:v2:1000 --size 101x101 --json swd.json"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,12 +66,65 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="generator precision")
     s.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
+    _swd_parser(sub, raw)
     return p
+
+
+def _swd_parser(sub, raw) -> None:
+    from .swd import DIRS, MIN_RES, NHOODS, REPEATS
+
+    s = sub.add_parser(
+        "swd", help="multi-scale sliced Wasserstein distance (ProGAN)", formatter_class=raw,
+        description=textwrap.fill(
+            "Render N images from a model (canvases SEED..SEED+N-1, centred on the horizon) or read a set, and "
+            "compare them with N reference images by ProGAN's multi-scale sliced Wasserstein distance: 7x7 patches "
+            "of each Laplacian pyramid level, normalised per channel, 4 x 512 random projections; SWD x 1e3 per "
+            "level and the average (lower is closer). Also two diversity figures of each set: the mean per-pixel "
+            "std across images, and the SWD between the set's two halves (for the reals: the noise floor).", 79),
+        epilog="examples:\n  igan-eval swd --real scenes:v1:1000:320x256 --count 64\n"
+               "  igan-eval swd --checkpoint runs/v2/model.safetensors --real scenes:v2:1000 --size 101x101\n"
+               "  igan-eval swd --fake renders/ --real photos/ --size 256x256 --json swd.json\n\n"
+               + textwrap.fill("Procedural scene sets: scenes:STYLE:SEED[:WxH], scenes 0..N-1 of that seed rendered "
+                               "at WxH (default 512x256 for v2, 320x256 for v1, the training commands' sizes); the "
+                               "training sets use seed 0, so evaluate on another (1000 by convention).", 79))
+    src = s.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", default=None,
+                     help="model to render: igan .safetensors, official best_fid.pth.tar, or 'default' (the embedded "
+                          "model, also used when neither --checkpoint nor --fake is given)")
+    src.add_argument("--fake", default=None, metavar="DIR|scenes:STYLE:SEED",
+                     help="compare this set of images instead of a model's renders")
+    s.add_argument("--config", default=None, help="preset of an official checkpoint (default: inferred)")
+    s.add_argument("--real", required=True, metavar="DIR|scenes:STYLE:SEED[:WxH]",
+                   help="reference images: a folder (the first N in sorted order) or procedural scenes")
+    s.add_argument("--count", type=positive, default=64, help="images per set (default 64)")
+    s.add_argument("--size", default=None, metavar="WxH",
+                   help="compared size; the reals are centre-cropped to its aspect and LANCZOS-resized (default for "
+                        "a model: its training image size, 2 x patch - 5 square: 101x101 for config mini)")
+    s.add_argument("--seed", type=int, default=0, help="fake i renders canvas SEED + i (default 0)")
+    s.add_argument("--sample-seed", type=int, default=0, help="seed of the patch positions and directions (0)")
+    s.add_argument("--nhoods", type=positive, default=NHOODS, help=f"7x7 patches per image and level ({NHOODS})")
+    s.add_argument("--dirs", type=positive, default=DIRS, help=f"random directions per repeat ({DIRS})")
+    s.add_argument("--repeats", type=positive, default=REPEATS, help=f"repeats of the directions ({REPEATS})")
+    s.add_argument("--min-res", type=positive, default=MIN_RES, help=f"smaller side of the coarsest level ({MIN_RES})")
+    s.add_argument("--norm", choices=("each", "reference"), default="each",
+                   help="each: each set by its own channel statistics (ProGAN, blind to uniform colour casts); "
+                        "reference: both by the real set's")
+    s.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    s.add_argument("--threads", type=positive, default=None, help="torch threads")
+    s.add_argument("--save-fakes", default=None, metavar="DIR", help="also write the rendered images (PNG)")
+    s.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "swd":
+        if args.count < 2:
+            parser.error(f"--count must be at least 2, got {args.count}")
+        files = {k: v for k, v in {"--checkpoint": args.checkpoint, "--real": args.real, "--fake": args.fake}.items()
+                 if v and v != "default" and not v.startswith("scenes:")}
+        refuse_unsafe_paths(parser, files, {"--json": args.json}, {"--save-fakes": args.save_fakes})
+        return guarded("igan-eval", lambda: _swd(args))
     refuse_unsafe_paths(parser, {"--checkpoint": args.checkpoint, "--real": args.real, "--inception": args.inception},
                         {"--save-real-stats": args.save_real_stats, "--json": args.json})
     return guarded("igan-eval", lambda: _scaleinv(args))
@@ -131,6 +187,62 @@ def _scaleinv(args) -> int:
     if args.json:
         tmp = Path(args.json).with_name(f".{Path(args.json).name}.igan-tmp-{os.getpid()}")
         tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, args.json)
+    return 0
+
+
+def _swd(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from . import swd
+
+    start = time.perf_counter()
+    size = swd.parse_size(args.size) if args.size else None
+    if args.fake:
+        if size is None:
+            raise ValueError("--size is required with --fake")
+        fake, fake_desc = swd.load_set(args.fake, args.count, size)
+    else:
+        import igan
+
+        from .scaleinv import default_full_size
+
+        checkpoint = None if args.checkpoint in (None, "default") else args.checkpoint
+        model = igan.load(checkpoint, config=args.config, device=args.device, threads=args.threads)
+        if size is None:
+            size = (default_full_size(model.config),) * 2
+        fake = swd.render_set(model, args.count, size, args.seed)
+        fake_desc = f"{checkpoint or 'the embedded model'}, canvases {args.seed}..{args.seed + args.count - 1}"
+        if args.save_fakes:
+            out = Path(args.save_fakes)
+            out.mkdir(parents=True, exist_ok=True)
+            for i, img in enumerate(fake):
+                Image.fromarray(np.ascontiguousarray(img)).save(out / f"seed{args.seed + i:05d}.png")
+    real, real_desc = swd.load_set(args.real, args.count, size)
+    options = dict(nhoods=args.nhoods, dirs=args.dirs, repeats=args.repeats, min_res=args.min_res,
+                   seed=args.sample_seed)
+    result = swd.swd(real, fake, norm=args.norm, **options)
+    div_fake, div_real = swd.diversity(fake, **options), swd.diversity(real, **options)
+    seconds = time.perf_counter() - start
+    half = args.count // 2
+    print(f"SWD x 1e3 ({args.norm} normalisation), {args.count} images of {size[0]}x{size[1]}")
+    print(f"  fake: {fake_desc}")
+    print(f"  real: {real_desc}")
+    for name, value in result.levels.items():
+        print(f"  level {name:>9}: {value:8.2f}")
+    print(f"  average        : {result.average:8.2f}")
+    print("diversity            fake     real")
+    print(f"  pixel std      {div_fake['pixel_std']:8.2f} {div_real['pixel_std']:8.2f}   (0..255, across images)")
+    print(f"  SWD of halves  {div_fake['swd_halves']:8.2f} {div_real['swd_halves']:8.2f}   "
+          f"(reals: the noise floor of {half} vs {half} images)")
+    print(f"({seconds:.1f} s)")
+    if args.json:
+        doc = dict(result.as_dict(), fake=fake_desc, real=real_desc, fake_seeds=None if args.fake else args.seed,
+                   checkpoint=None if args.fake else (args.checkpoint or "default"),
+                   diversity=dict(fake=div_fake, real=div_real), seconds=round(seconds, 2), igan=igan_version())
+        tmp = Path(args.json).with_name(f".{Path(args.json).name}.igan-tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(doc, indent=1))
         os.replace(tmp, args.json)
     return 0
 
