@@ -6,8 +6,8 @@ a decision, never an accident:
     python benchmarks/output_hashes.py --write benchmarks/results/output-hashes.json   # before
     python benchmarks/output_hashes.py --check benchmarks/results/output-hashes.json   # after
 
-`--extra-args "--latent-rng v1 --no-metadata"` adds those options to every command that draws
-the canvas: then the hashes are those of igan 0.1 (benchmarks/results/output-hashes-v1.json),
+`--extra-args "--latent-rng v1 --no-metadata --bit-exact"` adds those options to every command
+that draws the canvas: then the hashes are those of igan 0.1 (benchmarks/results/output-hashes-v1.json),
 which igan must still reproduce (0.1's TIFF default, zstd, is the case tiff-zstd).
 `--extra-args "--bit-exact --no-metadata"` gives igan 0.2's pixels and files without their
 metadata (benchmarks/results/output-hashes-0.2.json; 0.2 computed everything on the bit-exact
