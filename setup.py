@@ -53,8 +53,8 @@ ext_modules, cmdclass = _native()
 setup(
     packages=packages,
     package_dir=package_dir,
-    # The embedded default model (igan.engine.embedded), trained by igan-train.
-    package_data={"igan.engine": ["default_model.safetensors"],
+    # The shipped models (igan.engine.embedded: the default and builtin:NAME), trained by igan-train.
+    package_data={"igan.engine": ["models/*.safetensors"],
                   # igan-serve's page and its viewer (Leaflet), served from the package: no CDN
                   "igan.engine.serve": ["static/*.html", "static/*.js", "static/*.css", "static/leaflet/*"]},
     ext_modules=ext_modules,

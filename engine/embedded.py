@@ -1,9 +1,16 @@
-"""The model igan renders with when no checkpoint is given.
+"""The models shipped with igan, and the one it renders with when no checkpoint is given.
 
-`default_model.safetensors` (next to this file, installed as package data) is the `mini`
-config trained with igan-train on the procedural landscape scenes of igan.trainer.scenes
-(README, "The default model"). It is small and CPU-trained: it draws sky above, ground or
-water below and a horizon between, not photographic landscapes.
+`models/*.safetensors` (next to this file, installed as package data) are `mini`-config models
+trained with igan-train on the procedural landscape scenes of igan.trainer.scenes (README,
+"The default model"), named by `--checkpoint builtin:NAME`:
+
+- `landscapes-v2` (the default since igan 0.4): trained on the v2 panoramas (mountain ranges,
+  lakes, tree lines, five times of day) across their whole width;
+- `landscapes-v1` (the default of igan 0.1-0.3): trained on the simpler v1 scenes; kept so
+  that the pictures made with it can be made again (`igan-render --from` finds it by itself).
+
+They are small and CPU-trained: they draw sky, a horizon and ground or water in the scenes'
+colours, not photographic landscapes.
 
 `placeholder_model()` is the former placeholder, the `small` config with random weights
 from a fixed seed (identical on every machine), for benchmarks that want that architecture.
@@ -12,12 +19,42 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import json
 import struct
 from pathlib import Path
 
-DEFAULT_WEIGHTS = Path(__file__).with_name("default_model.safetensors")
+MODELS_DIR = Path(__file__).with_name("models")
+BUILTIN_PREFIX = "builtin:"
+BUILTIN = ("landscapes-v2", "landscapes-v1")  # the first is the default
+DEFAULT_NAME = BUILTIN[0]
+DEFAULT_WEIGHTS = MODELS_DIR / f"{DEFAULT_NAME}.safetensors"
+
+
+def builtin_path(checkpoint) -> Path | None:
+    """The file of `checkpoint` when it names a shipped model ("builtin:landscapes-v1"), else
+    None; an unknown name is an error naming the ones there are."""
+    if not isinstance(checkpoint, str) or not checkpoint.startswith(BUILTIN_PREFIX):
+        return None
+    name = checkpoint[len(BUILTIN_PREFIX):]
+    if name not in BUILTIN:
+        raise ValueError(f"no built-in model {name!r}: igan ships "
+                         f"{', '.join(BUILTIN_PREFIX + n for n in BUILTIN)}")
+    return MODELS_DIR / f"{name}.safetensors"
 PLACEHOLDER_SEED = 20221
+
+
+def builtin_for(identity: str | None) -> str | None:
+    """"builtin:NAME" of the shipped model whose identity is `identity` ("embedded:" + the
+    sha256 of its file, as a render's recipe records it), else None: how `igan-render --from`
+    finds the model an image was made with when that was an earlier default."""
+    if not identity or not identity.startswith("embedded:"):
+        return None
+    for name in BUILTIN:
+        h = hashlib.sha256((MODELS_DIR / f"{name}.safetensors").read_bytes()).hexdigest()
+        if identity == "embedded:" + h:
+            return BUILTIN_PREFIX + name
+    return None
 
 
 def _metadata(path: Path) -> dict:
@@ -36,8 +73,8 @@ def _describe() -> str:
         steps = _metadata(DEFAULT_WEIGHTS).get("trained_steps", "?")
     except (OSError, ValueError, struct.error):
         return f"embedded default model (weights file {DEFAULT_WEIGHTS.name} is missing: reinstall igan)"
-    return (f"embedded default model: config 'mini' trained by igan-train for {steps} steps on "
-            "procedural landscape scenes (small and CPU-trained: see the README)")
+    return (f"embedded default model ({BUILTIN_PREFIX}{DEFAULT_NAME}): config 'mini' trained by igan-train for "
+            f"{steps} steps on procedural landscape panoramas (small and CPU-trained: see the README)")
 
 
 DESCRIPTION = _describe()

@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from . import planner, sinks, sources
-from .embedded import DEFAULT_WEIGHTS
+from .embedded import DEFAULT_WEIGHTS, builtin_path
 from .errors import option
 from .latent import LatentField
 from .provenance import DEFAULT_LATENT_RNG, LATENT_RNG_VERSIONS, sha256_file
@@ -76,11 +76,15 @@ class Job:
 
 def model_identity(checkpoint: str | None, config: str | None = None, random_weights: bool = False) -> str:
     """The model by content: the sha256 of its file (an ONNX export: of its manifest),
-    "embedded:" + the embedded file's, or "random:CONFIG:SEED" for --random-weights."""
+    "embedded:" + the file's for the models shipped with igan (the default or
+    "builtin:NAME"), or "random:CONFIG:SEED" for --random-weights."""
     if random_weights:
         return f"random:{config}:{sources.RANDOM_WEIGHTS_SEED}"
     if checkpoint is None:
         return "embedded:" + _digest(DEFAULT_WEIGHTS)
+    builtin = builtin_path(checkpoint)
+    if builtin is not None:  # the shipped models by name: "embedded:" as when they were the default
+        return "embedded:" + _digest(builtin)
     return _digest(Path(checkpoint) / "manifest.json" if os.path.isdir(checkpoint) else checkpoint)
 
 

@@ -16,7 +16,7 @@ from igan.export.packed import load_packed
 
 from .checkpoint import CheckpointError, init_deterministic, load_igan, load_official
 from .config import from_name
-from .embedded import embedded_model
+from .embedded import DEFAULT_WEIGHTS, builtin_path, embedded_model
 from .errors import option
 from .model import Generator
 from .runner import TorchRunner, TritonRunner
@@ -27,7 +27,8 @@ RANDOM_WEIGHTS_SEED = 0  # the weights of --random-weights (checkpoint.init_dete
 
 def load(path: str | os.PathLike | None = None, config: str | None = None, *,
          random_weights: bool = False) -> Generator:
-    """Any checkpoint igan reads: None -> the embedded default model; `.safetensors` -> ours;
+    """Any checkpoint igan reads: None -> the embedded default model; "builtin:NAME" -> a model
+    shipped with igan (igan.engine.embedded.BUILTIN); `.safetensors` -> ours;
     `.packed` -> packed weights (igan.export.packed); a directory -> an ONNX export (an
     igan.export.onnx_runner.OnnxModel, for the onnx backend only); anything else -> an
     official torch checkpoint (`config` names its preset if needed). `random_weights` with
@@ -44,6 +45,14 @@ def load(path: str | os.PathLike | None = None, config: str | None = None, *,
                                   f"{option('checkpoint')} too (or {option('random_weights')} for that config with "
                                   f"random weights); the embedded model carries its own config")
         return embedded_model()
+    try:
+        builtin = builtin_path(path)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    if builtin is not None:  # a model shipped with igan, by name
+        if config is not None:
+            raise CheckpointError(f"{option('config')} is for official checkpoints; {path} carries its config")
+        return embedded_model() if builtin == DEFAULT_WEIGHTS else load_igan(builtin).requires_grad_(False)
     path = Path(path)
     if path.is_dir():  # an ONNX export (igan-export --onnx DIR), rendered by the onnx backend
         return load_export(path, None if config is None else from_name(config))

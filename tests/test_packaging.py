@@ -24,7 +24,7 @@ def test_a_wheel_installs_renders_and_has_the_extension(tmp_path):
     (wheel,) = wheels.glob("igan-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert any(n.startswith("igan/engine/native/_native") and n.endswith(".so") for n in names)
-    assert "igan/engine/default_model.safetensors" in names
+    assert {"igan/engine/models/landscapes-v1.safetensors", "igan/engine/models/landscapes-v2.safetensors"} <= set(names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert all(f"igan-{s} =" in scripts for s in ("render", "train", "export", "bench", "eval", "invert",

@@ -12,6 +12,7 @@ import sys
 import textwrap
 
 from ..embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
+from ..embedded import BUILTIN_PREFIX, DEFAULT_NAME, builtin_for
 from ..provenance import DEFAULT_LATENT_RNG, LATENT_RNG_VERSIONS, QUANTIZERS, igan_version
 from ..request import RenderRequest
 from . import command, guarded
@@ -40,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="render again from what an igan PNG or TIFF records (its command); options given here "
                         "override it, e.g. --width/--x0 for a wider window of the same canvas")
     p.add_argument("--checkpoint", default=None,
-                   help="official InfinityGAN checkpoint (best_fid.pth.tar) or igan .safetensors model "
-                        "(default: the embedded model, see below)")
+                   help="official InfinityGAN checkpoint (best_fid.pth.tar), igan .safetensors model, or a "
+                        "model igan ships: builtin:landscapes-v2 (the default, see below) or builtin:landscapes-v1 "
+                        "(the default of igan 0.1-0.3)")
     p.add_argument("--config", default=None,
                    help="preset of an official checkpoint (default: inferred from its shapes); without "
                         "--checkpoint only with --random-weights")
@@ -141,6 +143,10 @@ def parse_requests(argv: list[str] | None = None) -> list[RenderRequest]:
         recorded, expect_model = _recorded_args(parser, options["from_image"])
         options = vars(parser.parse_args(recorded + list(argv if argv is not None else sys.argv[1:])))
         options["expect_model"] = expect_model
+        shipped = builtin_for(expect_model)  # made with a model igan ships that is no longer the default: that one
+        if (options["checkpoint"] is None and not options["random_weights"] and shipped is not None
+                and shipped != BUILTIN_PREFIX + DEFAULT_NAME):
+            options["checkpoint"] = shipped
     from_image = options.pop("from_image")
     seed_list, outdir, out = options.pop("seeds"), options.pop("outdir"), options.pop("out")
     try:

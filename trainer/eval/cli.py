@@ -89,8 +89,9 @@ def _swd_parser(sub, raw) -> None:
                                "training sets use seed 0, so evaluate on another (1000 by convention).", 79))
     src = s.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", default=None,
-                     help="model to render: igan .safetensors, official best_fid.pth.tar, or 'default' (the embedded "
-                          "model, also used when neither --checkpoint nor --fake is given)")
+                     help="model to render: igan .safetensors, official best_fid.pth.tar, a model igan ships "
+                          "(builtin:landscapes-v2, builtin:landscapes-v1) or 'default' (the embedded model, also used "
+                          "when neither --checkpoint nor --fake is given)")
     src.add_argument("--fake", default=None, metavar="DIR|scenes:STYLE:SEED",
                      help="compare this set of images instead of a model's renders")
     s.add_argument("--config", default=None, help="preset of an official checkpoint (default: inferred)")
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.count < 2:
             parser.error(f"--count must be at least 2, got {args.count}")
         files = {k: v for k, v in {"--checkpoint": args.checkpoint, "--real": args.real, "--fake": args.fake}.items()
-                 if v and v != "default" and not v.startswith("scenes:")}
+                 if v and v != "default" and not v.startswith(("scenes:", "builtin:"))}
         refuse_unsafe_paths(parser, files, {"--json": args.json}, {"--save-fakes": args.save_fakes})
         return guarded("igan-eval", lambda: _swd(args))
     refuse_unsafe_paths(parser, {"--checkpoint": args.checkpoint, "--real": args.real, "--inception": args.inception},
