@@ -6,12 +6,16 @@ a decision, never an accident:
     python benchmarks/output_hashes.py --write benchmarks/results/output-hashes.json   # before
     python benchmarks/output_hashes.py --check benchmarks/results/output-hashes.json   # after
 
-`--extra-args "--latent-rng v1 --no-metadata --bit-exact"` adds those options to every command
-that draws the canvas: then the hashes are those of igan 0.1 (benchmarks/results/output-hashes-v1.json),
-which igan must still reproduce (0.1's TIFF default, zstd, is the case tiff-zstd).
-`--extra-args "--bit-exact --no-metadata"` gives igan 0.2's pixels and files without their
-metadata (benchmarks/results/output-hashes-0.2.json; 0.2 computed everything on the bit-exact
-CPU path).
+`--checkpoint builtin:landscapes-v1` renders every case (the inversion too) with the default
+model of igan 0.1-0.3, and `--extra-args` adds options to every command that draws the canvas.
+With both, the earlier versions' bytes, which igan must still reproduce:
+
+- `--extra-args "--latent-rng v1 --no-metadata --bit-exact"`: igan 0.1's
+  (benchmarks/results/output-hashes-v1.json; 0.1's TIFF default, zstd, is the case tiff-zstd);
+- `--extra-args "--bit-exact --no-metadata"`: igan 0.2's pixels and files without their
+  metadata (benchmarks/results/output-hashes-0.2.json; 0.2 computed everything on the
+  bit-exact CPU path);
+- `--extra-args "--no-metadata"`: igan 0.3's (benchmarks/results/output-hashes-0.3.json).
 
 Each case runs the real console command in a fresh folder (only the igan package and the
 interpreter are taken from this environment). Zarr outputs are hashed by their decoded values
@@ -38,6 +42,8 @@ APPS = [sys.executable, "-c", "import sys; from igan.engine.cli import apps as a
 CASES = {
     "readme-first-command": (RENDER + ["--width", "8192", "--height", "256", "--out", "{d}/panorama.png"],
                              "panorama.png"),
+    "readme-first-command-seed7": (RENDER + ["--width", "8192", "--height", "256", "--seed", "7", "--out",
+                                             "{d}/panorama.png"], "panorama.png"),  # the README's since 0.4
     "readme-default-sample": (RENDER + ["--width", "1024", "--height", "256", "--seed", "1", "--out", "{d}/s.png"],
                               "s.png"),
     "tiff-pyramid": (RENDER + ["--width", "1500", "--height", "700", "--seed", "7", "--out", "{d}/p.tif"], "p.tif"),
@@ -87,33 +93,36 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _with(cmd: list[str], extra: list[str]) -> list[str]:
-    """`extra` options added to a command that draws the canvas (igan-invert does not)."""
-    return cmd if "invert_main" in cmd else cmd + extra
+def _with(cmd: list[str], extra: list[str], checkpoint: str | None = None) -> list[str]:
+    """`checkpoint` given to every command, and `extra` options added to a command that draws
+    the canvas (igan-invert does not)."""
+    model = [] if checkpoint is None else ["--checkpoint", checkpoint]
+    return cmd + model + ([] if "invert_main" in cmd else extra)
 
 
-def _prepare(root: Path, extra: list[str]) -> None:
+def _prepare(root: Path, extra: list[str], checkpoint: str | None = None) -> None:
     """The inversion target (a crop the model can draw) and the record the apps start from."""
-    subprocess.run(RENDER + extra + ["--width", "96", "--height", "64", "--seed", "9", "--out",
-                                     str(root / "target.png")], check=True, capture_output=True)
+    subprocess.run(_with(RENDER, extra, checkpoint) + ["--width", "96", "--height", "64", "--seed", "9", "--out",
+                                                       str(root / "target.png")], check=True, capture_output=True)
     case = root / "rec"
     case.mkdir()
     cmd, name = CASES["invert-record"]
-    subprocess.run([c.format(d=case) for c in cmd], check=True, capture_output=True)
+    subprocess.run([c.format(d=case) for c in _with(cmd, [], checkpoint)], check=True, capture_output=True)
     (root / "rec.safetensors").write_bytes((case / name).read_bytes())
 
 
-def compute(names: list[str], extra: list[str] = ()) -> dict[str, str]:
+def compute(names: list[str], extra: list[str] = (), checkpoint: str | None = None) -> dict[str, str]:
     out, extra = {}, list(extra)
     with tempfile.TemporaryDirectory(prefix="igan-hashes-") as tmp:
         root = Path(tmp)
-        _prepare(root, extra)
+        _prepare(root, extra, checkpoint)
         for name in names:
             cmd, file = CASES[name]
             case = root / name
             case.mkdir()
             start = time.perf_counter()
-            done = subprocess.run([c.format(d=case) for c in _with(cmd, extra)], capture_output=True, text=True)
+            done = subprocess.run([c.format(d=case) for c in _with(cmd, extra, checkpoint)], capture_output=True,
+                                  text=True)
             if done.returncode != 0:
                 raise SystemExit(f"{name}: exit {done.returncode}: {done.stderr.strip()[-2000:]}")
             out[name] = _digest(case / file)
@@ -127,6 +136,8 @@ def main(argv=None) -> int:
     g.add_argument("--write", metavar="JSON", help="record the hashes in JSON")
     g.add_argument("--check", metavar="JSON", help="compare with the hashes recorded in JSON (exit 1 on a change)")
     p.add_argument("--only", default=None, help="comma-separated case names (default: all)")
+    p.add_argument("--checkpoint", default=None, metavar="MODEL",
+                   help="the model of every case, e.g. builtin:landscapes-v1 (default: the embedded model)")
     p.add_argument("--extra-args", default="", metavar="ARGS",
                    help="options added to every command that draws the canvas, e.g. '--latent-rng v1 --no-metadata'")
     args = p.parse_args(argv)
@@ -134,16 +145,19 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in CASES]
     if unknown:
         p.error(f"unknown cases {unknown}; known: {', '.join(CASES)}")
-    got = compute(names, shlex.split(args.extra_args))
+    got = compute(names, shlex.split(args.extra_args), args.checkpoint)
     if args.write:
         Path(args.write).write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
         print(f"wrote {len(got)} hashes to {args.write}")
     if args.check:
         want = json.loads(Path(args.check).read_text())
-        changed = [n for n in got if want.get(n) != got[n]]
+        new = [n for n in got if n not in want]  # cases added after that file was recorded
+        for n in new:
+            print(f"not in {args.check} (a newer case): {n}")
+        changed = [n for n in got if n in want and want[n] != got[n]]
         for n in changed:
             print(f"CHANGED {n}: {want.get(n)} -> {got[n]}")
-        print(f"{len(got) - len(changed)}/{len(got)} unchanged")
+        print(f"{len(got) - len(new) - len(changed)}/{len(got) - len(new)} unchanged")
         return 1 if changed else 0
     return 0
 

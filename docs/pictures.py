@@ -1,10 +1,11 @@
-"""Render the README's pictures with the embedded model on the CPU (about a minute):
+"""Render the README's pictures with the embedded model on the CPU (about two minutes):
 
     .venv/bin/python docs/pictures.py
 
 Each picture is the output of the console command printed beside it (PNG, metadata and all),
 except wrap-seam.png, which shows the 360-degree panorama rolled by half its width so that its
-seam sits in the middle.
+seam sits in the middle, and wide-crop.png, the first 1024 columns of the 8192x512 render whose
+preview is wide-8192x512.png.
 """
 from __future__ import annotations
 
@@ -35,6 +36,13 @@ def run(script: str, *args: str) -> None:
 
 def main() -> int:
     HERE.mkdir(exist_ok=True)
+    run("igan-render", "--width", "1024", "--height", "256", "--seed", "1", "--out",
+        str(HERE.parent / "default_model_sample.png"))
+    with tempfile.TemporaryDirectory() as tmp:  # the wide render: its preview and a crop at full size
+        wide = Path(tmp) / "wide.png"
+        run("igan-render", "--width", "8192", "--height", "512", "--seed", "7", "--out", str(wide), "--preview",
+            str(HERE / "wide-8192x512.png"), "--preview-size", "2048")
+        Image.open(wide).crop((0, 0, 1024, 512)).save(HERE / "wide-crop.png", optimize=True)
     run("igan-render", "--width", "1536", "--height", "256", "--styles", "3,17,42", "--style-blur", "255",
         "--out", str(HERE / "fusion.png"))
     run("igan-render", "--width", "1024", "--height", "256", "--wrap", "--seed", "5", "--out", str(HERE / "wrap.png"))
