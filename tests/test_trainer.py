@@ -225,6 +225,17 @@ def test_tiny_config_trains_with_finite_losses_and_renders(scenes, tmp_path):
     assert np.asarray(Image.open(out)).shape == (40, 70, 3)
 
 
+def test_lazy_regularisers_are_logged_whenever_they_run(scenes, tmp_path):
+    """R1 every 16 steps and the path length every 4 never fall on a logging step of 10 (the
+    step counter moves between the losses and the log): the curves must hold them anyway."""
+    opts = dict(FAST, log_every=10, d_reg_every=16, g_reg_every=4, save_every=100, sample_every=100)
+    tr = Trainer(TINY, scenes, tmp_path / "run", TrainOptions(steps=33, **opts), device="cpu", progress=False)
+    tr.run()
+    assert [s for s, _ in tr.history["r1"]] == [1, 17, 33]
+    assert [s for s, _ in tr.history["path"]] == [1, 5, 9, 13, 17, 21, 25, 29, 33]
+    assert [s for s, _ in tr.history["d_adv"]] == [1, 10, 20, 30]
+
+
 def test_bf16_mixed_precision_steps_are_finite_and_move_the_weights(scenes, tmp_path):
     """The autocast path (bf16 forward, fp32 regularisers and optimizer state) on CPU."""
     tr = Trainer(TINY, scenes, tmp_path / "run", TrainOptions(steps=2, precision="bf16", **FAST), device="cpu",

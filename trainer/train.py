@@ -34,6 +34,11 @@ from .plots import save_curves, save_grid
 from .state import STATE_NAME, load_state, save_state
 
 
+# The lazy regularisers' losses: logged on every step that computes them (every d_reg_every /
+# g_reg_every steps), whatever log_every says.
+REGULARISERS = ("r1", "path", "path_length")
+
+
 @dataclass(frozen=True)
 class TrainOptions:
     steps: int = 1000
@@ -329,9 +334,11 @@ class Trainer:
                    dynamic_ncols=True, desc="igan-train")
         while self.step < o.steps:
             logs = self.iteration()
-            if self.step % o.log_every == 0 or self.step == 1:
-                for k, v in logs.items():
+            logged = self.step % o.log_every == 0 or self.step == 1
+            for k, v in logs.items():  # the regularisers whenever they run: every 16 and 4 steps never
+                if logged or k in REGULARISERS:  # meet a logging step of 10 (the counter moves between)
                     self.history.setdefault(k, []).append((self.step, v))
+            if logged:
                 bar.set_postfix({k: f"{logs[k]:.3f}" for k in ("d_adv", "g_adv") if k in logs}, refresh=False)
             bar.update(1)
             last = self.step == o.steps
