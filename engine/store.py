@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .embedded import builtin_for
 from .errors import StoreError, WriteError, option
 from .provenance import igan_version
 
@@ -243,7 +244,10 @@ class TileStore:
             diff = sorted(k for k in set(wanted) | set(stored) if wanted.get(k) != stored.get(k))
             if diff:
                 details = "; ".join(f"{k}: was {stored.get(k)!r}, now {wanted.get(k)!r}" for k in diff)
-                raise StoreError(f"cannot resume from {str(root)!r}: it holds a different render ({details})")
+                shipped = builtin_for(stored.get("model")) if "model" in diff else None
+                hint = (f"; it was started with the shipped model {shipped}: give {option('checkpoint')} {shipped} to "
+                        f"finish it" if shipped is not None else "")
+                raise StoreError(f"cannot resume from {str(root)!r}: it holds a different render ({details}){hint}")
         return stored
 
     # ---- tiles ----------------------------------------------------------------------------------

@@ -95,3 +95,31 @@ def test_from_finds_the_earlier_default_by_itself(tmp_path, capsys):
                         str(tmp_path / "no.png"), "--quiet"]) == 1
     assert "was made with the model embedded:" in capsys.readouterr().err
     assert not (tmp_path / "no.png").exists()
+
+
+def test_a_render_interrupted_with_the_earlier_default_says_how_to_finish_it(tmp_path):
+    """A work directory left by igan 0.3 (its model: landscapes-v1, then the default) is not
+    resumed with today's default; the refusal names the shipped model that finishes it, and
+    that finishes it with the bytes of an uninterrupted render."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from igan.engine.store import work_dir_for
+
+    args = [sys.executable, "-m", "igan.engine.cli.render", *BASE, "--seed", "8"]
+    ref = tmp_path / "ref.png"
+    assert render_main(BASE + ["--seed", "8", "--checkpoint", "builtin:landscapes-v1", "--out", str(ref)]) == 0
+    out = tmp_path / "k.png"
+    killed = subprocess.run(args + ["--checkpoint", "builtin:landscapes-v1", "--out", str(out)], capture_output=True,
+                            text=True, env=dict(os.environ, IGAN_FAILPOINT="kill:before-output"), timeout=300)
+    assert killed.returncode == -signal.SIGKILL and not out.exists() and work_dir_for(out).is_dir()
+    refused = subprocess.run(args + ["--out", str(out), "--resume"], capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and not out.exists()
+    assert ("it was started with the shipped model builtin:landscapes-v1: give --checkpoint builtin:landscapes-v1 "
+            "to finish it") in refused.stderr
+    finished = subprocess.run(args + ["--checkpoint", "builtin:landscapes-v1", "--out", str(out), "--resume"],
+                              capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert out.read_bytes() == ref.read_bytes() and not work_dir_for(out).exists()
