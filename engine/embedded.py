@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import json
 import struct
 from pathlib import Path
+
+from .provenance import sha256_file
 
 MODELS_DIR = Path(__file__).with_name("models")
 BUILTIN_PREFIX = "builtin:"
 BUILTIN = ("landscapes-v2", "landscapes-v1")  # the first is the default
 DEFAULT_NAME = BUILTIN[0]
 DEFAULT_WEIGHTS = MODELS_DIR / f"{DEFAULT_NAME}.safetensors"
+PLACEHOLDER_SEED = 20221
 
 
 def builtin_path(checkpoint) -> Path | None:
@@ -41,7 +43,6 @@ def builtin_path(checkpoint) -> Path | None:
         raise ValueError(f"no built-in model {name!r}: igan ships "
                          f"{', '.join(BUILTIN_PREFIX + n for n in BUILTIN)}")
     return MODELS_DIR / f"{name}.safetensors"
-PLACEHOLDER_SEED = 20221
 
 
 def builtin_for(identity: str | None) -> str | None:
@@ -51,8 +52,7 @@ def builtin_for(identity: str | None) -> str | None:
     if not identity or not identity.startswith("embedded:"):
         return None
     for name in BUILTIN:
-        h = hashlib.sha256((MODELS_DIR / f"{name}.safetensors").read_bytes()).hexdigest()
-        if identity == "embedded:" + h:
+        if identity == "embedded:" + sha256_file(MODELS_DIR / f"{name}.safetensors"):
             return BUILTIN_PREFIX + name
     return None
 
