@@ -60,7 +60,7 @@ class Render:
     def command(self, out: Path, workers: int = 1, resume: bool = False) -> list[str]:
         cmd = [sys.executable, "-m", "igan.engine.cli.render", "--width", str(self.width), "--height",
                str(self.height), "--tile", str(self.tile), "--seed", str(self.seed), "--device", "cpu",
-               "--quiet", "--out", str(out)]
+               "--bit-exact", "--quiet", "--out", str(out)]  # bytes independent of the worker count
         if workers > 1:
             cmd += ["--workers", str(workers)]
         if resume:

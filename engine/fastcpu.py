@@ -16,7 +16,9 @@ This path computes the same layers faster (benchmarks/cpu_paths.py):
 oneDNN and the Winograd tiling see a tile's shape, so this path keeps determinism where users
 feel it instead of across tilings:
 - The same command gives the same bytes (on the same CPU): every kernel here is deterministic
-  for a given shape, and nothing depends on timing or thread scheduling.
+  for a given shape and thread count, and nothing depends on timing or thread scheduling.
+  oneDNN blocks its loops by the thread count, so another split of the render (--workers,
+  torchrun ranks, --threads) may change the last bits of a value (its 1x1 RGB convs do).
 - Every tile of a render runs the same algorithm: the planner gives every tile one compute
   shape (edge tiles are computed at full size and cropped) and the renderer pads a short
   last batch to the full batch size (`pads_batches`), so every forward has the same shapes.

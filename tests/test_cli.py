@@ -133,6 +133,6 @@ def test_console_script_shows_progress_and_exit_codes(tmp_path):
     assert "tile/s" in done.stderr
     assert "MP/s" in done.stderr and "100%" in done.stderr
     help_text = " ".join(subprocess.run([exe, "--help"], capture_output=True, text=True).stdout.lower().split())
-    assert "embedded default model: config 'mini' trained by igan-train" in help_text  # says what it renders
+    assert "embedded default model (builtin:landscapes-v2): config 'mini' trained by igan-train" in help_text  # what it renders
     bad = subprocess.run([exe, "--width", "0", "--out", str(tmp_path / "d.png")], capture_output=True, text=True)
     assert bad.returncode != 0 and "--width" in bad.stderr and not (tmp_path / "d.png").exists()
