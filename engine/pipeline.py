@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -22,6 +23,8 @@ from .provenance import describe
 from .request import RenderRequest
 from .runner import PRECISIONS
 from .store import write_atomic
+
+log = logging.getLogger(__name__)
 
 
 def default_budget(device) -> int:
@@ -46,17 +49,17 @@ def run(request: RenderRequest, model=None):
     devices = _devices(request, dist)
     source = request.model if request.backend == "onnx" else request.checkpoint
     model = load_model(request) if model is None else model
-    if request.expect_model is not None:
-        got = executor.model_identity(source, request.config, request.random_weights)
-        if got != request.expect_model:
-            raise RequestError(f"the image was made with the model {request.expect_model[:24]}..., but "
-                               f"{source or 'the embedded model'} is {got[:24]}...: give {option('checkpoint')} "
-                               f"the model it was made with")
     # fails early: backend/device/precision
     runner = sources.make_runner(request.backend, model, devices[0], request.precision, request.bit_exact)
     if runner.device.type == "cpu" and request.precision != "fp32" and request.backend != "onnx":
         check_cpu_precision(request.precision, request.bit_exact)
     spec, plan = plan_request(request, model.config, runner.device)
+    check_expected(request, model, spec)
+    batches = -(-len(plan.tiles) // plan.batch)
+    if len(devices) > batches:  # a worker more than there is work for would only cost its start-up
+        log.info("%d tile batch%s to render: %d worker%s, not %d", batches, "es" if batches > 1 else "",
+                 batches, "s" if batches > 1 else "", len(devices))
+        devices = devices[:batches]
     job = executor.Job(source, request.config, request.seed, plan.window, (plan.tile_height, plan.tile_width),
                        request.batch, request.backend, request.precision, spec, request.latent_rng,
                        request.quantize, request.trunc, request.random_weights, request.bit_exact)
@@ -77,6 +80,32 @@ def run(request: RenderRequest, model=None):
         write_atomic(Path(request.stats_json),
                      json.dumps(dataclasses.asdict(stats) | {"mp_per_s": stats.mp_per_s, "out": request.out}, indent=1))
     return stats
+
+
+def check_expected(request: RenderRequest, model, spec) -> None:
+    """What `request.expect` says the render must reproduce (igan-render --from: the model it
+    was made with, its config, its style map's labels), or a RequestError naming the option
+    that gives it."""
+    for key, want in request.expect:
+        if key == "model":
+            source = request.model if request.backend == "onnx" else request.checkpoint
+            got = executor.model_identity(source, request.config, request.random_weights)
+            if got != want:
+                raise RequestError(f"the image was made with the model {want[:24]}..., but "
+                                   f"{source or 'the embedded model'} is {got[:24]}...: give {option('checkpoint')} "
+                                   f"the model it was made with")
+        elif key == "config":
+            if json.loads(model.config.to_json()) != json.loads(want):
+                raise RequestError(f"the image was made with model config {json.loads(want).get('name')!r}, but this "
+                                   f"model's is {model.config.name!r}: give {option('config')} "
+                                   f"{json.loads(want).get('name')}")
+        elif key == "label_map":
+            got = (spec.identity().get("label_map") or {}).get("sha256") if spec is not None else None
+            if got != want:
+                raise RequestError(f"{option('style_map')} {request.style_map!r} is not the style map the image was "
+                                   f"made with (its labels' sha256 {want[:16]}...)")
+        else:
+            raise RequestError(f"unknown expectation {key!r}")
 
 
 @functools.lru_cache(maxsize=8)

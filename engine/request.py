@@ -16,10 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RequestError, option
+from .planner import MAX_SIDE
 from .provenance import DEFAULT_LATENT_RNG, LATENT_RNG_VERSIONS, QUANTIZERS
 
 FORMATS = (".png", ".tif", ".tiff", ".zarr")
 TILE_ALIGN = 16
+MAX_SEED = 2**63 - 1  # seeds are 63-bit (latent.philox_key)
+MAX_OFFSET = 1 << 34  # |x0|, |y0| (planner.Window)
+# The fields that decide an image's pixels: all a recipe (igan-render --from) may set. The rest
+# (outputs, work directory, processes, threads, previews, statistics) come from the user only.
+PIXEL_FIELDS = ("checkpoint", "model", "config", "random_weights", "width", "height", "x0", "y0", "seed", "trunc",
+                "styles", "style_centers", "style_map", "style_blur", "wrap", "latent_rng", "quantize", "precision",
+                "backend", "bit_exact")
 
 
 @dataclass(frozen=True)
@@ -46,7 +54,8 @@ class RenderRequest:
     latent_rng: str = DEFAULT_LATENT_RNG  # the canvas's random values: "philox", or "v1" (igan before 0.2)
     quantize: str = "round"  # float -> uint8: "round", or "official" (the official code's PNG bytes)
     metadata: bool = True  # embed what made the output (provenance.describe) in PNG and TIFF files
-    expect_model: str | None = None  # the model's identity (executor.model_identity) it must have (--from)
+    # what the render must reproduce ((key, value), ...: "model", "config", "label_map"; --from)
+    expect: tuple[tuple[str, str], ...] = ()
     field: object = None  # an application's canvas (apps.AppSpec), instead of styles/wrap
     # how it is computed
     tile: int | None = None
@@ -144,6 +153,15 @@ class RenderRequest:
         for name in ("x0", "seed") + (("y0",) if self.y0 is not None else ()):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
                 raise RequestError(f"{option(name)} must be an integer, got {getattr(self, name)!r}")
+        for name, low, high in (("width", 1, MAX_SIDE), ("height", 1, MAX_SIDE), ("seed", 0, MAX_SEED),
+                                ("x0", -MAX_OFFSET, MAX_OFFSET), ("y0", -MAX_OFFSET, MAX_OFFSET)):
+            value = getattr(self, name)
+            if value is not None and not low <= value <= high:
+                raise RequestError(f"{option(name)} must be in [{low}, {high}], got {value}")
+        cpus = cpu_count()
+        for name in ("threads", "workers"):
+            if getattr(self, name) is not None and getattr(self, name) > cpus:
+                raise RequestError(f"{option(name)} {getattr(self, name)} is more than this machine's {cpus} CPUs")
         ext = os.path.splitext(self.out)[1].lower()
         if ext not in FORMATS:
             raise RequestError(f"{option('out')} {self.out!r}: unsupported extension {ext or '(none)'!r}; use "
@@ -228,6 +246,14 @@ class RenderRequest:
         for flag, path in outputs.items():
             if path is not None and not (flag == option("out") and ext == ".zarr" and os.path.lexists(path)):
                 check_writable(flag, path)  # an existing Zarr --out is a finished render (checked above)
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity mask, else the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _positive(name: str, value) -> None:

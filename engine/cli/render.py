@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import textwrap
 
 from ..embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
-from ..embedded import BUILTIN_PREFIX, DEFAULT_NAME, builtin_for
+from ..errors import RequestError
 from ..provenance import DEFAULT_LATENT_RNG, LATENT_RNG_VERSIONS, QUANTIZERS, igan_version
-from ..request import RenderRequest
+from ..request import PIXEL_FIELDS, RenderRequest
 from . import command, guarded
 from .args import blur, centers, positive, seed_ranges, seeds, size_bytes
 
@@ -38,8 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                  width=88))
     p.add_argument("--version", action="version", version=f"%(prog)s {igan_version()}")
     p.add_argument("--from", dest="from_image", default=None, metavar="IMAGE",
-                   help="render again from what an igan PNG or TIFF records (its command); options given here "
-                        "override it, e.g. --width/--x0 for a wider window of the same canvas")
+                   help="render again the pixels an igan PNG or TIFF records (its recipe: model, window, seed, "
+                        "styles...); options given here override them, e.g. --width/--x0 for a wider window of the "
+                        "same canvas. Outputs, processes and the work directory come only from this command line")
+    p.add_argument("--yes", action="store_true",
+                   help="with --from: render a recipe's size above 256 MP without giving --width/--height")
     p.add_argument("--checkpoint", default=None,
                    help="official InfinityGAN checkpoint (best_fid.pth.tar), igan .safetensors model, or a "
                         "model igan ships: builtin:landscapes-v2 (the default, see below) or builtin:landscapes-v1 "
@@ -138,16 +140,11 @@ def parse_requests(argv: list[str] | None = None) -> list[RenderRequest]:
     """igan-render's command line as checked RenderRequests: one, or one per --seeds seed
     (argparse exits with a message on bad input)."""
     parser = build_parser()
+    argv = list(argv if argv is not None else sys.argv[1:])
     options = vars(parser.parse_args(argv))
-    if options["from_image"] is not None:  # the recorded options first, those given here override them
-        recorded, expect_model = _recorded_args(parser, options["from_image"])
-        options = vars(parser.parse_args(recorded + list(argv if argv is not None else sys.argv[1:])))
-        options["expect_model"] = expect_model
-        shipped = builtin_for(expect_model)  # made with a model igan ships that is no longer the default: that one
-        if (options["checkpoint"] is None and not options["random_weights"] and shipped is not None
-                and shipped != BUILTIN_PREFIX + DEFAULT_NAME):
-            options["checkpoint"] = shipped
-    from_image = options.pop("from_image")
+    from_image, yes = options.pop("from_image"), options.pop("yes")
+    if from_image is not None:  # the recipe's pixels under the options given here; nothing else from it
+        options = _from_recipe(parser, from_image, argv, options, yes)
     seed_list, outdir, out = options.pop("seeds"), options.pop("outdir"), options.pop("out")
     try:
         if seed_list is None:
@@ -168,25 +165,67 @@ def parse_requests(argv: list[str] | None = None) -> list[RenderRequest]:
         parser.error(str(e))
 
 
-def _recorded_args(parser, image: str) -> list[str]:
-    """The options of the igan-render command `image` records (provenance.describe), and the
-    identity of the model it was made with."""
-    from ..provenance import read_metadata
+# A recipe may ask for this many pixels before --from wants the size on the command line or --yes.
+FROM_PIXELS_UNASKED = 256 * 10**6
 
+
+def _from_recipe(parser, image: str, argv: list[str], options: dict, yes: bool) -> dict:
+    """igan-render's options for --from IMAGE: the pixel fields of its recipe (recipe.read, a
+    strict schema over the recorded request) under those typed on this command line, every
+    other option (outputs, work directory, processes, threads) from this command line alone.
+    A recipe that cannot be used is one line and exit status 2, before anything is created."""
+    from .. import recipe
+
+    given = _given(argv)
+    label = f"--from {image!r}"
     try:
-        meta = read_metadata(image)
-    except OSError as e:
-        parser.error(f"--from {image!r}: {e.strerror or e}")
-    except Exception as e:  # noqa: BLE001  (not an image PIL or tifffile can open)
-        parser.error(f"--from {image!r} is not a PNG or TIFF igan can read ({e})")
-    if meta is None:
-        parser.error(f"--from {image!r} carries no igan metadata (made elsewhere, or with --no-metadata)")
-    if not meta.get("command"):
-        parser.error(f"--from {image!r} was made by an igan application, not igan-render: run that again")
-    argv = shlex.split(meta["command"])
-    if argv[:1] != ["igan-render"]:
-        parser.error(f"--from {image!r}: unexpected recorded command {meta['command']!r}")
-    return argv[1:], meta.get("request", {}).get("model")
+        rec = recipe.read(image)
+        options = options | recipe.options(rec, {k: options[k] for k in given if k in PIXEL_FIELDS})
+        if options["out"] is None and options["seeds"] is None:  # a new file, never one that exists
+            options["out"] = _new_output(image)
+        fields = {k: v for k, v in options.items() if k not in ("seeds", "outdir")}
+        RenderRequest(**(fields | {"out": fields["out"] or "igan.png"})).validate()  # one line, exit 2
+    except (recipe.RecipeError, RequestError) as e:
+        _refuse(f"{label}: {e}")
+    if rec.ignored:
+        print(f"igan-render: {label}: ignoring {', '.join(rec.ignored)} in its recipe (a recipe decides pixels "
+              "only: outputs, processes and the work directory come from this command line)", file=sys.stderr)
+    size = f"{options['width']}x{options['height']} ({options['width'] * options['height'] / 1e6:.1f} MP)"
+    if options["width"] * options["height"] > FROM_PIXELS_UNASKED and not yes and not {"width", "height"} & given:
+        _refuse(f"{label} records a {size} render, more than {FROM_PIXELS_UNASKED // 10**6} MP: give --width and "
+                "--height to choose the size, or --yes to render it")
+    target = options["out"] if options["seeds"] is None else "one image per --seeds seed"
+    print(f"igan-render: {label}: {size}, seed {options['seed']} -> {target}", file=sys.stderr)
+    return options
+
+
+def _new_output(image: str) -> str:
+    """--from's output when no --out is given: igan.png (.tif for a TIFF), else igan-2.png, ...:
+    the first name that is neither a file nor an unfinished render's work directory."""
+    from ..store import work_dir_for
+
+    ext = os.path.splitext(image)[1].lower()
+    ext = ext if ext in (".png", ".tif", ".tiff") else ".png"
+    n = 1
+    while True:
+        name = f"igan{ext}" if n == 1 else f"igan-{n}{ext}"
+        if not os.path.lexists(name) and not os.path.lexists(work_dir_for(name)):
+            return name
+        n += 1
+
+
+def _given(argv: list[str]) -> set[str]:
+    """The options typed on the command line (by dest), whatever their values."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def _refuse(message: str) -> None:
+    """A command-line error in one line (exit status 2): for what a file handed to igan says."""
+    print(f"igan-render: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def parse_args(argv: list[str] | None = None) -> RenderRequest:

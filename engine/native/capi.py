@@ -22,7 +22,7 @@ from ..request import RenderRequest
 from ..runner import PRECISIONS
 
 # igan-render options the C++ API has no field for: one model, one process.
-_UNSUPPORTED = ("gpus", "workers", "random_weights", "expect_model")
+_UNSUPPORTED = ("gpus", "workers", "random_weights", "expect")
 # The RenderRequest fields igan::CommandLine carries (igan.cpp's parse_command_line reads them).
 CARRIED = frozenset({
     "checkpoint", "config", "device", "precision", "backend", "threads", "model", "bit_exact",  # igan::ModelOptions
