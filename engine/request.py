@@ -153,8 +153,12 @@ class RenderRequest:
         for name in ("x0", "seed") + (("y0",) if self.y0 is not None else ()):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
                 raise RequestError(f"{option(name)} must be an integer, got {getattr(self, name)!r}")
-        for name, low, high in (("width", 1, MAX_SIDE), ("height", 1, MAX_SIDE), ("seed", 0, MAX_SEED),
-                                ("x0", -MAX_OFFSET, MAX_OFFSET), ("y0", -MAX_OFFSET, MAX_OFFSET)):
+        for name in ("width", "height"):
+            if getattr(self, name) > MAX_SIDE:
+                raise RequestError(f"{option(name)} {getattr(self, name)} exceeds the limit of {MAX_SIDE} pixels per "
+                                   "side")
+        for name, low, high in (("seed", 0, MAX_SEED), ("x0", -MAX_OFFSET, MAX_OFFSET),
+                                ("y0", -MAX_OFFSET, MAX_OFFSET)):
             value = getattr(self, name)
             if value is not None and not low <= value <= high:
                 raise RequestError(f"{option(name)} must be in [{low}, {high}], got {value}")
