@@ -31,8 +31,8 @@ from .errors import option
 from .latent import LatentField
 from .provenance import DEFAULT_LATENT_RNG, LATENT_RNG_VERSIONS, sha256_file
 from .renderer import RenderStats, Renderer, peak_rss_bytes
-from .store import (FINISHED, MARKER, STORE_VERSION, Lease, StoreError, TileStore, is_work_dir, sweep_stale,
-                    work_dir_for)
+from .store import (FINISHED, MARKER, STORE_VERSION, Lease, StoreError, StoreExists, TileStore, finished_removals,
+                    is_work_dir, sweep_stale, work_dir_for)
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,8 @@ def open_store(job: Job, model, out: Path, *, resume: bool, restart: bool, keep_
                ) -> TileStore | None:
     """The work directory of this render, with its lease held: new, resumed (request
     checked) or restarted. None when `out` is already a finished render of this request
-    (`--resume` after a kill between the output's rename and the work directory's removal).
+    (`--resume` after a kill between the output's rename and the end of the work directory's
+    removal).
 
     Refuses (StoreError) a folder with the work directory's name that igan did not create, a
     work directory another live process holds (StoreBusy, naming it), and unfinished work
@@ -197,6 +198,18 @@ def open_store(job: Job, model, out: Path, *, resume: bool, restart: bool, keep_
     root = work_dir_for(out)
     request = job.request(model)
     zarr_out = out.suffix.lower() == ".zarr"
+    if not restart and not zarr_out and not os.path.lexists(root):
+        # killed while removing the work directory of a finished render: the output is complete
+        done = finished_removals(root, out, request)
+        if done:
+            if not resume:
+                sweep_stale(root, keep=done)  # the record stays for the --resume asked for
+                raise StoreError(f"{str(out)!r} is a finished render (a kill interrupted the removal of its work "
+                                 f"directory, {done[0].name!r}): add {option('resume')} to keep it as it is, or "
+                                 f"{option('restart')} to render it again")
+            sweep_stale(root)
+            log.info(f"{str(out)!r} is already finished; nothing to do")
+            return None
     sweep_stale(root)
     while True:
         if not os.path.lexists(root):
@@ -208,7 +221,10 @@ def open_store(job: Job, model, out: Path, *, resume: bool, restart: bool, keep_
                                       f"remove it or choose another {option('out')}")
             if resume:
                 log.info(f"nothing to resume for {str(out)!r}; starting a new render")
-            store = TileStore.create(root, request, lease=True)
+            try:
+                store = TileStore.create(root, request, lease=True)
+            except StoreExists:
+                continue  # another process created it since we looked: look again (and name its owner)
             if store is not None:
                 return store
             continue  # another process created it this instant: look again
@@ -303,7 +319,7 @@ def finish(store: TileStore, sink, out: Path, keep_work: bool) -> None:
     if keep_work:
         store.release()
     else:
-        store.remove()
+        store.remove(during=lambda: _kill_point("removing"))
 
 
 def abandon(store: TileStore, sink, total: int) -> None:

@@ -20,14 +20,19 @@ A render's work directory (next to the output: `.{name}.igan-work/`) holds
   cut short by a kill is ignored, and its tile is rendered again.
 - `tmp/`: the output file's temporaries (the file being encoded, TIFF pyramid levels); a
   kill leaves them here, and the next owner of the lease empties the folder.
-- `finished.json`: written once the output is in place; a work directory that has it is
-  recognised as finished (e.g. after a kill between the output's rename and the removal).
+- `finished.json`: written once the output is in place (with the request's digest and the
+  output's size and mtime); a work directory that has it is recognised as finished (e.g. after
+  a kill between the output's rename and the removal).
 
 The directory is created whole (built under a staging name, then renamed into place) and
-removed whole (renamed away, then deleted), so another process never sees half of one.
+removed whole (renamed away, then deleted), so another process never sees half of one. The
+removal deletes the lock and `finished.json` last: a kill during it leaves a removal folder
+that the next render deletes at once (its lock is free, or its owner's PID is dead) and, while
+`finished.json` is there, recognises as a finished render of its output.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -50,11 +55,16 @@ MARKER = "igan-work.json"
 LOCK = "lock"
 TMP = "tmp"
 FINISHED = "finished.json"
-_STALE_SECONDS = 60  # a staging/removal folder with no lock file is left alone this long (it may be starting)
+_STALE_SECONDS = 60  # a staging/removal folder whose owner cannot be told dead is left alone this long
+_OWNER_WAIT_S = 2.0  # how long a refused process waits for a new owner to record its PID and host
 
 
 class StoreBusy(StoreError):
     """Another live process holds the work directory's lease."""
+
+
+class StoreExists(StoreError):
+    """TileStore.create: the work directory exists (another process may have created it this instant)."""
 
 
 class StoreWriteError(WriteError):
@@ -78,21 +88,33 @@ class Lease:
         self.fd, self.root = fd, root
 
     @staticmethod
-    def _owner(fd_or_path) -> str:
+    def _info(fd: int) -> dict | None:
+        """The owner's {"pid", "host", "since"} written in the lock file, or None."""
         try:
-            if isinstance(fd_or_path, int):
-                text = os.pread(fd_or_path, 4096, 0).decode(errors="replace")
-            else:
-                text = Path(fd_or_path).read_text(errors="replace")
-            info = json.loads(text)
-            return f"PID {info['pid']} on {info['host']}"
-        except (OSError, ValueError, KeyError, TypeError):
-            return "an unknown process"
+            info = json.loads(os.pread(fd, 4096, 0).decode(errors="replace"))
+            return info if isinstance(info, dict) and isinstance(info.get("pid"), int) and "host" in info else None
+        except (OSError, ValueError):
+            return None
+
+    @classmethod
+    def _owner(cls, fd: int) -> str | None:
+        """"PID n on HOST" of the live process that holds the lock on `fd`, or None when it has
+        not recorded itself yet. An owner writes its PID and host a moment after taking the
+        lock; until then the file is empty or still names the previous owner, dead by now (a
+        killed render), so this waits up to _OWNER_WAIT_S for a live owner's line."""
+        deadline = time.monotonic() + _OWNER_WAIT_S
+        while True:
+            info = cls._info(fd)
+            if info is not None and (info["host"] != socket.gethostname() or _pid_alive(info["pid"])):
+                return f"PID {info['pid']} on {info['host']}"
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.02)
 
     @classmethod
     def take(cls, root: Path, *, create: bool = False) -> "Lease | None":
-        """The lease of `root`; StoreBusy if a live process holds it; None if `root` was
-        renamed away or replaced meanwhile (the caller looks again)."""
+        """The lease of `root`; StoreBusy (naming the owner's PID and host) if a live process
+        holds it; None if `root` was renamed away or replaced meanwhile (the caller looks again)."""
         path = root / LOCK
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0), 0o644)
@@ -101,10 +123,15 @@ class Lease:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            owner = cls._owner(fd)
-            os.close(fd)
-            raise StoreBusy(f"another igan process ({owner}) is rendering into {str(root)!r}: wait for it "
-                            f"to finish or stop it; two renders of one output would corrupt it") from None
+            try:
+                owner = cls._owner(fd)
+            finally:
+                os.close(fd)
+            who = (f"another igan process ({owner}) is rendering into {str(root)!r}" if owner is not None else
+                   f"another igan process is taking over {str(root)!r} this moment (it has not recorded its PID and "
+                   f"host yet)")
+            raise StoreBusy(f"{who}: wait for it to finish or stop it; two renders of one output would corrupt "
+                            f"it") from None
         try:
             same = os.path.samestat(os.fstat(fd), os.stat(path))
         except FileNotFoundError:
@@ -123,31 +150,94 @@ class Lease:
             self.fd = None
 
 
-def _unlocked(root: Path) -> bool:
-    """True when no live process holds `root`'s lock (or it has none and is old)."""
+def _pid_alive(pid: int) -> bool:
+    """Is process `pid` running on this machine (a zombie counts as running)?"""
     try:
-        fd = os.open(root / LOCK, os.O_RDWR | os.O_CLOEXEC)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    except (OSError, OverflowError, ValueError):
+        return False
+    return True
+
+
+def _name_pid(folder: Path) -> int | None:
+    """The PID in a staging or removal folder's name (`….new-PID-HEX`, `….del-PID-HEX`)."""
+    parts = folder.name.rsplit(".", 1)[-1].split("-")
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+
+
+def _abandoned(folder: Path) -> bool:
+    """True when the process that made the staging or removal folder `folder` is gone: its
+    lock is free (the kernel dropped it when the process died), or it has no lock file and the
+    PID in its name is not alive here; or, when neither can tell, it is older than
+    _STALE_SECONDS. A staging folder also needs its PID dead (or that age): its creator takes
+    its lock a moment after creating the file."""
+    staging = ".new-" in folder.name
+    pid = _name_pid(folder)
+    dead = pid is not None and not _pid_alive(pid)
+    try:
+        old = time.time() - folder.stat().st_mtime > _STALE_SECONDS
     except FileNotFoundError:
-        try:
-            return time.time() - root.stat().st_mtime > _STALE_SECONDS
-        except FileNotFoundError:
-            return False
+        return False
+    try:
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:  # a removal that got to its lock, or a staging folder a moment old
+        return dead or old
+    except OSError:
+        return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
     except BlockingIOError:
         return False
     finally:
         os.close(fd)  # also drops the probe's lock
+    return not staging or dead or old
 
 
-def sweep_stale(root: Path) -> None:
-    """Delete staging (`.new-*`) and removal (`.del-*`) folders of `root` left by killed
-    processes: igan's own names, and only when no live process holds their lock."""
+def _abandoned_folders(root: Path) -> list[Path]:
+    """Staging (`.new-*`) and removal (`.del-*`) folders of `root` whose owner is gone."""
+    found = []
     for pattern in (f"{root.name}.new-*", f"{root.name}.del-*"):
-        for stale in root.parent.glob(pattern):
-            if stale.is_dir() and not stale.is_symlink() and _unlocked(stale):
-                shutil.rmtree(stale, ignore_errors=True)
+        for folder in root.parent.glob(pattern):
+            if folder.is_dir() and not folder.is_symlink() and _abandoned(folder):
+                found.append(folder)
+    return found
+
+
+def sweep_stale(root: Path, keep=()) -> None:
+    """Delete staging (`.new-*`) and removal (`.del-*`) folders of `root` left by killed
+    processes (but those in `keep`): igan's own names, and only when their owner is gone (see
+    _abandoned), at once: a rerun right after a kill leaves nothing behind."""
+    for folder in _abandoned_folders(root):
+        if folder not in keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def finished_removals(root: Path, out: Path, request: dict) -> list[Path]:
+    """The removal folders of `root`, left by a process killed while it deleted the work
+    directory of a finished render, that say `out` is that render of `request` and is complete:
+    their finished.json names `out` and the request's digest, and `out` still has the size and
+    modification time recorded when it was put in place."""
+    digest = request_digest(dict(request, store_version=STORE_VERSION))
+    try:
+        st = os.stat(out)
+    except OSError:
+        return []
+    found = []
+    for folder in _abandoned_folders(root):
+        if ".del-" not in folder.name:
+            continue
+        try:
+            rec = json.loads((folder / FINISHED).read_text())
+        except (OSError, ValueError):
+            continue
+        if (isinstance(rec, dict) and rec.get("out") == out.name and rec.get("request_sha256") == digest
+                and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns):
+            found.append(folder)
+    return found
 
 
 def is_work_dir(root: Path) -> bool:
@@ -174,14 +264,13 @@ class TileStore:
     def create(cls, root: str | os.PathLike, request: dict, *, lease: bool = False) -> "TileStore | None":
         """A fresh work directory for `request` (which must hold width, height, tile_height,
         tile_width), built under a staging name and renamed into place. With `lease`, its
-        lease is held from the start. StoreError if `root` exists; None if another process
+        lease is held from the start. StoreExists if `root` exists; None if another process
         created it at the same moment."""
         import zarr
 
-
         root = Path(root)
-        if root.exists():
-            raise StoreError(f"work directory {str(root)!r} already exists")
+        if os.path.lexists(root):
+            raise StoreExists(f"work directory {str(root)!r} already exists")
         stage = root.with_name(f"{root.name}.new-{os.getpid()}-{secrets.token_hex(4)}")
         stage.mkdir()
         held = None
@@ -316,8 +405,14 @@ class TileStore:
         return (self.root / FINISHED).is_file()
 
     def mark_finished(self, out: Path) -> None:
-        """Record that the output is in place (a kill after this leaves a finished store)."""
-        write_atomic(self.root / FINISHED, json.dumps({"out": out.name, "time": time.time()}))
+        """Record that the output is in place (a kill after this leaves a finished store): its
+        name, the request's digest and, for a file, its size and mtime (a later run tells the
+        finished output from one changed or replaced since)."""
+        record = {"out": out.name, "time": time.time(), "request_sha256": request_digest(self.request)}
+        st = os.stat(out)
+        if not os.path.isdir(out):
+            record.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
+        write_atomic(self.root / FINISHED, json.dumps(record))
 
     def close(self) -> None:
         if self._log is not None:
@@ -331,9 +426,10 @@ class TileStore:
             self.lease.release()
             self.lease = None
 
-    def remove(self) -> None:
+    def remove(self, during=None) -> None:
         """Delete the work directory: renamed away first (so nobody opens half of it), then
-        deleted, then the lease dropped."""
+        deleted (its lock and finished.json last, see _delete_removal), then the lease dropped.
+        `during()` (tests: a kill) is called when all but the lock and finished.json is gone."""
         self.close()
         gone = self.root.with_name(f"{self.root.name}.del-{os.getpid()}-{secrets.token_hex(4)}")
         try:
@@ -341,8 +437,37 @@ class TileStore:
         except FileNotFoundError:
             gone = None
         if gone is not None:
-            shutil.rmtree(gone, ignore_errors=True)
+            _delete_removal(gone, during)
         self.release()
+
+
+def _delete_removal(folder: Path, during=None) -> None:
+    """Delete a work directory renamed away for removal, its lock and then finished.json last:
+    killed before the lock goes, the folder's free lock tells the next render at once that its
+    owner is dead; killed after, the PID in its name does; and while finished.json is there the
+    next render knows the output is finished (executor.open_store) instead of rendering it again."""
+    last = (LOCK, FINISHED)
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        entries = []
+    for entry in entries:
+        if entry.name in last:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+    if during is not None:
+        during()
+    for name in last:
+        with contextlib.suppress(OSError):
+            os.unlink(folder / name)
+    try:
+        os.rmdir(folder)
+    except OSError:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -375,3 +375,159 @@ def test_a_real_full_disk_keeps_the_finished_tiles(tmp_path, capsys, reference, 
         got = zarr.open_array(str(out), mode="r")[:] if ext == "zarr" else out.read_bytes()
         assert np.array_equal(got, expected) if ext == "zarr" else got == expected
         assert _litter(out.parent, set()) == [out.name]
+
+
+# ---- a kill while the work directory is being removed (issue 26) -------------------------------------------
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _removal(out: Path, pid: int, *files: str) -> Path:
+    """A removal folder of `out`'s work directory as a process killed mid-removal leaves it."""
+    root = work_dir_for(out)
+    folder = root.with_name(f"{root.name}.del-{pid}-{len(list(root.parent.glob('*.del-*'))):08x}")
+    folder.mkdir()
+    for name in files:
+        (folder / name).write_text("{}")
+    return folder
+
+
+def test_folders_of_dead_owners_are_swept_at_once_and_live_ones_kept(tmp_path):
+    import fcntl
+
+    from igan.engine.store import sweep_stale
+
+    out = tmp_path / "s.png"
+    root, dead, me = work_dir_for(out), _dead_pid(), os.getpid()
+    gone = [_removal(out, dead, "lock", "request.json"),  # killed before its lock went: the lock is free
+            _removal(out, dead, FINISHED),  # killed after: no lock, its PID is dead
+            _removal(out, dead)]  # killed before its rmdir
+    (gone[0] / "tiles.zarr").mkdir()
+    staging = root.with_name(f"{root.name}.new-{dead}-0123abcd")
+    staging.mkdir()
+    (staging / "lock").write_text("")
+    gone.append(staging)
+    held = _removal(out, me, "lock")  # a live owner removing its work directory
+    fd = os.open(held / "lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    kept = [held, _removal(out, me, FINISHED)]  # a live owner that just deleted its lock
+    starting = root.with_name(f"{root.name}.new-{me}-0123abcd")  # a live creator, about to lock it
+    starting.mkdir()
+    (starting / "lock").write_text("")
+    kept.append(starting)
+    try:
+        sweep_stale(root)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in kept)
+    finally:
+        os.close(fd)
+
+
+def test_a_kill_while_removing_a_finished_work_dir_is_recognised(tmp_path, capsys, reference):
+    """Killed with only the lock and finished.json left of the removal folder: the output is
+    complete. A plain rerun says so; --resume has nothing to do and leaves only the output; an
+    output changed since is rendered again."""
+    out = tmp_path / "r.png"
+    assert main([*ARGS, "--out", str(out), "--keep-work"]) == 0
+    capsys.readouterr()
+
+    def cut_short():
+        folder = work_dir_for(out).with_name(f"{work_dir_for(out).name}.del-{_dead_pid()}-0123abcd")
+        os.rename(work_dir_for(out), folder)
+        for entry in folder.iterdir():
+            if entry.name not in ("lock", FINISHED):
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        return folder
+
+    folder = cut_short()
+    stamp = out.stat().st_mtime_ns
+    assert main([*ARGS, "--out", str(out)]) != 0
+    err = capsys.readouterr().err
+    assert "is a finished render" in err and "--resume" in err and folder.name in err, err
+    assert folder.is_dir() and out.stat().st_mtime_ns == stamp
+    assert main([*ARGS, "--out", str(out), "--resume"]) == 0
+    assert "already finished" in capsys.readouterr().err
+    assert _litter(tmp_path, set()) == [out.name] and out.stat().st_mtime_ns == stamp and _same(out, reference)
+    # the same state, but the output was replaced since: not the finished render, so rendered again
+    assert main([*ARGS, "--out", str(out), "--keep-work", "--restart"]) == 0
+    cut_short()
+    out.write_bytes(b"someone else's picture")
+    assert main([*ARGS, "--out", str(out), "--resume"]) == 0
+    assert "nothing to resume" in capsys.readouterr().err
+    assert _litter(tmp_path, set()) == [out.name] and _same(out, reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ext", ["png", "zarr"])
+def test_a_sigkill_while_removing_the_work_dir(tmp_path, capsys, reference, ext):
+    out = tmp_path / f"d.{ext}"
+    proc = _popen(*ARGS, "--out", out, failpoint="kill:removing")
+    proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL and _same(out, reference)
+    assert [p for p in _litter(tmp_path, {out.name}) if ".del-" not in p] == []
+    assert main([*ARGS, "--out", str(out), "--resume"]) == 0  # at once: no 60 s wait for the removal folder
+    assert "already finished" in capsys.readouterr().err
+    assert _litter(tmp_path, set()) == [out.name] and _same(out, reference)
+
+
+# ---- two renders of one output started at the same instant (issue 26) --------------------------------------
+def test_the_loser_of_a_creation_race_names_the_owner(tmp_path, capsys, monkeypatch):
+    """The other process creates the work directory between our look and our create: we are
+    refused with its PID and host, not with "already exists"."""
+    import socket
+
+    out = tmp_path / "img.png"
+    create, winner = TileStore.create, []
+
+    def racing(cls, root, request, *, lease=False):
+        if not winner:  # the other process, this instant
+            winner.append(create(root, request, lease=True))
+        return create(root, request, lease=lease)
+
+    monkeypatch.setattr(TileStore, "create", classmethod(racing))
+    try:
+        assert main([*ARGS, "--out", str(out)]) != 0
+        err = capsys.readouterr().err
+        assert f"PID {os.getpid()} on {socket.gethostname()}" in err and "already exists" not in err, err
+    finally:
+        winner[0].remove()
+
+
+@pytest.mark.parametrize("writes", [True, False])
+def test_a_new_owner_that_has_not_recorded_itself_yet(tmp_path, monkeypatch, writes):
+    """The lease was just taken: its lock file still names the previous owner (killed, so its
+    PID is dead). The refused process waits for the new owner's PID and host, or says that it
+    is not recorded yet; it never names the dead one."""
+    import fcntl
+    import json
+    import socket
+    import threading
+
+    from igan.engine import store as store_mod
+    from igan.engine.store import Lease, StoreBusy
+
+    monkeypatch.setattr(store_mod, "_OWNER_WAIT_S", 1.0)
+    root = tmp_path / ".x.png.igan-work"
+    root.mkdir()
+    dead = _dead_pid()
+    (root / "lock").write_text(json.dumps({"pid": dead, "host": socket.gethostname(), "since": 0}))
+    fd = os.open(root / "lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the new owner, before it writes its line
+    info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}).encode()
+    late = threading.Timer(0.3, lambda: (os.pwrite(fd, info, 0), os.ftruncate(fd, len(info))))
+    if writes:
+        late.start()
+    try:
+        with pytest.raises(StoreBusy) as err:
+            Lease.take(root)
+    finally:
+        late.cancel()
+        late.join() if writes else None
+        os.close(fd)
+    message = str(err.value)
+    assert f"PID {dead} " not in message
+    if writes:
+        assert f"PID {os.getpid()} on {socket.gethostname()}" in message
+    else:
+        assert "has not recorded its PID and host yet" in message
