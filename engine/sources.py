@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from igan.export.onnx_runner import OnnxRunner, load_export
+from igan.export.onnx_runner import MANIFEST, OnnxRunner, load_export
 from igan.export.packed import load_packed
 
 from .checkpoint import CheckpointError, init_deterministic, load_igan, load_official
@@ -55,6 +55,12 @@ def load(path: str | os.PathLike | None = None, config: str | None = None, *,
         return embedded_model() if builtin == DEFAULT_WEIGHTS else load_igan(builtin).requires_grad_(False)
     path = Path(path)
     if path.is_dir():  # an ONNX export (igan-export --onnx DIR), rendered by the onnx backend
+        if not (path / MANIFEST).is_file():  # worded for --checkpoint and --model alike: either can bring it here
+            raise CheckpointError(
+                f"{str(path)!r} is a directory, not a checkpoint: {option('checkpoint')} takes an official "
+                f"InfinityGAN checkpoint file (best_fid.pth.tar), an igan .safetensors model or builtin:NAME (a model "
+                f"igan ships); a directory is only an ONNX export (made by igan-export --onnx DIR; this one has no "
+                f"{MANIFEST}), rendered with {option('backend')} onnx {option('model')} DIR")
         return load_export(path, None if config is None else from_name(config))
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist" if not path.exists()

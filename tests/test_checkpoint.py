@@ -135,6 +135,25 @@ def test_missing_and_truncated_checkpoints_are_clear_errors(tmp_path):
         sources.load(not_a_gen)
 
 
+def test_a_directory_is_not_a_checkpoint(tmp_path, capsys):
+    """A folder given as --checkpoint (issue 26: `--checkpoint /root`) is said to be a directory,
+    with what a checkpoint is, not "not an igan ONNX export"."""
+    from igan.engine.cli.render import main
+
+    with pytest.raises(checkpoint.CheckpointError, match="is a directory, not a checkpoint") as err:
+        sources.load(tmp_path)
+    for words in (repr(str(tmp_path)), "best_fid.pth.tar", ".safetensors", "builtin:NAME", "ONNX export",
+                  "manifest.json", "backend onnx", "model DIR"):
+        assert words in str(err.value), (words, str(err.value))
+    assert main(["--checkpoint", str(tmp_path), "--width", "64", "--height", "64", "--device", "cpu",
+                 "--out", str(tmp_path / "x.png")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"igan-render: error: {str(tmp_path)!r} is a directory, not a checkpoint: --checkpoint takes "
+                          "an official InfinityGAN checkpoint file (best_fid.pth.tar)"), err
+    assert "--backend onnx --model DIR" in err and "\n" not in err.rstrip("\n") and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_igan_format_round_trip_and_errors(tmp_path):
     model = random_model(PRESETS["tiny"], seed=3)
     path = checkpoint.save(model, tmp_path / "m.safetensors", {"note": "test"})
