@@ -296,15 +296,83 @@ def test_resume_refuses_missing_or_foreign_state(scenes, tmp_path):
 def test_cli_errors_exit_non_zero(tmp_path, capsys):
     from igan.trainer.cli import main
 
-    assert main(["--data", str(tmp_path / "missing"), "--config", "tiny", "--out", str(tmp_path / "r")]) == 1
-    assert "is not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # checked before torch loads
+        main(["--data", str(tmp_path / "missing"), "--config", "tiny", "--out", str(tmp_path / "r")])
+    assert "--data" in capsys.readouterr().err
     (tmp_path / "data").mkdir()
-    assert main(["--data", str(tmp_path / "data"), "--config", "tiny", "--out", str(tmp_path / "r"),
-                 "--batch", "3"]) == 1
-    assert "--batch must be even" in capsys.readouterr().err
+    assert main(["--data", str(tmp_path / "data"), "--config", "tiny", "--out", str(tmp_path / "r")]) == 1
+    assert "holds no images" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--data", str(tmp_path / "data"), "--config", "tiny", "--out", str(tmp_path / "r"), "--batch", "3"])
+    assert "argument --batch: must be even" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # the run's samples would be found as training images
         main(["--data", str(tmp_path), "--config", "tiny", "--out", str(tmp_path / "r")])
     assert "lies inside --data" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--lr", "nan", "must be a finite positive number, got 'nan'"),
+    ("--lr", "0", "must be a finite positive number, got '0'"),
+    ("--lr", "inf", "must be a finite positive number, got 'inf'"),
+    ("--r1", "-1", "must be a finite number >= 0, got '-1'"),
+    ("--path-weight", "nan", "must be a finite number >= 0, got 'nan'"),
+    ("--mixing", "1.5", "must be a probability in [0, 1], got '1.5'"),
+    ("--ema-kimg", "-inf", "must be a finite number >= 0"),
+    ("--ema-rampup", "0", "must be a finite positive number"),
+    ("--steps", "0", "must be a positive integer, got 0"),
+    ("--batch", "0", "must be even and >= 2"),
+    ("--d-width", "-4", "must be a positive integer"),
+    ("--full-size", "x", "must be an integer, got 'x'"),
+    ("--save-every", "0", "must be a positive integer"),
+    ("--log-every", "0", "must be a positive integer"),
+    ("--seed", str(2 ** 64), "must be an integer in [-2^53, 2^53]"),
+    ("--threads", "0", "must be a positive integer"),
+])
+def test_numeric_options_are_checked_by_the_parser_naming_the_flag(tmp_path, capsys, flag, value, message):
+    """issue 26: `igan-train --lr nan` reached torch, whose message named no option."""
+    from igan.trainer.cli import main
+
+    (tmp_path / "data").mkdir()
+    with pytest.raises(SystemExit) as exit_:
+        main(["--data", str(tmp_path / "data"), "--config", "tiny", "--out", str(tmp_path / "r"), f"{flag}={value}"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"argument {flag}: {message}" in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_run_folder_is_checked_before_anything(tmp_path, capsys):
+    """issue 26: `igan-train --out FILE` built the model, then said "[Errno 20] Not a directory:
+    'FILE/samples'". Refused by the parser (before torch loads), naming --out and the file."""
+    from igan.trainer.cli import main
+
+    (tmp_path / "data").mkdir()
+    runfile = tmp_path / "runfile"
+    runfile.write_text("my notes")
+    base = ["--data", str(tmp_path / "data"), "--config", "tiny"]
+    for out, message in ((runfile, f"--out {str(runfile)!r} is a file, not a folder"),
+                         (runfile / "sub", f"{str(runfile)!r} is a file, not a folder")):
+        with pytest.raises(SystemExit) as exit_:
+            main([*base, "--out", str(out)])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and message in err and "Errno" not in err, err
+    assert runfile.read_text() == "my notes"
+    with pytest.raises(SystemExit):
+        main([*base, "--out", str(tmp_path / "r"), "--full-size", "20"])  # tiny's patches are larger
+    assert "--full-size 20 is smaller than the tiny patch" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base[:3], "nope", "--out", str(tmp_path / "r")])
+    assert "--config: unknown model config 'nope'" in capsys.readouterr().err
+
+
+def test_train_options_from_python_name_the_flag():
+    from igan.engine.errors import RequestError
+
+    for kw, message in ((dict(lr=float("nan")), "--lr must be a finite positive number"),
+                        (dict(mixing=-0.1), "--mixing must be a probability"),
+                        (dict(coord_weight=float("inf")), "--coord-weight must be a finite number >= 0"),
+                        (dict(log_every=0), "--log-every must be a positive integer")):
+        with pytest.raises(RequestError, match=message):
+            TrainOptions(**kw)
 
 
 DDP_SCRIPT = """

@@ -23,6 +23,7 @@ from torch import nn
 
 from igan.engine import checkpoint
 from igan.engine.config import GeneratorConfig
+from igan.engine.errors import RequestError
 from igan.engine.model import Generator
 
 from . import losses
@@ -64,12 +65,33 @@ class TrainOptions:
     keep_checkpoints: int = 3
 
     def __post_init__(self):
+        """The options on their own (RequestError naming the flag): igan-train's parser checks
+        them as they are typed; this catches the same mistakes from Python."""
         if self.batch < 2 or self.batch % 2:
-            raise ValueError(f"--batch must be even and >= 2 (dual pairs), got {self.batch}")
+            raise RequestError(f"--batch must be even and >= 2 (dual pairs), got {self.batch}")
         if self.steps < 1:
-            raise ValueError(f"--steps must be >= 1, got {self.steps}")
+            raise RequestError(f"--steps must be >= 1, got {self.steps}")
         if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"--precision must be fp32, bf16 or fp16, got {self.precision!r}")
+            raise RequestError(f"--precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        for flag, value, low, strict in (("--lr", self.lr, 0, True), ("--r1", self.r1_gamma, 0, False),
+                                         ("--path-weight", self.path_weight, 0, False),
+                                         ("--diversity-weight", self.diversity_weight, 0, False),
+                                         ("--coord-weight", self.coord_weight, 0, False),
+                                         ("--ema-kimg", self.ema_kimg, 0, False),
+                                         ("--ema-rampup", self.ema_rampup, 0, True)):
+            if value is None and flag == "--ema-rampup":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < low or (strict and value == low):
+                what = "a finite positive number" if strict else "a finite number >= 0"
+                raise RequestError(f"{flag} must be {what}, got {value!r}")
+        if isinstance(self.mixing, bool) or not isinstance(self.mixing, (int, float)) or not 0 <= self.mixing <= 1:
+            raise RequestError(f"--mixing must be a probability in [0, 1], got {self.mixing!r}")
+        for flag, value in (("--d-width", self.d_width), ("--save-every", self.save_every),
+                            ("--sample-every", self.sample_every), ("--log-every", self.log_every),
+                            ("--full-size", self.full_size)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise RequestError(f"{flag} must be a positive integer, got {value!r}")
 
 
 def default_full_size(cfg: GeneratorConfig) -> int:
