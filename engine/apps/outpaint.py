@@ -14,7 +14,8 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from ..errors import option
+from ..errors import RequestError, option
+from ..geometry import latent_window
 from ..latent import Field, LatentField
 from ..planner import Window
 from ..provenance import DEFAULT_LATENT_RNG
@@ -37,17 +38,37 @@ def outpaint_request(record: InversionRecord, width: int, height: int, *, at: tu
     """Render `width` x `height` pixels with the record's image at output pixel `at` (its
     top-left; default: centred) and fresh latents from `seed` around it."""
     p = record.placement
-    for name, value in (("width", width), ("height", height)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if width < p.width or height < p.height:
-        raise ValueError(f"the output {width}x{height} is too small to hold the {p.width}x{p.height} inverted image")
-    x, y = at if at is not None else ((width - p.width) // 2, (height - p.height) // 2)
-    if not (0 <= x <= width - p.width and 0 <= y <= height - p.height):
-        raise ValueError(f"the {p.width}x{p.height} image placed at {x},{y} does not fit in the {width}x{height} "
-                         f"output (x must be in [0, {width - p.width}], y in [0, {height - p.height}])")
+    x, y = outpaint_position(p.width, p.height, width, height, at)
     base = LatentField(record.config, seed, horizon=record.horizon, rng=rng)
     return Request(PastedField(base, record), Window(p.x0 - x, p.y0 - y, width, height), [(x, y, p.width, p.height)])
+
+
+def outpaint_position(image_width: int, image_height: int, width: int, height: int,
+                      at: tuple[int, int] | None = None) -> tuple[int, int]:
+    """Output pixel (x, y) of the top-left of an `image_width` x `image_height` image in a
+    `width` x `height` outpainting (`at`, default: centred); ValueError naming the options
+    when it does not fit (RequestError). Pure: the CLI checks an image's size with it before
+    any inversion."""
+    for name, value in (("width", width), ("height", height)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise RequestError(f"{option(name)} must be a positive integer, got {value!r}")
+    if width < image_width or height < image_height:
+        raise RequestError(f"{option('width')} {width} {option('height')} {height}: the output is too small to hold the "
+                         f"{image_width}x{image_height} inverted image (give at least {option('width')} "
+                         f"{max(width, image_width)} {option('height')} {max(height, image_height)})")
+    x, y = at if at is not None else ((width - image_width) // 2, (height - image_height) // 2)
+    if not (0 <= x <= width - image_width and 0 <= y <= height - image_height):
+        raise RequestError(f"{option('at')} {x},{y}: the {image_width}x{image_height} image placed there does not fit in "
+                         f"the {width}x{height} output (x must be in [0, {width - image_width}], y in "
+                         f"[0, {height - image_height}])")
+    return x, y
+
+
+def min_gap_at(cfg, x0: int, width: int) -> int:
+    """min_gap of an image `width` px wide at canvas column `x0`, before it is inverted: its
+    latent window is the one the inversion will fit (geometry.latent_window)."""
+    cell_col, n_w, _ = latent_window(cfg, x0, width)
+    return cfg.upscale * (cell_col + n_w) - (x0 + width)
 
 
 def min_gap(left: InversionRecord) -> int:
@@ -63,12 +84,15 @@ def right_position(left: InversionRecord, right_width: int, right_height: int, g
     """Canvas (x0, y0) of the right image: `gap` pixels after the left one, centred vertically
     on it."""
     p = left.placement
-    need = min_gap(left)
-    if gap < need:
-        raise ValueError(f"{option('gap')} {gap} is too small: the latent windows of the two images (with the "
-                         "structure "
-                         f"synthesizer's halo) would overlap; use a gap of at least {need} px")
+    check_gap(gap, min_gap(left))
     return p.x0 + p.width + gap, p.y0 + (p.height - right_height) // 2
+
+
+def check_gap(gap: int, need: int) -> None:
+    """RequestError unless `gap` is at least `need` (min_gap, or min_gap_at before inverting)."""
+    if gap < need:
+        raise RequestError(f"{option('gap')} {gap} is too small: the latent windows of the two images (with the "
+                           f"structure synthesizer's halo) would overlap; use a gap of at least {need} px")
 
 
 def inbetween_request(left: InversionRecord, right: InversionRecord, gap: int, *, seed: int = 0,

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import textwrap
@@ -17,7 +18,7 @@ from ..embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
 from ..errors import RequestError
 from ..provenance import DEFAULT_LATENT_RNG, LATENT_RNG_VERSIONS, QUANTIZERS, igan_version
 from . import command, guarded
-from .args import positive, size_bytes
+from ..values import positive, size_bytes
 
 OUT_FORMATS = (".png", ".tif", ".tiff", ".zarr")
 
@@ -47,10 +48,20 @@ def _common(p: argparse.ArgumentParser, inverts: bool = True) -> None:
     if inverts:
         p.add_argument("--steps", type=positive, default=3000,
                        help="optimisation steps when an image must be inverted (default 3000, as the official code)")
-        p.add_argument("--lr", type=float, default=0.1, help="base learning rate (default 0.1)")
+        p.add_argument("--lr", type=_positive_float, default=0.1, help="base learning rate (default 0.1)")
         p.add_argument("--inv-seed", type=int, default=0, help="seed of the initial latents (default 0)")
         p.add_argument("--diff-aug", action="store_true",
                        help="DiffAugment (color, translation, cutout) before the image losses, as the official configs")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text!r}")
+    return value
 
 
 def _point(text: str) -> tuple[int, int]:
@@ -173,21 +184,47 @@ def _record_or_image(args, model, digest, path, **kw):
     return _invert_image(args, model, digest, path, **kw), False
 
 
-def _render(args, model, spec, request) -> None:
-    """Render an application's canvas as igan-render renders: one RenderRequest through the
-    planner, executor, tile store and sink (so --resume, --workers and the backends work)."""
-    from .. import pipeline
+def _render_request(args, width: int, height: int, x0: int = 0, y0: int | None = None, spec=None):
+    """The RenderRequest of an application's render (window, canvas `spec`, the render options)."""
     from ..request import RenderRequest
 
-    w = request.window
-    render_request = RenderRequest(
-        out=args.out, width=w.width, height=w.height, x0=w.x0, y0=w.y0, seed=args.seed, field=spec,
+    return RenderRequest(
+        out=args.out, width=width, height=height, x0=x0, y0=y0, seed=args.seed, field=spec,
         checkpoint=args.checkpoint, config=args.config, device=args.device, threads=args.threads,
         tile=args.tile, batch=args.batch, memory_budget=args.memory_budget, workers=args.workers,
         precision=args.precision, backend=args.backend, resume=args.resume, restart=args.restart,
         keep_work=args.keep_work, preview=args.preview, compression=args.compression, quiet=args.quiet,
         latent_rng=args.latent_rng, quantize=args.quantize, metadata=args.metadata, ome=args.ome,
         bit_exact=args.bit_exact)
+
+
+def _check_render_options(args, width: int, height: int) -> None:
+    """The render options and outputs, as igan-render checks them (--compression for the
+    format, --ome, --resume with --restart, an existing .zarr, ...), before the model loads or
+    an image is inverted: a mistake costs a second, not an inversion."""
+    request = _render_request(args, width, height)
+    request.validate()
+    request.check_outputs()
+
+
+def _input_size(path: str) -> tuple[int, int]:
+    """(width, height) of an input: a record's inverted image, or an image (from its header)."""
+    from ..apps.record import InversionRecord
+
+    if _is_record(path):
+        p = InversionRecord.load(path).placement
+        return p.width, p.height
+    with _open_image(path) as im:
+        return im.size
+
+
+def _render(args, model, spec, request) -> None:
+    """Render an application's canvas as igan-render renders: one RenderRequest through the
+    planner, executor, tile store and sink (so --resume, --workers and the backends work)."""
+    from .. import pipeline
+
+    w = request.window
+    render_request = _render_request(args, w.width, w.height, w.x0, w.y0, spec)
     stats = pipeline.run(render_request, model=model)
     if stats is not None:
         print(f"{args.prog}: {stats.summary()} -> {args.out}")
@@ -318,11 +355,16 @@ def outpaint_parser() -> argparse.ArgumentParser:
 
 def outpaint_main(argv: list[str] | None = None) -> int:
     def run(args):
-        from ..apps.outpaint import app_spec
+        from ..apps.outpaint import app_spec, outpaint_position
 
+        if len(args.save_record) > 1:
+            raise AppError(f"--save-record is given {len(args.save_record)} times; igan-outpaint has one input to save")
+        # before the model loads and the image is inverted (minutes): the sizes, then the render options
+        outpaint_position(*_input_size(args.input), args.width, args.height, args.at)
+        _check_render_options(args, args.width, args.height)
         model, digest, _ = _setup(args)
         rec, _ = _record_or_image(args, model, digest, args.input)
-        spec, request = app_spec("outpaint", [rec], (args.width, args.height, args.at), args.seed)  # checks sizes
+        spec, request = app_spec("outpaint", [rec], (args.width, args.height, args.at), args.seed)
         for path in args.save_record[:1]:
             rec.save(path)
         _render(args, model, spec, request)
@@ -362,14 +404,24 @@ def inbetween_main(argv: list[str] | None = None) -> int:
     def run(args):
         import torch
 
-        from ..apps.outpaint import app_spec, right_position
+        from ..apps.outpaint import app_spec, check_gap, min_gap_at, right_position
         from ..apps.record import InversionRecord
 
+        # before the model loads and an image is inverted (minutes each): every option that can be checked
         if args.gap < 0:
             raise AppError(f"--gap must be >= 0, got {args.gap}")
-        model, digest, _ = _setup(args)
         if args.one_style and args.blur is not None:
             raise AppError("--blur is for style fusion; it has no effect with --one-style")
+        if len(args.save_record) > 2:
+            raise AppError(f"--save-record is given {len(args.save_record)} times; igan-inbetween has two inputs "
+                           f"to save (left, right)")
+        (lw, lh), (rw, rh) = _input_size(args.left), _input_size(args.right)
+        if _is_record(args.left):
+            right_position(InversionRecord.load(args.left), rw, rh, args.gap)  # the gap
+        _check_render_options(args, lw + args.gap + rw, max(lh, rh))
+        model, digest, _ = _setup(args)
+        if not _is_record(args.left):  # the gap, for the latent window the left image will be fitted in
+            check_gap(args.gap, min_gap_at(model.config, 0, lw))
         left, _ = _record_or_image(args, model, digest, args.left)
         style = (left.global_latent, left.styles) if args.one_style else None
         if _is_record(args.right):
