@@ -201,6 +201,8 @@ def work_state(out: Path, total: int) -> str:
     """What the render has done so far, read from its work directory (for the trial table)."""
     work = out.with_name(f".{out.name}.igan-work")
     if not work.exists():
+        if out.exists() and any(out.parent.glob(f"{work.name}.del-*")):
+            return "output written, removing"  # the work directory is being deleted
         return "output written" if out.exists() else "no work dir"
     state = f"{tiles_done(out)}/{total} tiles"
     return state + ", output written" if out.exists() else state
@@ -209,6 +211,10 @@ def work_state(out: Path, total: int) -> str:
 def _kind(name: str, out_name: str) -> str:
     if name == f".{out_name}.igan-work":
         return "work directory"
+    if name.startswith(f".{out_name}.igan-work.del-"):
+        return "removal folder (a work directory being deleted)"
+    if name.startswith(f".{out_name}.igan-work.new-"):
+        return "staging folder (a work directory being created)"
     if re.search(r"\.L\d+$", name):
         return "pyramid temporary"
     if "igan-tmp" in name:
@@ -344,7 +350,8 @@ def run_trial(index: int, sink: str, workers: int, target: str, kill_at: float, 
                 os.killpg(resume.pid, signal.SIGKILL)
                 rrc = resume.wait()
             text = logname.read_text(errors="replace")
-            note = "started fresh" if "nothing to resume" in text else ""
+            note = ("started fresh" if "nothing to resume" in text else
+                    "already finished" if "already finished" in text else "")
             if rrc != 0:
                 note = f"failed: {_last_line(logname)}"
             trial.resumes.append((rrc, time.perf_counter() - r0, note))

@@ -34,3 +34,15 @@ def test_killed_and_resumed_renders_are_identical(tmp_path):
         trials.append(kt.run_trial(i, sink, workers, target, kill_at, ref, render, tmp_path / f"trial-{i}"))
     report = kt.table(trials)
     assert all(t.identical for t in trials), report
+
+
+def test_leftovers_are_described(tmp_path):
+    """A removal or staging folder left beside the output is litter, named for what it is."""
+    kt = _load()
+    out = tmp_path / "out.png"
+    out.write_bytes(b"png")
+    (tmp_path / ".out.png.igan-work.del-123-0123abcd").mkdir()
+    assert kt.work_state(out, 32) == "output written, removing"
+    (tmp_path / ".out.png.igan-work.new-123-0123abcd").mkdir()
+    found = kt.litter(tmp_path, out.name)
+    assert len(found) == 2 and "removal folder" in found[0] and "staging folder" in found[1], found
