@@ -15,7 +15,6 @@ before its options are checked.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -27,14 +26,14 @@ from .embedded import BUILTIN_PREFIX, DEFAULT_NAME, builtin_for
 from .errors import RequestError
 from .planner import MAX_SIDE
 from .provenance import LATENT_RNG_VERSIONS, QUANTIZERS, read_metadata
-from .request import MAX_OFFSET, MAX_SEED, PIXEL_FIELDS, RenderRequest
+from .request import MAX_OFFSET, MAX_SEED, PIXEL_FIELDS, declared
+from .values import DEFAULT_BLUR, MAX_BLUR
 
 # The request an image records (executor.Job.request less its tiling), field by field.
 _FIELDS = ("model", "config", "seed", "window", "width", "height", "precision", "backend", "latent_rng", "quantize",
            "trunc", "path", "field")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 MAX_STYLES = 4096  # one seed per style: far more than a window can show
-DEFAULT_BLUR = 127  # fusion.spec_from_options's default, in output pixels
 
 
 class RecipeError(RequestError):
@@ -91,7 +90,7 @@ def read(image: str) -> Recipe:
     if meta.get("command") is None and "field" in request and not _is_fusion(request["field"]):
         raise RecipeError("was made by an igan application (outpainting, inbetweening), not igan-render: run that "
                           "again")
-    not_pixels = {f.name for f in dataclasses.fields(RenderRequest)} - set(PIXEL_FIELDS)
+    not_pixels = {f.name for f in declared(pixels=False)}  # outputs, processes, the work directory
     unknown = sorted(set(request) - set(_FIELDS) - not_pixels - {"tile_height", "tile_width"})
     if unknown:
         raise RecipeError(f"its request has unknown field(s) {_names(unknown)} (made by a newer igan?)")
@@ -169,7 +168,7 @@ def _fusion(f: dict, opts: dict):
             raise RecipeError("its field places styles but names none")
         return out, None, None
     out["styles"] = tuple(_int({"style": s}, "style", 0, MAX_SEED, "field.") for s in styles)
-    blur = _int(f, "blur", 1, 4096, "field.")
+    blur = _int(f, "blur", 1, MAX_BLUR, "field.")
     out["style_blur"] = None if blur == DEFAULT_BLUR else blur
     if ("centers" in f) == ("label_map" in f):
         raise RecipeError("its field must place its styles by centers or by a label_map, one of them")

@@ -15,69 +15,162 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import Protocol
+
 from .errors import RequestError, option
 from .planner import MAX_SIDE
 from .provenance import DEFAULT_LATENT_RNG, LATENT_RNG_VERSIONS, QUANTIZERS
+from .values import DEFAULT_BLUR, blur, centers, positive, seeds, size_bytes
 
 FORMATS = (".png", ".tif", ".tiff", ".zarr")
 TILE_ALIGN = 16
 MAX_SEED = 2**63 - 1  # seeds are 63-bit (latent.philox_key)
 MAX_OFFSET = 1 << 34  # |x0|, |y0| (planner.Window)
-# The fields that decide an image's pixels: all a recipe (igan-render --from) may set. The rest
-# (outputs, work directory, processes, threads, previews, statistics) come from the user only.
-PIXEL_FIELDS = ("checkpoint", "model", "config", "random_weights", "width", "height", "x0", "y0", "seed", "trunc",
-                "styles", "style_centers", "style_map", "style_blur", "wrap", "latent_rng", "quantize", "precision",
-                "backend", "bit_exact")
+GROUPS = {  # the groups of the render options, in the order --help shows them
+    "model": "the model",
+    "window": "the window of the canvas",
+    "canvas": "the canvas: styles, 360-degree panoramas, truncation, reproducing other images",
+    "compute": "how it is computed",
+    "outputs": "outputs",
+    "work": "the work directory",
+    "internal": None,  # set by igan itself, never typed
+}
+
+
+def declare(default, group: str, help: str = "", *, pixels: bool = False, parse=None, flag: str | None = None,
+            metavar: str | None = None, choices=None, const=None, always: bool = False, spell=None):
+    """One render option: a RenderRequest field with its default, its group (GROUPS), its help
+    (argparse's: `%%` for a percent sign), whether it decides pixels (then the recipe, command()
+    and --from carry it), how a command line spells it (`parse`: text -> value, `flag`,
+    `metavar`, `choices`, `const` for an optional value) and how command() writes it (`always`,
+    even at its default; `spell`: value -> text). Every entry point derives from these."""
+    assert group in GROUPS, group
+    return dataclasses.field(default=default, metadata=dict(
+        group=group, help=help, pixels=pixels, parse=parse, flag=flag, metavar=metavar, choices=choices,
+        const=const, always=always, spell=spell))
+
+
+class CanvasSpec(Protocol):
+    """An application's canvas (apps.outpaint.AppSpec; fusion.FieldSpec is the other kind):
+    what every process rebuilds the field from, and what a resume must match."""
+
+    spatial: bool
+
+    def build(self, config, seed: int, rng: str = DEFAULT_LATENT_RNG): ...
+
+    def identity(self) -> dict: ...
+
+
+def _centers(centers) -> str:
+    return ":".join(f"{x!r},{y!r}" for x, y in centers)
 
 
 @dataclass(frozen=True)
 class RenderRequest:
-    out: str = "igan.png"  # .png, .tif/.tiff (pyramidal BigTIFF) or .zarr
-    # the window of the canvas, and the canvas
-    width: int = 2048
-    height: int = 512
-    x0: int = 0
-    y0: int | None = None  # None: -(height // 2), centred on the horizon as the official code does
-    seed: int = 0
+    """A render, declared once: each field is an igan-render option (`--style-blur` is
+    `style_blur`) with its group, help and parser (`declare`); igan-render's and the
+    applications' parsers, the Python and C++ APIs, the recipe and igan-serve's jobs derive
+    from these fields. Pixel fields are in the order command() writes them."""
+
+    out: str = declare("igan.png", "outputs", "output: .png, .tif/.tiff (pyramidal BigTIFF) or .zarr (Zarr v3 array) "
+                                              "(default igan.png)")
     # the model
-    checkpoint: str | None = None  # None: the embedded model
-    config: str | None = None  # preset of an official checkpoint
-    model: str | None = None  # an ONNX export (igan-export --onnx DIR), for backend "onnx"
-    random_weights: bool = False  # with config and no checkpoint: that config with fixed random weights
-    trunc: float = 1.0  # truncation psi: w = w_avg + trunc (w - w_avg); 1.0: none, as the official code
-    # style fusion and 360-degree panoramas
-    styles: tuple[int, ...] | None = None
-    style_centers: tuple[tuple[float, float], ...] | None = None
-    style_map: str | None = None
-    style_blur: int | None = None
-    wrap: bool = False
-    latent_rng: str = DEFAULT_LATENT_RNG  # the canvas's random values: "philox", or "v1" (igan before 0.2)
-    quantize: str = "round"  # float -> uint8: "round", or "official" (the official code's PNG bytes)
-    metadata: bool = True  # embed what made the output (provenance.describe) in PNG and TIFF files
-    # what the render must reproduce ((key, value), ...: "model", "config", "label_map"; --from)
-    expect: tuple[tuple[str, str], ...] = ()
-    field: object = None  # an application's canvas (apps.AppSpec), instead of styles/wrap
+    checkpoint: str | None = declare(
+        None, "model", "official InfinityGAN checkpoint (best_fid.pth.tar), igan .safetensors model, or a model igan "
+                       "ships: builtin:landscapes-v2 (the default, see below) or builtin:landscapes-v1 (the default "
+                       "of igan 0.1-0.3)", pixels=True)
+    model: str | None = declare(None, "model", "with --backend onnx: the ONNX export to render (igan-export "
+                                               "--checkpoint CKPT --onnx DIR)", pixels=True, metavar="DIR")
+    config: str | None = declare(None, "model", "preset of an official checkpoint (default: inferred from its "
+                                                "shapes); without --checkpoint only with --random-weights", pixels=True)
+    random_weights: bool = declare(False, "model", "render --config's preset with fixed random weights (for "
+                                                   "benchmarks: not a trained model)", pixels=True)
+    # the window of the canvas
+    width: int = declare(2048, "window", "image width in pixels (default 2048)", pixels=True, parse=positive,
+                         always=True)
+    height: int = declare(512, "window", "image height in pixels (default 512)", pixels=True, parse=positive,
+                          always=True)
+    x0: int = declare(0, "window", "canvas column of the left edge (default 0)", pixels=True, parse=int, always=True)
+    y0: int | None = declare(None, "window", "canvas row of the top edge (default: -(height // 2), which centres the "
+                                             "image on the horizon, as the official code does)", pixels=True, parse=int,
+                             always=True)
+    seed: int = declare(0, "window", "canvas seed (default 0)", pixels=True, parse=int, always=True)
+    # the canvas
+    styles: tuple[int, ...] | None = declare(
+        None, "canvas", "style fusion: one style (z_g) per seed, blended across the image; --seed still sets the "
+                        "local content", pixels=True, parse=seeds, metavar="SEED,SEED,...",
+        spell=lambda v: ",".join(map(str, v)))
+    style_centers: tuple[tuple[float, float], ...] | None = declare(
+        None, "canvas", "where each style sits, as fractions of the window (0,0 = top-left, 1,1 = bottom-right; "
+                        "values outside 0..1 are allowed) (default: spread evenly across the width at mid-height)",
+        pixels=True, parse=centers, metavar="X,Y:X,Y:...", spell=_centers)
+    style_map: str | None = declare(
+        None, "canvas", "instead of centres: an image whose distinct colours (numbered in order of first "
+                        "appearance, top-left first) say where each style goes, stretched to the window",
+        pixels=True, metavar="PNG")
+    style_blur: int | None = declare(None, "canvas", f"width of the box blur between styles, in output pixels "
+                                                     f"(default {DEFAULT_BLUR})", pixels=True, parse=blur,
+                                     metavar="K")
+    wrap: bool = declare(False, "canvas", "cyclic panorama: the canvas repeats horizontally every --width pixels, so "
+                                          "the right edge continues into the left (width: a multiple of 16)",
+                         pixels=True)
+    trunc: float = declare(1.0, "canvas", "truncation: styles pulled towards the mean style, w_avg + PSI (w - w_avg); "
+                                          "below 1 trades variety for typical images (default 1: none, as the "
+                                          "official code)", pixels=True, parse=float, metavar="PSI",
+                           spell=lambda v: repr(float(v)))
+    latent_rng: str = declare(DEFAULT_LATENT_RNG, "canvas", "generator of the canvas's random values: philox "
+                                                            "(Philox4x32-10, the default since igan 0.2) or v1 (the "
+                                                            "hash of earlier versions: re-renders their images)",
+                              pixels=True, choices=tuple(LATENT_RNG_VERSIONS), always=True)
+    quantize: str = declare("round", "canvas", "float to 8-bit: round (to the nearest level, default) or official "
+                                               "(truncation, as the official code's matplotlib PNGs: the same bytes "
+                                               "from the same latents)", pixels=True, choices=QUANTIZERS)
     # how it is computed
-    tile: int | None = None
-    batch: int = 1
-    memory_budget: int | None = None
-    device: str = "auto"
-    gpus: int | None = None
-    workers: int | None = None
-    threads: int | None = None
-    precision: str = "fp32"
-    backend: str = "torch"
-    bit_exact: bool = False  # CPU: the reference path, the same bytes in any tiling (slower than the default)
-    # the work directory and the outputs
-    resume: bool = False
-    restart: bool = False
-    keep_work: bool = False
-    preview: str | None = None  # "": OUT's stem + .preview.png
-    preview_size: int = 1024
-    compression: str | int | None = None
-    ome: bool = False  # .tif/.tiff: write an OME-TIFF (OME-XML, igan's metadata in a MapAnnotation)
-    stats_json: str | None = None
-    quiet: bool = False
+    precision: str = declare("fp32", "compute", "fp32 (default), fp16 or bf16", pixels=True,
+                             choices=("fp32", "fp16", "bf16"))
+    backend: str = declare("torch", "compute", "model runner: torch (reference, any device), triton (fused kernels, "
+                                               "CUDA) or onnx (onnxruntime on the graphs of --model)", pixels=True,
+                           choices=("torch", "triton", "onnx"))
+    bit_exact: bool = declare(False, "compute", "CPU, torch backend: the reference path, whose bytes are the same for "
+                                                "every --tile, --batch and --workers (and igan 0.2's); about 1.5x "
+                                                "slower than the default oneDNN path, whose bytes are the same for "
+                                                "the same command on the same CPU", pixels=True)
+    tile: int | None = declare(None, "compute", "tile size in pixels, a multiple of 16 (default: from "
+                                                "--memory-budget)", parse=positive)
+    batch: int = declare(1, "compute", "tiles per forward pass (default 1)", parse=positive)
+    memory_budget: int | None = declare(None, "compute", "memory for one batch of tiles, e.g. 4GiB (default: 1 GiB on "
+                                                         "CPU, where cache-sized tiles run fastest; 60%% of free "
+                                                         "memory on GPU)", parse=size_bytes)
+    device: str = declare("auto", "compute", "cpu, cuda, cuda:N or auto (default auto)")
+    gpus: int | None = declare(None, "compute", "render on GPUs 0..N-1, one worker process each, pulling from a "
+                                                "shared queue", parse=positive)
+    workers: int | None = declare(None, "compute", "with --device cpu: N worker processes sharing the CPU cores",
+                                  parse=positive)
+    threads: int | None = declare(None, "compute", "CPU threads for torch (default: all)", parse=positive)
+    # outputs
+    metadata: bool = declare(True, "outputs", "do not embed what made the image (igan version, command, model "
+                                              "digest, seed, window) in PNG and TIFF files", flag="--no-metadata")
+    preview: str | None = declare(None, "outputs", "also write a low-resolution preview PNG (default path: OUT stem + "
+                                                   ".preview.png)", metavar="PATH", const="")
+    preview_size: int = declare(1024, "outputs", "preview's longer side (default 1024)", parse=positive)
+    compression: str | int | None = declare(
+        None, "outputs", "PNG: zlib level 0-9 (default 6); TIFF: zlib (default, read by every viewer), zstd, jpeg "
+                         "(lossy, for photographic pyramids; :quality 1-100, default 90) or none, optionally :level")
+    ome: bool = declare(False, "outputs", "with a .tif/.tiff --out: write an OME-TIFF (OME-XML, the same pyramid in "
+                                          "SubIFDs) for QuPath, OMERO and Bio-Formats; igan's metadata goes in an OME "
+                                          "MapAnnotation")
+    stats_json: str | None = declare(None, "outputs", "also write the summary figures as JSON (for scripts and "
+                                                      "benchmarks)", metavar="PATH")
+    quiet: bool = declare(False, "outputs", "no progress bar")
+    # the work directory
+    resume: bool = declare(False, "work", "finish an interrupted render of the same request from its finished tiles")
+    restart: bool = declare(False, "work", "discard the finished tiles of an interrupted render")
+    keep_work: bool = declare(False, "work", "keep the work directory (tile store + manifest) after the output is "
+                                             "written")
+    # set by igan: what the render must reproduce ((key, value), ...: "model", "config",
+    # "label_map"; --from), and an application's canvas instead of styles/wrap
+    expect: tuple[tuple[str, str], ...] = declare((), "internal")
+    field: CanvasSpec | None = declare(None, "internal")
 
     @classmethod
     def from_options(cls, options: dict) -> "RenderRequest":
@@ -98,37 +191,25 @@ class RenderRequest:
 
     def command(self) -> str | None:
         """The igan-render command that renders this image again (None for an application's
-        canvas, which igan-render cannot describe): the options that decide its pixels, the
-        generator always spelled out (add --out to choose the file)."""
+        canvas, which igan-render cannot describe): the options that decide its pixels, in
+        their declared order, each unless at its default (`always`: the window and the
+        generator are spelled out); no --out: a file's bytes never depend on its name."""
         if self.field is not None:
             return None
         parts = ["igan-render"]
-        for name in ("checkpoint", "model", "config"):
-            if getattr(self, name) is not None:
-                parts += ["--" + name, str(getattr(self, name))]
-        if self.random_weights:
-            parts.append("--random-weights")
-        parts += ["--width", str(self.width), "--height", str(self.height), "--x0", str(self.x0),
-                  "--y0", str(self.top), "--seed", str(self.seed)]
-        if self.styles is not None:
-            parts += ["--styles", ",".join(map(str, self.styles))]
-        if self.style_centers is not None:
-            parts += ["--style-centers", ":".join(f"{x!r},{y!r}" for x, y in self.style_centers)]
-        if self.style_map is not None:
-            parts += ["--style-map", self.style_map]
-        if self.style_blur is not None:
-            parts += ["--style-blur", str(self.style_blur)]
-        if self.wrap:
-            parts.append("--wrap")
-        if self.trunc != 1.0:
-            parts += ["--trunc", repr(float(self.trunc))]
-        parts += ["--latent-rng", self.latent_rng]
-        for name, default in (("quantize", "round"), ("precision", "fp32"), ("backend", "torch")):
-            if getattr(self, name) != default:
-                parts += ["--" + name, getattr(self, name)]
-        if self.bit_exact:
-            parts.append("--bit-exact")
-        return shlex.join(parts)  # no --out: a file's bytes never depend on its name
+        for f in dataclasses.fields(self):
+            meta = f.metadata
+            if not meta["pixels"]:
+                continue
+            value = self.top if f.name == "y0" else getattr(self, f.name)
+            if isinstance(f.default, bool):  # a switch: its flag when on
+                if value:
+                    parts.append(flag(f))
+            elif value is None or (value == f.default and not meta["always"]):
+                continue
+            else:
+                parts += [flag(f), meta["spell"](value) if meta["spell"] else str(value)]
+        return shlex.join(parts)
 
     @property
     def preview_path(self) -> str | None:
@@ -250,6 +331,24 @@ class RenderRequest:
         for flag, path in outputs.items():
             if path is not None and not (flag == option("out") and ext == ".zarr" and os.path.lexists(path)):
                 check_writable(flag, path)  # an existing Zarr --out is a finished render (checked above)
+
+
+def flag(f: dataclasses.Field) -> str:
+    """The command-line flag of a declared field (`style_blur` -> `--style-blur`)."""
+    return f.metadata["flag"] or "--" + f.name.replace("_", "-")
+
+
+def declared(group: str | None = None, *, pixels: bool | None = None) -> tuple[dataclasses.Field, ...]:
+    """The declared render options, in order: of one group, and/or those that decide pixels
+    (or not); the internal ones only when asked for by group."""
+    return tuple(f for f in dataclasses.fields(RenderRequest)
+                 if (f.metadata["group"] == group if group else f.metadata["group"] != "internal")
+                 and (pixels is None or f.metadata["pixels"] == pixels))
+
+
+# The fields that decide an image's pixels: all a recipe (igan-render --from) may set. The rest
+# (outputs, work directory, processes, threads, previews, statistics) come from the user only.
+PIXEL_FIELDS = tuple(f.name for f in declared(pixels=True))
 
 
 def cpu_count() -> int:

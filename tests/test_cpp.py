@@ -237,7 +237,9 @@ def test_the_cpp_command_line_carries_every_igan_render_option():
     from igan.engine.native import capi
     from igan.engine.request import RenderRequest
 
-    fields = {f.name for f in dataclasses.fields(RenderRequest)} - {"field"}
+    fields = {f.name for f in dataclasses.fields(RenderRequest)} - {"field", "expect"}  # set by igan itself
     assert fields == capi.CARRIED | set(capi._UNSUPPORTED)
+    source = (Path(capi.__file__).parent / "cpp" / "src" / "igan.cpp").read_text()
+    assert not [name for name in capi.CARRIED if f'"{name}"' not in source]
     options = capi.parse_command_line(["--latent-rng", "v1", "--quantize", "official"])
     assert options["latent_rng"] == "v1" and options["quantize"] == "official"

@@ -44,6 +44,7 @@ from ..errors import option
 from ..geometry import layer_steps, ts_input_sizes, ts_sizes
 from ..latent import Field, LatentField
 from ..provenance import DEFAULT_LATENT_RNG
+from ..values import DEFAULT_BLUR, MAX_BLUR
 
 
 # ---- styles -------------------------------------------------------------------------------------
@@ -163,7 +164,6 @@ class LabelMap:
         return self.labels_[rows[:, None], cols[None, :]]
 
 
-MAX_BLUR = 4096  # pixels: each tile's weights need a (tile + blur)^2 label region, ~20 bytes a pixel
 
 
 def box_weights(assign, count: int, blur: int, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
@@ -365,6 +365,6 @@ def spec_from_options(cfg: GeneratorConfig, window, seed: int, *, styles=None, c
         else:
             fractions = centers or tuple(((i + 0.5) / n, 0.5) for i in range(n))
             points = tuple((window.x0 + fx * window.width, window.y0 + fy * window.height) for fx, fy in fractions)
-        spec = FieldSpec(tuple(styles), points, label_map, 127 if blur is None else blur, period)
+        spec = FieldSpec(tuple(styles), points, label_map, DEFAULT_BLUR if blur is None else blur, period)
     spec.build(cfg, seed)
     return spec

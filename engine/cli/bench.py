@@ -24,7 +24,7 @@ from ..embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
 from ..paths import refuse_unsafe_paths
 from ..provenance import igan_version
 from . import command, guarded
-from .args import positive, size_bytes
+from ..values import positive, size_bytes
 
 
 @dataclass

@@ -15,7 +15,8 @@ from ..errors import RequestError
 from ..provenance import DEFAULT_LATENT_RNG, LATENT_RNG_VERSIONS, QUANTIZERS, igan_version
 from ..request import PIXEL_FIELDS, RenderRequest
 from . import command, guarded
-from .args import blur, centers, positive, seed_ranges, seeds, size_bytes
+from ..values import seed_ranges
+from .args import add_request_options
 
 
 EXAMPLES = """examples:
@@ -41,98 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "styles...); options given here override them, e.g. --width/--x0 for a wider window of the "
                         "same canvas. Outputs, processes and the work directory come only from this command line")
     p.add_argument("--yes", action="store_true",
-                   help="with --from: render a recipe's size above 256 MP without giving --width/--height")
-    p.add_argument("--checkpoint", default=None,
-                   help="official InfinityGAN checkpoint (best_fid.pth.tar), igan .safetensors model, or a "
-                        "model igan ships: builtin:landscapes-v2 (the default, see below) or builtin:landscapes-v1 "
-                        "(the default of igan 0.1-0.3)")
-    p.add_argument("--config", default=None,
-                   help="preset of an official checkpoint (default: inferred from its shapes); without "
-                        "--checkpoint only with --random-weights")
-    p.add_argument("--random-weights", action="store_true",
-                   help="render --config's preset with fixed random weights (for benchmarks: not a trained model)")
-    p.add_argument("--width", type=positive, default=2048, help="image width in pixels (default 2048)")
-    p.add_argument("--height", type=positive, default=512, help="image height in pixels (default 512)")
-    p.add_argument("--x0", type=int, default=0, help="canvas column of the left edge (default 0)")
-    p.add_argument("--y0", type=int, default=None,
-                   help="canvas row of the top edge (default: -(height // 2), which centres the image on "
-                        "the horizon, as the official code does)")
-    p.add_argument("--seed", type=int, default=0, help="canvas seed (default 0)")
-    p.add_argument("--seeds", type=seed_ranges, default=None, metavar="LIST",
-                   help="render one image per seed, the model loaded once: e.g. 0-7 or 1,5,9-12 (files: "
-                        "--outdir/seedNNNN.png, or --out as a pattern such as 'pano-{seed}.tif')")
-    p.add_argument("--outdir", default=None, metavar="DIR", help="with --seeds: where the images go (default .)")
-    p.add_argument("--out", default=None,
-                   help="output: .png, .tif/.tiff (pyramidal BigTIFF) or .zarr (Zarr v3 array) (default igan.png)")
-    p.add_argument("--trunc", type=float, default=1.0, metavar="PSI",
-                   help="truncation: styles pulled towards the mean style, w_avg + PSI (w - w_avg); below 1 "
-                        "trades variety for typical images (default 1: none, as the official code)")
-    p.add_argument("--tile", type=positive, default=None,
-                   help="tile size in pixels, a multiple of 16 (default: from --memory-budget)")
-    p.add_argument("--batch", type=positive, default=1, help="tiles per forward pass (default 1)")
-    p.add_argument("--memory-budget", type=size_bytes, default=None,
-                   help="memory for one batch of tiles, e.g. 4GiB (default: 1 GiB on CPU, where "
-                        "cache-sized tiles run fastest; 60%% of free memory on GPU)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
-    p.add_argument("--gpus", type=positive, default=None,
-                   help="render on GPUs 0..N-1, one worker process each, pulling from a shared queue")
-    p.add_argument("--workers", type=positive, default=None,
-                   help="with --device cpu: N worker processes sharing the CPU cores")
-    p.add_argument("--resume", action="store_true",
-                   help="finish an interrupted render of the same request from its finished tiles")
-    p.add_argument("--restart", action="store_true", help="discard the finished tiles of an interrupted render")
-    p.add_argument("--keep-work", action="store_true",
-                   help="keep the work directory (tile store + manifest) after the output is written")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--backend", default="torch", choices=["torch", "triton", "onnx"],
-                   help="model runner: torch (reference, any device), triton (fused kernels, CUDA) or "
-                        "onnx (onnxruntime on the graphs of --model)")
-    p.add_argument("--model", default=None, metavar="DIR",
-                   help="with --backend onnx: the ONNX export to render (igan-export --checkpoint CKPT --onnx DIR)")
-    p.add_argument("--bit-exact", action="store_true",
-                   help="CPU, torch backend: the reference path, whose bytes are the same for every --tile, "
-                        "--batch and --workers (and igan 0.2's); about 1.5x slower than the default oneDNN path, "
-                        "whose bytes are the same for the same command on the same CPU")
-    p.add_argument("--preview", nargs="?", const="", default=None, metavar="PATH",
-                   help="also write a low-resolution preview PNG (default path: OUT stem + .preview.png)")
-    p.add_argument("--preview-size", type=positive, default=1024, help="preview's longer side (default 1024)")
-    p.add_argument("--compression", default=None,
-                   help="PNG: zlib level 0-9 (default 6); TIFF: zlib (default, read by every viewer), zstd, "
-                        "jpeg (lossy, for photographic pyramids; :quality 1-100, default 90) or none, "
-                        "optionally :level")
-    p.add_argument("--ome", action="store_true",
-                   help="with a .tif/.tiff --out: write an OME-TIFF (OME-XML, the same pyramid in SubIFDs) for "
-                        "QuPath, OMERO and Bio-Formats; igan's metadata goes in an OME MapAnnotation")
-    p.add_argument("--threads", type=positive, default=None, help="CPU threads for torch (default: all)")
-    p.add_argument("--stats-json", default=None, metavar="PATH",
-                   help="also write the summary figures as JSON (for scripts and benchmarks)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--no-metadata", dest="metadata", action="store_false",
-                   help="do not embed what made the image (igan version, command, model digest, seed, window) "
-                        "in PNG and TIFF files")
-    fidelity = p.add_argument_group("reproducing other images")
-    fidelity.add_argument("--latent-rng", default=DEFAULT_LATENT_RNG, choices=list(LATENT_RNG_VERSIONS),
-                          help="generator of the canvas's random values: philox (Philox4x32-10, the default since "
-                               "igan 0.2) or v1 (the hash of earlier versions: re-renders their images)")
-    fidelity.add_argument("--quantize", default="round", choices=list(QUANTIZERS),
-                          help="float to 8-bit: round (to the nearest level, default) or official (truncation, as "
-                               "the official code's matplotlib PNGs: the same bytes from the same latents)")
-    fusion = p.add_argument_group("style fusion and 360-degree panoramas")
-    fusion.add_argument("--styles", type=seeds, default=None, metavar="SEED,SEED,...",
-                        help="one style (z_g) per seed, blended across the image; --seed still sets the "
-                             "local content")
-    fusion.add_argument("--style-centers", type=centers, default=None, metavar="X,Y:X,Y:...",
-                        help="where each style sits, as fractions of the window (0,0 = top-left, 1,1 = "
-                             "bottom-right; values outside 0..1 are allowed) (default: spread evenly across "
-                             "the width at mid-height)")
-    fusion.add_argument("--style-map", default=None, metavar="PNG",
-                        help="instead of centres: an image whose distinct colours (numbered in order of first "
-                             "appearance, top-left first) say where each style goes, stretched to the window")
-    fusion.add_argument("--style-blur", type=blur, default=None, metavar="K",
-                        help="width of the box blur between styles, in output pixels (default 127)")
-    fusion.add_argument("--wrap", action="store_true",
-                        help="cyclic panorama: the canvas repeats horizontally every --width pixels, so the "
-                             "right edge continues into the left (width: a multiple of 16)")
+                   help=f"with --from: render a recipe's size above {FROM_PIXELS_UNASKED // 10**6} MP without "
+                        "giving --width/--height")
+    groups = add_request_options(p)
+    groups["window"].add_argument(
+        "--seeds", type=seed_ranges, default=None, metavar="LIST",
+        help="render one image per seed, the model loaded once: e.g. 0-7 or 1,5,9-12 (files: --outdir/seedNNNN.png, "
+             "or --out as a pattern such as 'pano-{seed}.tif')")
+    groups["outputs"].add_argument("--outdir", default=None, metavar="DIR",
+                                   help="with --seeds: where the images go (default .)")
+    p.set_defaults(out=None)  # igan.png, unless --from or --seeds name the files
     return p
 
 

@@ -17,7 +17,7 @@ from ..embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
 from ..errors import IganError
 from ..provenance import igan_version
 from . import command
-from .args import positive, size_bytes
+from ..values import positive, size_bytes
 
 EXAMPLES = """examples:
   igan-serve

@@ -8,8 +8,6 @@ as igan::Error with the same message.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import torch
 
@@ -18,18 +16,14 @@ from ..cli import render as cli
 from ..errors import RequestError
 from ..latent import LatentField
 from ..renderer import Renderer
-from ..request import RenderRequest
+from ..request import RenderRequest, declared
 from ..runner import PRECISIONS
 
 # igan-render options the C++ API has no field for: one model, one process.
-_UNSUPPORTED = ("gpus", "workers", "random_weights", "expect")
-# The RenderRequest fields igan::CommandLine carries (igan.cpp's parse_command_line reads them).
-CARRIED = frozenset({
-    "checkpoint", "config", "device", "precision", "backend", "threads", "model", "bit_exact",  # igan::ModelOptions
-    "x0", "y0", "width", "height", "seed",  # igan::Window and the seed
-    "out", "tile", "batch", "memory_budget", "compression", "ome", "preview", "preview_size", "resume", "restart",
-    "keep_work", "quiet", "stats_json", "styles", "style_centers", "style_map", "style_blur", "wrap",
-    "latent_rng", "quantize", "trunc", "metadata"})  # igan::FileOptions
+_UNSUPPORTED = ("gpus", "workers", "random_weights")
+# The RenderRequest fields igan::CommandLine carries (igan.cpp's parse_command_line reads each
+# by name; tests/test_declaration.py checks that it does): every declared option but those.
+CARRIED = frozenset(f.name for f in declared()) - set(_UNSUPPORTED)
 
 
 class Session:
@@ -72,8 +66,5 @@ def parse_command_line(argv: list[str]) -> dict:
         if getattr(request, name):
             raise RequestError(f"--{name.replace('_', '-')} is not available through the C++ API (one model, "
                                f"one process); use igan-render for it")
-    options = dataclasses.asdict(request.replace(y0=request.top))
-    dropped = sorted(set(options) - CARRIED - set(_UNSUPPORTED) - {"field"})
-    if dropped:  # a new igan-render option igan::CommandLine has no field for yet: never drop it silently
-        raise RequestError(f"the C++ API does not carry igan-render option(s) {', '.join(dropped)} yet")
-    return options
+    request = request.replace(y0=request.top)
+    return {name: getattr(request, name) for name in CARRIED}

@@ -12,12 +12,11 @@ import json
 import math
 from dataclasses import dataclass
 
+from ..values import DEFAULT_BLUR, MAX_BLUR
 from .tiles import MAX_COORD, TILE
 
 MAX_STYLES = 16
-MAX_BLUR = 4096  # fusion.MAX_BLUR (not imported: that module loads torch)
 MAX_PERIOD = 1 << 20  # a panorama's width (planner.MAX_SIDE): a job renders one whole period
-DEFAULT_BLUR = 127  # igan-render's --style-blur default
 SEED_LIMIT = 1 << 63
 
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from igan.engine.cli import guarded
-from igan.engine.cli.args import positive, size_bytes
+from igan.engine.values import positive, size_bytes
 from igan.engine.paths import refuse_unsafe_paths
 from igan.engine.provenance import igan_version
 
