@@ -108,3 +108,18 @@ def test_the_recipe_names_every_pixel_option(f):
     assert f.name in SAMPLES, f"{f.name}: a pixel option this test has no sample value for"
     assert (req.flag(f) in shlex.split(RenderRequest().command())) == f.metadata["always"]
     assert req.flag(f) in shlex.split(RenderRequest(**{f.name: SAMPLES[f.name]}).command())
+
+
+def test_the_applications_take_the_declared_render_options():
+    """igan-outpaint and igan-inbetween take every declared option but their own canvas's: a
+    new option is either on their command lines or listed here with the reason."""
+    from igan.engine.cli import apps
+
+    own_canvas = {"out", "width", "height", "x0", "y0", "styles", "style_centers", "style_map", "style_blur", "wrap",
+                  "trunc"}  # the application's window and canvas
+    not_invertible = {"model", "random_weights"}  # an ONNX export or random weights have no inversion
+    taken = set(apps.COMMON + apps.RENDERS)
+    assert {f.name for f in declared()} - taken == own_canvas | not_invertible
+    for parser in (apps.outpaint_parser(), apps.inbetween_parser()):
+        assert taken <= _dests(parser)
+    assert set(apps.COMMON) <= _dests(apps.invert_parser())

@@ -16,9 +16,11 @@ from pathlib import Path
 
 from ..embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
 from ..errors import RequestError
-from ..provenance import DEFAULT_LATENT_RNG, LATENT_RNG_VERSIONS, QUANTIZERS, igan_version
+from ..provenance import igan_version
+from ..request import declared
+from ..values import positive
 from . import command, guarded
-from ..values import positive, size_bytes
+from .args import add_request_options
 
 OUT_FORMATS = (".png", ".tif", ".tiff", ".zarr")
 
@@ -38,13 +40,29 @@ def _parser(prog: str, description: str, notes: str, examples: list[str]) -> arg
     return p
 
 
-def _common(p: argparse.ArgumentParser, inverts: bool = True) -> None:
-    p.add_argument("--checkpoint", default=None,
-                   help="official checkpoint or igan .safetensors model (default: the embedded model)")
-    p.add_argument("--config", default=None, help="preset of an official checkpoint (default: inferred)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
-    p.add_argument("--threads", type=positive, default=None, help="CPU threads for torch (default: all)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+# The render options every application takes from the declaration (request.RenderRequest), and
+# those the rendering ones (igan-outpaint, igan-inbetween) take besides: everything about how a
+# render is computed, its outputs and its work directory, the canvas's seed and generator. The
+# window, styles and wrap are the application's own canvas, --out its own argument, and an
+# ONNX export or random weights cannot be inverted.
+COMMON = ("checkpoint", "config", "device", "threads", "quiet")
+RENDERS = tuple(f.name for f in declared() if f.name not in COMMON + ("out",)
+                and (f.metadata["group"] in ("compute", "outputs", "work") or f.name in ("seed", "latent_rng",
+                                                                                         "quantize")))
+_APP_HELP = {
+    "checkpoint": {"help": "official checkpoint or igan .safetensors model (default: the embedded model)"},
+    "seed": {"help": "seed of the canvas around the pasted images (default 0)"},
+    "backend": {"help": "torch (reference, any device) or triton (fused kernels, CUDA)", "choices": ("torch", "triton")},
+    "quiet": {"help": "no progress bars"},
+}
+
+
+def _common(p: argparse.ArgumentParser, inverts: bool = True, renders: bool = False) -> None:
+    add_request_options(p, COMMON + (RENDERS if renders else ()), overrides=_APP_HELP,
+                        titles={"compute": "rendering, as igan-render"})
+    if renders:
+        p.add_argument("--save-record", action="append", default=[], metavar="PATH",
+                       help="also save the inversion record of each inverted image (repeat for several)")
     if inverts:
         p.add_argument("--steps", type=positive, default=3000,
                        help="optimisation steps when an image must be inverted (default 3000, as the official code)")
@@ -188,14 +206,8 @@ def _render_request(args, width: int, height: int, x0: int = 0, y0: int | None =
     """The RenderRequest of an application's render (window, canvas `spec`, the render options)."""
     from ..request import RenderRequest
 
-    return RenderRequest(
-        out=args.out, width=width, height=height, x0=x0, y0=y0, seed=args.seed, field=spec,
-        checkpoint=args.checkpoint, config=args.config, device=args.device, threads=args.threads,
-        tile=args.tile, batch=args.batch, memory_budget=args.memory_budget, workers=args.workers,
-        precision=args.precision, backend=args.backend, resume=args.resume, restart=args.restart,
-        keep_work=args.keep_work, preview=args.preview, compression=args.compression, quiet=args.quiet,
-        latent_rng=args.latent_rng, quantize=args.quantize, metadata=args.metadata, ome=args.ome,
-        bit_exact=args.bit_exact)
+    return RenderRequest(out=args.out, width=width, height=height, x0=x0, y0=y0, field=spec,
+                         **{name: getattr(args, name) for name in COMMON + RENDERS})
 
 
 def _check_render_options(args, width: int, height: int) -> None:
@@ -228,37 +240,6 @@ def _render(args, model, spec, request) -> None:
     stats = pipeline.run(render_request, model=model)
     if stats is not None:
         print(f"{args.prog}: {stats.summary()} -> {args.out}")
-
-
-def _render_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seed", type=int, default=0, help="seed of the canvas around the pasted images (default 0)")
-    p.add_argument("--tile", type=positive, default=None, help="tile size, a multiple of 16 (default: from memory)")
-    p.add_argument("--batch", type=positive, default=1, help="tiles per forward pass (default 1)")
-    p.add_argument("--memory-budget", type=size_bytes, default=None, help="memory for one batch of tiles")
-    p.add_argument("--save-record", action="append", default=[], metavar="PATH",
-                   help="also save the inversion record of each inverted image (repeat for several)")
-    g = p.add_argument_group("rendering, as igan-render")
-    g.add_argument("--workers", type=positive, default=None, help="with --device cpu: N worker processes")
-    g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    g.add_argument("--backend", default="torch", choices=["torch", "triton"],
-                   help="torch (reference, any device) or triton (fused kernels, CUDA)")
-    g.add_argument("--bit-exact", action="store_true",
-                   help="CPU: the reference path, the same bytes for every --tile, --batch and --workers (slower)")
-    g.add_argument("--resume", action="store_true", help="finish an interrupted render from its finished tiles")
-    g.add_argument("--restart", action="store_true", help="discard the finished tiles of an interrupted render")
-    g.add_argument("--keep-work", action="store_true", help="keep the work directory after the output is written")
-    g.add_argument("--preview", nargs="?", const="", default=None, metavar="PATH",
-                   help="also write a low-resolution preview PNG (default path: OUT stem + .preview.png)")
-    g.add_argument("--compression", default=None,
-                   help="PNG: zlib level 0-9 (default 6); TIFF: zlib (default, read by every viewer), zstd, "
-                        "jpeg (lossy; :quality, default 90) or none, optionally :level")
-    g.add_argument("--ome", action="store_true", help="with a .tif/.tiff --out: write an OME-TIFF")
-    g.add_argument("--latent-rng", default=DEFAULT_LATENT_RNG, choices=list(LATENT_RNG_VERSIONS),
-                   help="generator of the fresh latents: philox (default) or v1 (igan before 0.2)")
-    g.add_argument("--quantize", default="round", choices=list(QUANTIZERS),
-                   help="float to 8-bit: round (default) or official (the official code's truncation)")
-    g.add_argument("--no-metadata", dest="metadata", action="store_false",
-                   help="do not embed what made the image (igan version, records, seed) in PNG and TIFF files")
 
 
 def _main(prog: str, parser, argv, run, sources, outputs) -> int:
@@ -348,8 +329,7 @@ def outpaint_parser() -> argparse.ArgumentParser:
     p.add_argument("--at", type=_point, default=None, metavar="X,Y",
                    help="output pixel of the image's top-left corner (default: centred)")
     p.add_argument("--out", required=True, help="output image: .png, .tif/.tiff or .zarr")
-    _render_args(p)
-    _common(p)
+    _common(p, renders=True)
     return p
 
 
@@ -395,8 +375,7 @@ def inbetween_parser() -> argparse.ArgumentParser:
                    help="style blend width in pixels (default: the widest that keeps both ends as fitted)")
     p.add_argument("--one-style", action="store_true",
                    help="no style fusion: the left image's style everywhere (the right image is fitted under it)")
-    _render_args(p)
-    _common(p)
+    _common(p, renders=True)
     return p
 
 
