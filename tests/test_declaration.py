@@ -123,3 +123,14 @@ def test_the_applications_take_the_declared_render_options():
     for parser in (apps.outpaint_parser(), apps.inbetween_parser()):
         assert taken <= _dests(parser)
     assert set(apps.COMMON) <= _dests(apps.invert_parser())
+
+
+def test_igan_serve_takes_every_pixel_option_its_page_does_not_set():
+    """A tile's and a 'render this view' job's pixels are decided by the page's canvas (PAGE)
+    and by the declared options igan-serve takes (RENDER_OPTIONS): together, every pixel
+    option."""
+    from igan.engine import serve
+    from igan.engine.cli import serve as serve_cli
+
+    assert set(serve.PAGE) | set(serve.RENDER_OPTIONS) == set(PIXEL_FIELDS) | {"device"}
+    assert set(serve.RENDER_OPTIONS) <= _dests(serve_cli.build_parser())

@@ -16,8 +16,10 @@ import textwrap
 from ..embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
 from ..errors import IganError
 from ..provenance import igan_version
-from . import command
+from ..serve import RENDER_OPTIONS
 from ..values import positive, size_bytes
+from . import command
+from .args import add_request_options
 
 EXAMPLES = """examples:
   igan-serve
@@ -36,19 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES + "\n" + textwrap.fill(f"Without --checkpoint igan renders with the {EMBEDDED_DESCRIPTION}. "
                                                  "See docs/serve.md.", width=88))
     p.add_argument("--version", action="version", version=f"%(prog)s {igan_version()}")
-    p.add_argument("--checkpoint", default=None,
-                   help="official checkpoint or igan .safetensors model (default: the embedded model)")
-    p.add_argument("--config", default=None, help="preset of an official checkpoint (default: inferred)")
-    p.add_argument("--model", default=None, metavar="DIR", help="with --backend onnx: the ONNX export to render")
     p.add_argument("--open", default=None, metavar="FILE",
                    help="serve an existing igan output (.tif/.tiff pyramid or .zarr) instead of a model")
     p.add_argument("--seed", type=int, default=0, help="the canvas the page opens on (default 0)")
     p.add_argument("--wrap", type=positive, nargs="?", const=4096, default=None, metavar="PERIOD",
                    help="open in 360-degree mode: the canvas repeats every PERIOD pixels (a multiple of 256; "
                         "default 4096)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
-    p.add_argument("--backend", default="torch", choices=["torch", "triton", "onnx"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
@@ -65,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-level", type=int, default=None, metavar="N",
                    help="how far the view zooms out: 1:2^N (default 3; at most 8). A tile there is built "
                         "from 4^N rendered tiles")
+    add_request_options(p, RENDER_OPTIONS, titles={"model": "the model (tiles and render jobs, as igan-render)"})
     return p
 
 
@@ -76,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.open is not None and (args.checkpoint or args.model or args.wrap):
+    if args.open is not None and (args.checkpoint or args.model or args.random_weights or args.wrap):
         parser.error("--open serves a file: not with --checkpoint, --model or --wrap")
     if args.open is not None and not os.path.exists(args.open):
         parser.error(f"--open {args.open!r} does not exist")
@@ -102,9 +98,8 @@ def _serve(args, cache: str) -> int:
 
     from ..serve.server import ServeOptions, build
 
-    options = ServeOptions(cache=cache, output=args.output, checkpoint=args.checkpoint, config=args.config,
-                           model=args.model, open=args.open, seed=args.seed, wrap=args.wrap, device=args.device,
-                           backend=args.backend, precision=args.precision, batch=args.batch, queue=args.queue,
+    options = ServeOptions(cache=cache, output=args.output, render={k: getattr(args, k) for k in RENDER_OPTIONS},
+                           open=args.open, seed=args.seed, wrap=args.wrap, batch=args.batch, queue=args.queue,
                            memory_cache=args.memory_cache, max_level=args.max_level, host=args.host)
     try:
         app, info = build(options)

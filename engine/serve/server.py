@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .app import create_app
 from .cache import DiskCache, MemoryLRU
+from . import RENDER_OPTIONS
 from .canvas import Canvas
 from .jobs import JobQueue
 from .scheduler import Scheduler
@@ -21,15 +22,10 @@ DEFAULT_MAX_LEVEL = 3  # 1:8; one tile there is 64 native tiles (docs/serve.md, 
 class ServeOptions:
     cache: Path  # an existing folder
     output: Path = Path(".")  # where render jobs write
-    checkpoint: str | None = None
-    config: str | None = None
-    model: str | None = None  # an ONNX export, with backend "onnx"
+    render: dict = field(default_factory=dict)  # RENDER_OPTIONS by name (checkpoint, backend, trunc, ...)
     open: str | None = None  # serve this .tif/.zarr instead of a model
     seed: int = 0
     wrap: int | None = None  # open in 360-degree mode with this period
-    device: str = "auto"
-    backend: str = "torch"
-    precision: str = "fp32"
     batch: int | None = None  # tiles per forward pass (None: 1 on CPU, 8 on a GPU)
     queue: int = 64  # tile requests that may wait for rendering
     memory_cache: int = 256 << 20  # bytes of PNG tiles kept in memory
@@ -38,10 +34,13 @@ class ServeOptions:
 
 
 def model_options(o: ServeOptions) -> dict:
-    """The RenderRequest fields of the model, paths made absolute (jobs run in the output folder)."""
-    absolute = (lambda p: None if p is None else os.path.abspath(p))
-    return {"checkpoint": absolute(o.checkpoint), "config": o.config, "model": absolute(o.model),
-            "backend": o.backend, "precision": o.precision}
+    """The render options of the model (all but the device), paths made absolute (jobs run in
+    the output folder)."""
+    unknown = sorted(set(o.render) - set(RENDER_OPTIONS))
+    if unknown:
+        raise ValueError(f"igan-serve takes no render option(s) {', '.join(unknown)}")
+    return {k: os.path.abspath(v) if k in ("checkpoint", "model") and v is not None else v
+            for k, v in o.render.items() if k != "device"}
 
 
 def build(o: ServeOptions, *, generator=None):
@@ -60,7 +59,8 @@ def build(o: ServeOptions, *, generator=None):
                 "max_level": max_level, "seed": None, "wrap": None}
         batch = o.batch or 4
     else:
-        request = RenderRequest(width=256, height=256, device=o.device, **model_options(o)).validate()
+        request = RenderRequest(width=256, height=256, device=o.render.get("device", "auto"),
+                                **model_options(o)).validate()
         source = GeneratorSource(request, generator)
         identity = source.identity
         max_level = DEFAULT_MAX_LEVEL if o.max_level is None else o.max_level
@@ -68,8 +68,8 @@ def build(o: ServeOptions, *, generator=None):
             raise ValueError(f"max_level must be between 0 and {MAX_LEVEL}, got {max_level}")
         Canvas.from_json({"seed": o.seed, "period": o.wrap})  # checked now, not in the browser
         info = {"kind": "canvas", "model": source.describe(), "config": source.config.name,
-                "max_level": max_level, "seed": o.seed, "wrap": o.wrap, "backend": o.backend,
-                "device": str(source.runner.device), "precision": o.precision}
+                "max_level": max_level, "seed": o.seed, "wrap": o.wrap, "backend": request.backend,
+                "device": str(source.runner.device), "precision": request.precision}
         batch = o.batch or (1 if source.runner.device.type == "cpu" else 8)
     info["batch"] = batch
     scheduler = Scheduler(source.render, batch)
