@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import executor, planner, sources
+from . import cpu, executor, planner, sources
 from .apps.fusion import spec_from_options
 from .errors import RequestError, option
 from .provenance import describe
@@ -78,7 +78,8 @@ def run(request: RenderRequest, model=None):
         stats = executor.run_local(job, model, devices[0], out, **common)
     if stats is not None and request.stats_json:  # atomic: a kill never leaves a truncated file
         write_atomic(Path(request.stats_json),
-                     json.dumps(dataclasses.asdict(stats) | {"mp_per_s": stats.mp_per_s, "out": request.out}, indent=1))
+                     json.dumps(dataclasses.asdict(stats) | {"mp_per_s": stats.mp_per_s, "out": request.out,
+                                                             "cpu": cpu.describe()}, indent=1))
     return stats
 
 

@@ -4,7 +4,8 @@ For each size it plans the render as igan-render would, runs it once to warm up,
 times `Renderer.pixels` (latents -> forward -> uint8 on the host: everything but the file
 writer) and reports megapixels/s, FLOPs per output pixel (executed, from the planner),
 achieved TFLOP/s, the work ratio and peak memory (CUDA: max allocated; CPU: peak RSS, reset
-before each size where Linux allows it). Prints a table and draws a PNG plot with pillow.
+before each size where Linux allows it). Prints a table, the CPU (model, ISA flags, the code
+branches MKL and oneDNN run: engine/cpu.py; --json records it too) and draws a PNG plot with pillow.
 
 Every backend of igan-render is measured: torch, triton, and onnx (an export of igan-export
 --onnx DIR, given as --model DIR).
@@ -20,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .. import cpu
 from ..embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
 from ..paths import refuse_unsafe_paths
 from ..provenance import igan_version
@@ -192,6 +194,7 @@ def _main(argv: list[str] | None) -> int:
 
 
 def _run(args, sizes) -> int:
+    cpu.unpin_onednn_for(args.precision)  # bf16: oneDNN's own bf16 kernels (engine/cpu.py), before its first use
     import torch
     from tqdm import tqdm
 
@@ -222,15 +225,17 @@ def _run(args, sizes) -> int:
     path = " bit-exact" if args.bit_exact else ""
     title = (f"igan-bench: {what} ({model.config.name}), {args.backend}{path} "
              f"{args.precision} on {_where(runner)}")
+    host = cpu.describe()  # the CPU, its ISA flags and the MKL/oneDNN branches: CPU figures depend on them
     print(title)
+    print(f"CPU: {cpu.summary(host)}")
     print(format_table(rows, str(device)))
     plot_rows(rows, args.plot, title)
     print(f"igan-bench: plot -> {args.plot}")
     if args.json:
         tmp = Path(args.json).with_name(f".{Path(args.json).name}.igan-tmp-{os.getpid()}")
         data = [asdict(r) | {"speedup": r.speedup} for r in rows]
-        tmp.write_text(json.dumps(dict(title=title, backend=args.backend, precision=args.precision, rows=data),
-                                  indent=1))
+        tmp.write_text(json.dumps(dict(title=title, backend=args.backend, precision=args.precision, cpu=host,
+                                       rows=data), indent=1))
         os.replace(tmp, args.json)
     return 0
 
