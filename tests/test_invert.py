@@ -11,7 +11,9 @@ from igan.engine.apps import invert as inv
 from igan.engine.config import PRESETS
 from igan.engine.latent import LatentField
 from igan.engine.apps.paste import Paste, PastedField
-from igan.engine.planner import Window
+from igan.engine.planner import Window, plan
+from igan.engine.renderer import Renderer
+from igan.engine.runner import TorchRunner
 from igan.engine.apps.record import InversionRecord, RecordError, model_digest
 
 # Measured: 29.9 dB after 300 steps (small config, 48 px, 2 threads, about 7 s); 200 steps gave
@@ -62,6 +64,12 @@ def test_record_roundtrips_and_renders_back_to_the_fit(inverted, tmp_path):
     field = PastedField(LatentField(model.config, seed=123, horizon=back.horizon), back)
     for tile in (16, 32, 64):
         assert (render(model, field, window, tile) - rec.fit).abs().max() < 1e-4, tile
+    # On the reference path, where the fit was computed, exactly: its bytes depend on neither the
+    # tiling nor the CPU's kernels (tests/test_outpaint.py's CLI test rests on this).
+    exact = Renderer(TorchRunner(model, bit_exact=True))
+    for tile in (16, 48):
+        got = torch.from_numpy(exact.render_array(field, plan(model.config, window, tile=tile))).permute(2, 0, 1)
+        assert torch.equal(got, rec.fit), tile
     # Moved by whole latent cells (the coordinates travel with the record): the same fit.
     up = model.config.upscale
     moved = PastedField(LatentField(model.config, seed=5), Paste(back, dx=-7, dy=3))
