@@ -23,8 +23,6 @@ import torch
 from PIL import Image
 
 from . import pipeline, sources
-from .latent import LatentField
-from .renderer import Renderer
 from .request import RenderRequest
 
 _MODEL_OPTIONS = ("checkpoint", "config", "model", "device", "precision", "backend", "threads", "bit_exact")
@@ -69,14 +67,11 @@ class Model:
         """The window [x0, x0 + width) x [y0, y0 + height) of canvas `seed` (y0 default:
         -(height // 2), centred on the horizon) as a PIL RGB image, or with `array` a uint8
         numpy array [height, width, 3]. `options`: igan-render's canvas and tiling options
-        (styles, style_centers, style_map, style_blur, wrap, tile, batch, memory_budget)."""
+        (styles, style_centers, style_map, style_blur, wrap, trunc, latent_rng, quantize, tile,
+        batch, memory_budget)."""
         request = self._request(width=width, height=height, seed=seed, x0=x0, y0=y0, **options)
-        spec, plan = pipeline.plan_request(request, self.config, self.device)
-        field = (spec.build(self.config, seed, request.latent_rng) if spec is not None
-                 else LatentField(self.config, seed, rng=request.latent_rng))
         out = np.empty((height, width, 3), np.uint8)
-        for t, img in Renderer(self._runner, request.quantize, request.trunc).pixels(field, plan, request.batch):
-            out[t.y:t.y + t.height, t.x:t.x + t.width] = img
+        pipeline.render_into(out, request, self._runner)
         return out if array else Image.fromarray(out, "RGB")
 
     def render_to_file(self, out: str | Path, width: int, height: int, *, seed: int = 0, x0: int = 0,

@@ -14,12 +14,15 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import cpu, executor, planner, sources
 from .apps.fusion import spec_from_options
 from .errors import RequestError, option
+from .latent import LatentField
 from .provenance import describe
+from .renderer import Renderer
 from .request import RenderRequest
 from .runner import PRECISIONS
 from .store import write_atomic
@@ -81,6 +84,19 @@ def run(request: RenderRequest, model=None):
                      json.dumps(dataclasses.asdict(stats) | {"mp_per_s": stats.mp_per_s, "out": request.out,
                                                              "cpu": cpu.describe()}, indent=1))
     return stats
+
+
+def render_into(out: np.ndarray, request: RenderRequest, runner) -> None:
+    """The window of `request` into `out` (uint8 [height, width, 3], any row stride) with
+    `runner`'s model, tiled as igan-render tiles it: the in-memory render that the Python API
+    (`Model.render`) and the C++ API share, so every option that decides pixels (styles,
+    wrap, trunc, generator, quantizer) is honoured there as in files."""
+    cfg = runner.model.config
+    spec, plan = plan_request(request, cfg, runner.device)
+    field = (spec.build(cfg, request.seed, request.latent_rng) if spec is not None
+             else LatentField(cfg, request.seed, rng=request.latent_rng))
+    for t, img in Renderer(runner, request.quantize, request.trunc).pixels(field, plan, request.batch):
+        out[t.y:t.y + t.height, t.x:t.x + t.width] = img
 
 
 def check_expected(request: RenderRequest, model, spec) -> None:

@@ -161,17 +161,33 @@ def _run(cmd, cwd, **kw):
     ["--wrap"],
     ["--wrap", "--styles", "4,9"],
     ["--latent-rng", "v1", "--quantize", "official"],
-], ids=["plain", "styles", "centres", "wrap", "wrap-styles", "v1-official"])
+    ["--trunc", "0.6"],
+], ids=["plain", "styles", "centres", "wrap", "wrap-styles", "v1-official", "trunc"])
 @pytest.mark.slow
 def test_example_file_is_byte_identical_to_igan_render(build_dir, tmp_path, extra):
     """Every igan-render option reaches the file through the C++ API (style fusion and wrap
-    were once dropped silently)."""
+    were once dropped silently), and the in-memory renders of the C++ API (Model::render with
+    the same options) and of the Python API (igan.Model.render) give the file's pixels."""
+    import igan
+    from PIL import Image
+
+    from igan.engine.cli.render import parse_args
+    from igan.engine.request import RenderRequest
+
     args = ["--width", "208", "--height", "96", "--seed", "3", "--quiet", *extra]
     py = _run([VENV_BIN / "igan-render", *args, "--out", "py.png"], tmp_path)
     assert py.returncode == 0, py.stderr
     cpp = _run([build_dir / "igan_render", *args, "--out", "cpp.png"], tmp_path)
     assert cpp.returncode == 0, cpp.stderr
     assert (tmp_path / "cpp.png").read_bytes() == (tmp_path / "py.png").read_bytes()
+    pixels = np.asarray(Image.open(tmp_path / "py.png"))
+    raw = _run([build_dir / "igan_render", "--raw", "cpp.rgb", *args], tmp_path)
+    assert raw.returncode == 0, raw.stderr
+    np.testing.assert_array_equal(np.fromfile(tmp_path / "cpp.rgb", np.uint8).reshape(96, 208, 3), pixels)
+    request, default = parse_args(args), RenderRequest()
+    canvas = {k: getattr(request, k) for k in ("styles", "style_centers", "style_blur", "wrap", "trunc", "latent_rng",
+                                               "quantize") if getattr(request, k) != getattr(default, k)}
+    np.testing.assert_array_equal(igan.load(device="cpu").render(208, 96, seed=3, array=True, **canvas), pixels)
     if extra:  # and the options did change the picture
         plain = _run([VENV_BIN / "igan-render", *args[:6], "--quiet", "--out", "plain.png"], tmp_path)
         assert plain.returncode == 0 and (tmp_path / "plain.png").read_bytes() != (tmp_path / "cpp.png").read_bytes()

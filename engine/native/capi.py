@@ -11,19 +11,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import pipeline, planner, sources
+from .. import pipeline, sources
 from ..cli import render as cli
 from ..errors import RequestError
-from ..latent import LatentField
-from ..renderer import Renderer
 from ..request import RenderRequest, declared
-from ..runner import PRECISIONS
 
 # igan-render options the C++ API has no field for: one model, one process.
 _UNSUPPORTED = ("gpus", "workers", "random_weights")
 # The RenderRequest fields igan::CommandLine carries (igan.cpp's parse_command_line reads each
 # by name; tests/test_declaration.py checks that it does): every declared option but those.
 CARRIED = frozenset(f.name for f in declared()) - set(_UNSUPPORTED)
+# Those an in-memory render takes (render_into): all but the outputs and the work directory.
+_IN_MEMORY = frozenset(f.name for f in declared() if f.metadata["group"] not in ("outputs", "work"))
 
 
 class Session:
@@ -38,18 +37,17 @@ class Session:
                             bit_exact=bool(bit_exact))
         self.model = sources.load(self.options["model"] or self.options["checkpoint"], self.options["config"])
         self.runner = sources.make_runner(backend, self.model, device, precision, bool(bit_exact))
-        self.renderer = Renderer(self.runner)
-        self.budget = pipeline.default_budget(self.runner.device)
-        self.itemsize = PRECISIONS[precision].itemsize
 
-    def render_into(self, out: np.ndarray, x0: int, y0: int, seed: int) -> None:
+    def render_into(self, out: np.ndarray, x0: int, y0: int, seed: int, options: dict | None = None) -> None:
         """Render the window at (x0, y0) of out's size into `out` (uint8 [h, w, 3], a view
-        of the caller's buffer), tile by tile as igan-render would cut it."""
+        of the caller's buffer), as igan.Model.render does (pipeline.render_into): `options`
+        are igan-render's canvas and tiling options by name (styles, wrap, trunc, latent_rng,
+        quantize, tile, batch, ...; those not given keep igan-render's defaults)."""
         h, w, _ = out.shape
-        plan = planner.plan(self.model.config, planner.Window(x0, y0, w, h), memory_budget=self.budget,
-                            itemsize=self.itemsize)
-        for t, img in self.renderer.pixels(LatentField(self.model.config, seed), plan):
-            out[t.y:t.y + t.height, t.x:t.x + t.width] = img
+        canvas = {k: v for k, v in (options or {}).items() if k in _IN_MEMORY}
+        request = RenderRequest.from_options({**canvas, **self.options, "width": w, "height": h, "x0": x0, "y0": y0,
+                                              "seed": seed, "quiet": True}).validate()
+        pipeline.render_into(out, request, self.runner)
 
     def render_file(self, options: dict) -> None:
         """igan-render with this session's model: `options` are igan-render's options by

@@ -184,7 +184,57 @@ Model Model::open(const ModelOptions& o) {
   return Model(std::move(impl));
 }
 
+namespace {
+
+// igan-render's options of `f` and the window, by their RenderRequest names (capi reads them).
+py::dict options_dict(const Window& w, std::int64_t seed, const FileOptions& f) {
+  py::dict o;
+  o["x0"] = w.x0;
+  o["y0"] = w.y0;
+  o["width"] = w.width;
+  o["height"] = w.height;
+  o["seed"] = seed;
+  o["out"] = f.out;
+  o["tile"] = f.tile ? py::object(py::int_(f.tile)) : py::none();
+  o["batch"] = f.batch;
+  o["memory_budget"] = f.memory_budget ? py::object(py::int_(f.memory_budget)) : py::none();
+  o["compression"] = f.compression.empty() ? py::object(py::none()) : py::object(py::str(f.compression));
+  o["ome"] = f.ome;
+  o["preview"] = f.preview ? py::object(py::str(*f.preview)) : py::none();
+  o["preview_size"] = f.preview_size;
+  o["resume"] = f.resume;
+  o["restart"] = f.restart;
+  o["keep_work"] = f.keep_work;
+  o["quiet"] = f.quiet;
+  o["stats_json"] = f.stats_json.empty() ? py::object(py::none()) : py::object(py::str(f.stats_json));
+  if (!f.styles.empty()) {
+    py::list seeds;
+    for (auto style : f.styles) seeds.append(style);
+    o["styles"] = py::tuple(seeds);
+  }
+  if (!f.style_centers.empty()) {
+    py::list centers;
+    for (const auto& c : f.style_centers) centers.append(py::make_tuple(c.first, c.second));
+    o["style_centers"] = py::tuple(centers);
+  }
+  if (!f.style_map.empty()) o["style_map"] = f.style_map;
+  if (f.style_blur) o["style_blur"] = f.style_blur;
+  o["wrap"] = f.wrap;
+  if (!f.latent_rng.empty()) o["latent_rng"] = f.latent_rng;
+  if (!f.quantize.empty()) o["quantize"] = f.quantize;
+  o["trunc"] = f.trunc;
+  o["metadata"] = f.metadata;
+  return o;
+}
+
+}  // namespace
+
 void Model::render(const Window& w, std::int64_t seed, std::uint8_t* rgb, std::size_t row_stride) const {
+  render(w, seed, FileOptions{}, rgb, row_stride);
+}
+
+void Model::render(const Window& w, std::int64_t seed, const FileOptions& options, std::uint8_t* rgb,
+                   std::size_t row_stride) const {
   if (w.width < 1 || w.height < 1)
     throw Error("ValueError", "window width and height must be >= 1, got " + std::to_string(w.width) + "x" +
                                   std::to_string(w.height));
@@ -200,7 +250,7 @@ void Model::render(const Window& w, std::int64_t seed, std::uint8_t* rgb, std::s
     py::array_t<std::uint8_t> view({w.height, w.width, std::int64_t{3}},
                                    {static_cast<std::int64_t>(row_stride), std::int64_t{3}, std::int64_t{1}}, rgb,
                                    owner);
-    impl_->session.attr("render_into")(view, w.x0, w.y0, seed);
+    impl_->session.attr("render_into")(view, w.x0, w.y0, seed, options_dict(w, seed, options));
     return 0;
   });
 }
@@ -216,43 +266,7 @@ std::vector<std::uint8_t> Model::render(const Window& w, std::int64_t seed) cons
 
 void Model::render_to_file(const Window& w, std::int64_t seed, const FileOptions& f) const {
   with_engine([&] {
-    py::dict o;
-    o["x0"] = w.x0;
-    o["y0"] = w.y0;
-    o["width"] = w.width;
-    o["height"] = w.height;
-    o["seed"] = seed;
-    o["out"] = f.out;
-    o["tile"] = f.tile ? py::object(py::int_(f.tile)) : py::none();
-    o["batch"] = f.batch;
-    o["memory_budget"] = f.memory_budget ? py::object(py::int_(f.memory_budget)) : py::none();
-    o["compression"] = f.compression.empty() ? py::object(py::none()) : py::object(py::str(f.compression));
-    o["ome"] = f.ome;
-    o["preview"] = f.preview ? py::object(py::str(*f.preview)) : py::none();
-    o["preview_size"] = f.preview_size;
-    o["resume"] = f.resume;
-    o["restart"] = f.restart;
-    o["keep_work"] = f.keep_work;
-    o["quiet"] = f.quiet;
-    o["stats_json"] = f.stats_json.empty() ? py::object(py::none()) : py::object(py::str(f.stats_json));
-    if (!f.styles.empty()) {
-      py::list seeds;
-      for (auto seed : f.styles) seeds.append(seed);
-      o["styles"] = py::tuple(seeds);
-    }
-    if (!f.style_centers.empty()) {
-      py::list centers;
-      for (const auto& c : f.style_centers) centers.append(py::make_tuple(c.first, c.second));
-      o["style_centers"] = py::tuple(centers);
-    }
-    if (!f.style_map.empty()) o["style_map"] = f.style_map;
-    if (f.style_blur) o["style_blur"] = f.style_blur;
-    o["wrap"] = f.wrap;
-    if (!f.latent_rng.empty()) o["latent_rng"] = f.latent_rng;
-    if (!f.quantize.empty()) o["quantize"] = f.quantize;
-    o["trunc"] = f.trunc;
-    o["metadata"] = f.metadata;
-    impl_->session.attr("render_file")(o);
+    impl_->session.attr("render_file")(options_dict(w, seed, f));
     return 0;
   });
 }

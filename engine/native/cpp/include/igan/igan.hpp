@@ -124,6 +124,11 @@ class IGAN_API Model {
   // Render `window` of canvas `seed` into `rgb`: height rows of width * 3 bytes (R, G, B),
   // row r starting at rgb + r * row_stride (0 = width * 3, tightly packed).
   void render(const Window& window, std::int64_t seed, std::uint8_t* rgb, std::size_t row_stride = 0) const;
+  // The same with igan-render's canvas and tiling options from `options` (styles, style
+  // placement, wrap, trunc, latent_rng, quantize, tile, batch, memory_budget); its output
+  // options are for files and are not used here.
+  void render(const Window& window, std::int64_t seed, const FileOptions& options, std::uint8_t* rgb,
+              std::size_t row_stride = 0) const;
   // The same into a new buffer of height * width * 3 bytes.
   std::vector<std::uint8_t> render(const Window& window, std::int64_t seed) const;
   // Stream `window` of canvas `seed` to a file as igan-render does: same tiles, same bytes;
