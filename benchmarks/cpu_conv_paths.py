@@ -7,12 +7,12 @@ GEMM, oneDNN off), oneDNN (NCHW and channels-last). Prints a Markdown table:
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import torch
 import torch.nn.functional as F
 
+from igan.engine import cpu
 from igan.engine.determinism import reproducible_cpu_convs
 
 FLOPS = 2 * 512 * 512 * 9 * 68 * 68
@@ -38,7 +38,7 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+    print(f"{cpu.summary()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads\n")
     print("| path | fp32 GFLOP/s | bf16 GFLOP/s |\n| --- | --- | --- |")
     for path, name in (("im2col", "igan's reproducible path (im2col + GEMM, MKL strict)"),

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -180,8 +178,10 @@ def main() -> int:
     profiles = [_spawn(["--profile", "--path", path, *threads]) for path in ("fast", "bit-exact")]
     import torch
 
+    from igan.engine import cpu
+
     lines = [f"# CPU paths vs the official patch-by-patch work: {CONFIG} (random weights), fp32", "",
-             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
+             f"Machine: {cpu.summary()}, torch "
              f"{torch.__version__}, threads {args.threads or torch.get_num_threads()}; "
              f"{time.strftime('%Y-%m-%d')}. Command: `python benchmarks/cpu_paths.py"
              f"{' --threads ' + str(args.threads) if args.threads else ''}`", "", _table(rows), "",

@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE))
 import torch  # noqa: E402
 
 import igan.engine  # noqa: E402,F401
-from igan.engine import planner  # noqa: E402
+from igan.engine import cpu, planner  # noqa: E402
 from igan.engine import checkpoint  # noqa: E402
 from igan.engine.checkpoint import init_deterministic  # noqa: E402
 from igan.engine.config import PRESETS  # noqa: E402
@@ -215,7 +215,7 @@ def main():
 
     lines = [f"# GPU report: {name}", "",
              f"{datetime.date.today()}, torch {torch.__version__}, triton {triton.__version__}, "
-             f"CUDA {torch.version.cuda}, host {platform.node()}", ""]
+             f"CUDA {torch.version.cuda}, host {platform.node()}", "", f"Host CPU: {cpu.summary()}", ""]
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     out = Path(args.out or HERE / "results" / f"{slug}-{datetime.date.today()}.md")
     out.parent.mkdir(parents=True, exist_ok=True)

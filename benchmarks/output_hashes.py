@@ -17,6 +17,16 @@ With both, the earlier versions' bytes, which igan must still reproduce:
   bit-exact CPU path);
 - `--extra-args "--no-metadata"`: igan 0.3's (benchmarks/results/output-hashes-0.3.json).
 
+Some of these bytes are per CPU unless MKL and oneDNN are held to their AVX2 branch (igan does
+by default, engine/cpu.py::PINS; README, "Reproducibility"), so a file also records the CPU its
+hashes were taken on (the "_cpu" entry: model, ISA flags, the effective MKL/oneDNN branches, the
+thread count), `--check` prints that CPU next to this one, and `--report MD` writes the outcome
+of every case with both CPUs. `--write` refuses to replace a file whose hashes differ (a file
+recorded on another CPU is the reference that CPU's bytes are checked against) unless `--force`.
+With MKL_CBWR and ONEDNN_MAX_CPU_ISA set in the environment (they win over igan's defaults), a
+machine with wider vectors computes what another branch computes, e.g. `MKL_CBWR=AUTO,STRICT
+ONEDNN_MAX_CPU_ISA=ALL` for its own native bytes.
+
 Each case runs the real console command in a fresh folder (only the igan package and the
 interpreter are taken from this environment). Zarr outputs are hashed by their decoded values
 (chunk bytes may differ in compression framing) and inversion records by their tensors and
@@ -25,7 +35,9 @@ metadata (safetensors writes the metadata in hash-map order), everything else by
 from __future__ import annotations
 
 import argparse
+import datetime
 import hashlib
+import os
 import json
 import shlex
 import subprocess
@@ -33,6 +45,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from igan.engine import cpu  # torch-free; importing igan.engine sets its MKL/oneDNN defaults here
 
 RENDER = [sys.executable, "-m", "igan.engine.cli.render", "--device", "cpu", "--quiet"]
 APPS = [sys.executable, "-c", "import sys; from igan.engine.cli import apps as apps_cli; "
@@ -130,6 +144,48 @@ def compute(names: list[str], extra: list[str] = (), checkpoint: str | None = No
     return out
 
 
+CPU_KEY = "_cpu"  # not a case: the CPU a file's hashes were taken on
+
+
+def this_cpu() -> dict:
+    """This CPU as the cases' processes see it (engine/cpu.py::describe, asked in a process like
+    theirs, so MKL's effective branch and ATen's ISA are the ones they compute with)."""
+    done = subprocess.run([sys.executable, "-c", "import json, torch; import igan.engine.model; "
+                           "from igan.engine import cpu; print(json.dumps(cpu.describe() | "
+                           "{'torch_threads': torch.get_num_threads(), 'torch': torch.__version__}))"],
+                          capture_output=True, text=True)
+    if done.returncode == 0:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    return cpu.describe()
+
+
+def _cpu_line(d: dict | None) -> str:
+    if not d:
+        return "not recorded"
+    if "note" in d and "model" not in d:
+        return d["note"]
+    line = cpu.summary(d)
+    extra = ", ".join(f"{k} {d[k]}" for k in ("torch_threads", "torch", "recorded") if d.get(k) is not None)
+    return line + (f" [{extra}]" if extra else "") + (f" ({d['note']})" if d.get("note") else "")
+
+
+def _report(path: str, check: str, want: dict, got: dict, here: dict, argv: list[str]) -> None:
+    rec = want.get(CPU_KEY)
+    lines = [f"# Output hashes of {check} checked on {here.get('model')}", "",
+             f"- recorded on: {_cpu_line(rec)}", f"- checked on: {_cpu_line(here)}",
+             f"- {datetime.date.today().isoformat()}; command: `python benchmarks/output_hashes.py "
+             f"{' '.join(argv)}`", f"- environment: " + ", ".join(f"{k}={os.environ.get(k)}" for k in cpu.SWITCHES),
+             "", "| case | recorded | here | outcome |", "| --- | --- | --- | --- |"]
+    for n, h in got.items():
+        w = want.get(n)
+        outcome = "not recorded" if w is None else ("same" if w == h else "**CHANGED**")
+        lines.append(f"| {n} | {(w or '')[:24]} | {h[:24]} | {outcome} |")
+    same = sum(1 for n in got if want.get(n) == got[n])
+    lines += ["", f"{same}/{sum(1 for n in got if n in want)} unchanged"]
+    Path(path).write_text("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     g = p.add_mutually_exclusive_group()
@@ -140,17 +196,36 @@ def main(argv=None) -> int:
                    help="the model of every case, e.g. builtin:landscapes-v1 (default: the embedded model)")
     p.add_argument("--extra-args", default="", metavar="ARGS",
                    help="options added to every command that draws the canvas, e.g. '--latent-rng v1 --no-metadata'")
-    args = p.parse_args(argv)
+    p.add_argument("--report", default=None, metavar="MD", help="with --check: write each case's outcome and both CPUs")
+    p.add_argument("--force", action="store_true", help="with --write: replace a file whose hashes differ")
+    args = p.parse_args(argv if argv is not None else sys.argv[1:])
+    argv = argv if argv is not None else sys.argv[1:]
     names = args.only.split(",") if args.only else list(CASES)
     unknown = [n for n in names if n not in CASES]
     if unknown:
         p.error(f"unknown cases {unknown}; known: {', '.join(CASES)}")
-    got = compute(names, shlex.split(args.extra_args), args.checkpoint)
-    if args.write:
-        Path(args.write).write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
-        print(f"wrote {len(got)} hashes to {args.write}")
+    here = this_cpu()
+    print(f"this CPU: {_cpu_line(here)}", flush=True)
     if args.check:
         want = json.loads(Path(args.check).read_text())
+        print(f"recorded on: {_cpu_line(want.get(CPU_KEY))}", flush=True)
+    if args.write and Path(args.write).exists() and not args.force:
+        old = json.loads(Path(args.write).read_text())
+        if old.get(CPU_KEY, {}).get("model") != here.get("model"):
+            print(f"{args.write} was recorded on {_cpu_line(old.get(CPU_KEY))}", flush=True)
+    got = compute(names, shlex.split(args.extra_args), args.checkpoint)
+    if args.write:
+        old = json.loads(Path(args.write).read_text()) if Path(args.write).exists() else {}
+        differ = [n for n in got if n in old and old[n] != got[n]]
+        if differ and not args.force:
+            print(f"not written: {len(differ)} hashes differ from those {args.write} holds ({', '.join(differ)}), "
+                  f"recorded on {_cpu_line(old.get(CPU_KEY))}; write another file, or give --force", flush=True)
+            return 1
+        record = {k: v for k, v in old.items() if k != CPU_KEY and k not in got} | got
+        record[CPU_KEY] = here | {"recorded": datetime.date.today().isoformat()}
+        Path(args.write).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {len(got)} hashes to {args.write}")
+    if args.check:
         new = [n for n in got if n not in want]  # cases added after that file was recorded
         for n in new:
             print(f"not in {args.check} (a newer case): {n}")
@@ -158,6 +233,8 @@ def main(argv=None) -> int:
         for n in changed:
             print(f"CHANGED {n}: {want.get(n)} -> {got[n]}")
         print(f"{len(got) - len(new) - len(changed)}/{len(got) - len(new)} unchanged")
+        if args.report:
+            _report(args.report, args.check, want, got, here, argv)
         return 1 if changed else 0
     return 0
 

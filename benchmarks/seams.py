@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from igan.engine import planner, sources
+from igan.engine import cpu, planner, sources
 from igan.engine.latent import LatentField
 from igan.engine.renderer import Renderer
 from igan.engine.runner import to_uint8
@@ -52,7 +52,8 @@ def main() -> int:
     p.add_argument("--out", default=None)
     args = p.parse_args()
     lines = ["# Seams of the CPU paths: tiled vs one-shot, same path", "",
-             f"{time.strftime('%Y-%m-%d')}, torch {torch.__version__}, {torch.get_num_threads()} threads. Command: "
+             f"{time.strftime('%Y-%m-%d')}, {cpu.summary()}, torch {torch.__version__}, {torch.get_num_threads()} "
+             "threads. Command: "
              "`python benchmarks/seams.py`", "",
              "| model | window | tile | path | max \\|diff\\| at borders | max \\|diff\\| elsewhere | image range | "
              "8-bit values differing (at borders) | max levels |", "|" + " --- |" * 9]

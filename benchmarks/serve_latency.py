@@ -34,6 +34,8 @@ from pathlib import Path
 
 import httpx
 
+from igan.engine import cpu  # torch-free
+
 TILE = 256
 CONNECTIONS = 6  # a browser's connections per host over HTTP/1.1
 
@@ -144,8 +146,7 @@ def measure(batch: int, args) -> dict:
 
 def report(rows: list[dict], args) -> str:
     lines = [f"# igan-serve latency, embedded model, `--device {args.device}` — {date.today().isoformat()}", "",
-             f"Machine: {platform.machine()}, {platform.processor() or 'unknown CPU'}, "
-             f"{__import__('os').cpu_count()} cores, Python {platform.python_version()}. "
+             f"Machine: {cpu.summary()}, Python {platform.python_version()}. "
              "Server: `igan-serve` subprocess, fresh temporary cache; client: httpx, "
              f"{CONNECTIONS} connections (a browser's per host).", "",
              f"Command: `{' '.join(['.venv/bin/python', 'benchmarks/serve_latency.py'] + sys.argv[1:])}`", "",
