@@ -18,7 +18,7 @@ import torch
 from igan.engine import cpu, planner, sources
 from igan.engine.latent import LatentField
 from igan.engine.renderer import Renderer
-from igan.engine.runner import to_uint8
+from igan.engine.quantize import to_uint8
 
 CASES = [  # (model, config for random weights, window w x h, tile)
     ("embedded", None, 1024, 256, 64),

@@ -9,7 +9,7 @@ from conftest import record
 
 from igan.engine import planner
 from igan.engine.embedded import embedded_model
-from igan.engine.apps.fusion import FusedField
+from igan.engine.fusion import FusedField
 from igan.engine.latent import LatentField
 from igan.engine.renderer import Renderer
 from igan.engine.runner import TorchRunner

@@ -16,7 +16,7 @@ from conftest import record
 
 from igan.engine.native import build as build_native
 from igan.engine import native, sinks
-from igan.engine.runner import to_uint8
+from igan.engine.quantize import to_uint8
 
 
 @pytest.fixture(scope="module")

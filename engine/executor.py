@@ -53,7 +53,7 @@ class Job:
     precision: str
     field: object = None  # fusion.FieldSpec (style fusion, cyclic canvas); None: the plain canvas
     latent_rng: str = DEFAULT_LATENT_RNG  # the generator of the canvas's random values
-    quantize: str = "round"  # float -> uint8 (runner.QUANTIZE)
+    quantize: str = "round"  # float -> uint8 (quantize.QUANTIZE)
     trunc: float = 1.0  # truncation of the styles
     random_weights: bool = False  # config's preset with init_deterministic weights (no checkpoint)
     bit_exact: bool = False  # the torch backend's reference path (CPU: the same bytes in any tiling)

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from . import cpu, executor, planner, sources
-from .apps.fusion import spec_from_options
 from .errors import RequestError, option
+from .fusion import spec_from_options
 from .latent import LatentField
 from .provenance import describe
 from .renderer import Renderer

@@ -19,7 +19,8 @@ from . import native
 from .errors import RequestError, option
 from .latent import Field
 from .planner import Plan, Tile
-from .runner import QUANTIZE, TorchRunner
+from .quantize import QUANTIZE
+from .runner import TorchRunner
 
 
 def peak_rss_bytes() -> int:
@@ -72,7 +73,7 @@ class Renderer:
     """Renders windows of a field's canvas with one runner."""
 
     def __init__(self, runner: TorchRunner, quantize: str = "round", trunc: float = 1.0):
-        """`quantize`: how float pixels become bytes (runner.QUANTIZE: "round", or "official"
+        """`quantize`: how float pixels become bytes (quantize.QUANTIZE: "round", or "official"
         for the official code's PNG bytes); `trunc`: truncation of the styles (1: none)."""
         if quantize not in QUANTIZE:
             raise RequestError(f"{option('quantize')} must be one of {', '.join(QUANTIZE)}, got {quantize!r}")

@@ -238,7 +238,7 @@ def check(config: str = "InfinityGAN", precisions=("bf16",), archs=("sm_90",), f
     cfg = from_name(config)
     model = init_deterministic(Generator(cfg), seed)
     if fused:
-        from igan.engine.apps.fusion import FusedField
+        from igan.engine.fusion import FusedField
 
         field = FusedField(cfg, [1, 2], [(0.0, 0.0), (40.0, 10.0)], 15, 0)
     else:

@@ -23,7 +23,7 @@ import torch
 
 from igan.engine.native import build as build_native
 from igan.engine import native, sinks
-from igan.engine.runner import to_uint8
+from igan.engine.quantize import to_uint8
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -63,7 +63,7 @@ def _edge_floats() -> np.ndarray:
 
 @pytest.mark.parametrize("shape", [(1, 3, 1, 1), (2, 3, 17, 31), (1, 3, 64, 96), (3, 1, 5, 7), (1, 4, 9, 3)])
 def test_to_uint8_matches_torch(ext, rng, shape):
-    """C++ float -> uint8 (NCHW -> NHWC) equals runner.to_uint8 bit for bit, edge values
+    """C++ float -> uint8 (NCHW -> NHWC) equals quantize.to_uint8 bit for bit, edge values
     (every rounding boundary +-4 ulps, NaN, inf, denormals) scattered among random ones."""
     x = (rng.standard_normal(shape) * 0.8).astype(np.float32)
     edges = _edge_floats()

@@ -11,7 +11,8 @@ from igan.engine.config import PRESETS
 from igan.engine.latent import LatentField
 from igan.engine.planner import Window, plan
 from igan.engine.renderer import Renderer
-from igan.engine.runner import TorchRunner, to_uint8
+from igan.engine.quantize import to_uint8
+from igan.engine.runner import TorchRunner
 
 
 def _oneshot64(model, field, window):

@@ -17,7 +17,8 @@ from igan.engine.geometry import latent_window, pixel_extent, ts_sizes
 from igan.engine.latent import LatentField, TensorField
 from igan.engine.planner import Window, plan
 from igan.engine.renderer import Renderer
-from igan.engine.runner import TorchRunner, to_uint8, to_uint8_official
+from igan.engine.quantize import to_uint8, to_uint8_official
+from igan.engine.runner import TorchRunner
 
 
 def matplotlib_png_bytes(x: np.ndarray) -> np.ndarray:

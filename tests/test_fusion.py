@@ -12,12 +12,13 @@ from PIL import Image
 from igan.engine import checkpoint, geometry
 from igan.engine.config import PRESETS
 from igan.engine.determinism import reproducible_cpu_convs
-from igan.engine.apps.fusion import (FusedField, LabelMap, NearestCenters, StyleMaps, StyleSource, box_weights, layer_positions)
+from igan.engine.fusion import (FusedField, LabelMap, NearestCenters, StyleMaps, StyleSource, box_weights, layer_positions)
 from igan.engine.latent import LatentField, TensorField
 from igan.engine.planner import Window, plan
 from igan.engine.cli.render import main
 from igan.engine.renderer import Renderer
-from igan.engine.runner import TorchRunner, TritonRunner, to_uint8
+from igan.engine.quantize import to_uint8
+from igan.engine.runner import TorchRunner, TritonRunner
 
 TINY = PRESETS["tiny"]
 
@@ -306,7 +307,7 @@ def test_cli_rejects_a_map_with_the_wrong_colour_count(tmp_path, tiny_checkpoint
 def test_a_resumed_render_must_have_the_same_styles():
     """The styles are part of the request a resume is checked against."""
     from igan.engine.executor import Job
-    from igan.engine.apps.fusion import FieldSpec
+    from igan.engine.fusion import FieldSpec
 
     model = random_model(TINY)
     window = Window(0, 0, 32, 32)

@@ -103,6 +103,53 @@ def test_the_checker_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": set()}) is None
 
 
+# The layers of docs/architecture.md, top to bottom: a module imports only from its own layer
+# and those below it (imports inside functions too). Each entry is a module or a package prefix
+# (the longest match wins).
+LAYERS = [
+    ("entry points", ["igan", "igan.engine.cli", "igan.engine.native.capi", "igan.export.cli", "igan.trainer.cli",
+                      "igan.trainer.eval.cli", "igan.kernels.aot"]),
+    ("APIs and services", ["igan.engine.api", "igan.engine.serve"]),
+    ("the pipeline", ["igan.engine.pipeline", "igan.engine.recipe"]),
+    ("requests, executors and applications", ["igan.engine.request", "igan.engine.executor", "igan.engine.apps",
+                                              "igan.trainer"]),
+    ("storage, rendering and model sources", ["igan.engine.store", "igan.engine.sinks", "igan.engine.paths",
+                                              "igan.engine.renderer", "igan.engine.sources", "igan.export"]),
+    ("runners, the model and the canvas", ["igan.engine.runner", "igan.engine.fastcpu", "igan.engine.determinism",
+                                           "igan.engine.model", "igan.engine.walk", "igan.engine.latent",
+                                           "igan.engine.fusion", "igan.engine.checkpoint", "igan.engine.embedded",
+                                           "igan.kernels"]),
+    ("tiles and geometry", ["igan.engine.planner", "igan.engine.geometry"]),
+    ("foundations", ["igan.engine", "igan.engine.config", "igan.engine.ops", "igan.engine.errors",
+                     "igan.engine.provenance", "igan.engine.values", "igan.engine.quantize", "igan.engine.cpu",
+                     "igan.engine.native"]),
+]
+
+
+def _layer(name: str) -> int:
+    best, layer = -1, None
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (name == prefix or name.startswith(prefix + ".")) and len(prefix) > best:
+                best, layer = len(prefix), i
+    assert layer is not None, f"{name} is in no layer of LAYERS: place it (and in docs/architecture.md)"
+    return layer
+
+
+def test_layers_import_only_downward():
+    upward = []
+    for name in MODULES:
+        for target in _imports(name):
+            if _layer(target) < _layer(name) and not target.startswith(name + "."):
+                upward.append(f"{name} ({LAYERS[_layer(name)][0]}) imports {target} ({LAYERS[_layer(target)][0]})")
+    assert not upward, "imports against the layers:\n" + "\n".join(sorted(upward))
+
+
+def test_the_layer_check_finds_an_upward_import():
+    assert _layer("igan.engine.runner") > _layer("igan.engine.pipeline") > _layer("igan.engine.cli.render")
+    assert _layer("igan.engine.native") == len(LAYERS) - 1 and _layer("igan.engine.native.capi") == 0
+
+
 # Modules allowed to print: the console scripts, and tools run as scripts.
 PRINTERS = ("igan.engine.cli", "igan.export.cli", "igan.trainer.cli", "igan.trainer.eval.cli",
             "igan.engine.native.build", "igan.kernels.aot", "igan.trainer.scenes")

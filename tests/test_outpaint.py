@@ -150,7 +150,7 @@ def test_inbetweening_refuses_a_gap_that_would_overlap_the_latents(setup):
 def files(setup, tmp_path_factory):
     from PIL import Image
 
-    from igan.engine.runner import to_uint8
+    from igan.engine.quantize import to_uint8
 
     model, left_img, right_img, left = setup
     d = tmp_path_factory.mktemp("apps")
@@ -183,7 +183,7 @@ def test_cli_invert_outpaint_inbetween(files, capsys):
         assert im.size == (2 * SIZE, SIZE)
     rec = InversionRecord.load(rec_path)
     assert rec.losses["final_psnr_db"] > 15 and rec.settings["steps"] == 40
-    from igan.engine.runner import to_uint8
+    from igan.engine.quantize import to_uint8
 
     fit = to_uint8(rec.fit).permute(1, 2, 0).numpy().astype(int)
     x, y = (100 - SIZE) // 2, (70 - SIZE) // 2

@@ -14,7 +14,8 @@ from igan.engine.determinism import reproducible_cpu_convs
 from igan.engine.latent import LatentField, TensorField
 from igan.engine.planner import Window, plan
 from igan.engine.renderer import Renderer
-from igan.engine.runner import TorchRunner, to_uint8
+from igan.engine.quantize import to_uint8
+from igan.engine.runner import TorchRunner
 
 
 def _oneshot(model, field, window):

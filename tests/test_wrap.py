@@ -8,7 +8,7 @@ from PIL import Image
 
 from igan.engine import checkpoint
 from igan.engine.config import PRESETS
-from igan.engine.apps.fusion import FusedField
+from igan.engine.fusion import FusedField
 from igan.engine.geometry import layer_steps
 from igan.engine.latent import LatentField
 from igan.engine.planner import Window, plan
@@ -116,7 +116,7 @@ def test_cli_wrap_needs_a_width_multiple_of_16(tmp_path, tiny_checkpoint, capsys
 
 def test_wrap_width_must_hold_whole_latent_cells_of_the_model():
     """The HR model has 64 pixels per z_l cell: a 16-multiple is not enough there."""
-    from igan.engine.apps.fusion import spec_from_options
+    from igan.engine.fusion import spec_from_options
 
     hr = PRESETS["InfinityGAN-HR"]
     with pytest.raises(ValueError, match="multiple of 64 for model config 'InfinityGAN-HR', got 80"):

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from igan.engine.runner import to_uint8
+from igan.engine.quantize import to_uint8
 
 
 def _save(img: Image.Image, path: Path) -> None:

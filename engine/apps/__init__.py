@@ -1,6 +1,6 @@
-"""igan.engine.apps: what is built on the canvas of the core engine.
+"""igan.engine.apps: what is built on the canvas of the core engine (style fusion and the
+cyclic canvas are the core's: igan.engine.fusion).
 
-- fusion: spatially varying styles (style fusion) and the cyclic (wrap) canvas;
 - invert: GAN inversion of a real image into latents (record: the inversion's file);
 - paste: latents pasted into the canvas;
 - outpaint: outpainting and inbetweening as an application canvas (AppSpec) that renders

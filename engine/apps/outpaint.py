@@ -19,7 +19,8 @@ from ..geometry import latent_window
 from ..latent import Field, LatentField
 from ..planner import Window
 from ..provenance import DEFAULT_LATENT_RNG
-from .fusion import MAX_BLUR, FusedField, StyleSource
+from ..fusion import FusedField, StyleSource
+from ..values import MAX_BLUR
 from .paste import Paste, PastedField
 from .record import InversionRecord
 

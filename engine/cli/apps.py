@@ -158,7 +158,7 @@ def save_png(path: str | os.PathLike, rgb) -> None:
     """float [3, H, W] in [-1, 1] -> PNG, written atomically."""
     from PIL import Image
 
-    from ..runner import to_uint8
+    from ..quantize import to_uint8
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.igan-tmp-{os.getpid()}")

@@ -15,7 +15,7 @@ import os
 import numpy as np
 import torch
 
-from ..runner import to_uint8
+from ..quantize import to_uint8
 
 try:
     from . import _native
@@ -50,7 +50,7 @@ def python_fallback():
 
 
 def to_uint8_nhwc(rgb: torch.Tensor) -> torch.Tensor:
-    """float [N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3] (runner.to_uint8's rounding; NaN -> 0).
+    """float [N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3] (quantize.to_uint8's rounding; NaN -> 0).
     In C++ for float32 on the CPU (one pass, contiguous result), else torch (a permuted view)."""
     native = active()
     if native is None or rgb.device.type != "cpu" or rgb.dtype != torch.float32 or rgb.dim() != 4:

@@ -70,7 +70,7 @@ class GeneratorSource:
     def _field(self, canvas: Canvas):
         field = self._fields.get(canvas)
         if field is None:
-            from ..apps.fusion import FieldSpec
+            from ..fusion import FieldSpec
 
             spec = FieldSpec(styles=tuple(s for s, _, _ in canvas.styles),
                              centers=tuple((float(x), float(y)) for _, x, y in canvas.styles),

@@ -39,12 +39,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..config import GeneratorConfig
-from ..errors import option
-from ..geometry import layer_steps, ts_input_sizes, ts_sizes
-from ..latent import Field, LatentField
-from ..provenance import DEFAULT_LATENT_RNG
-from ..values import DEFAULT_BLUR, MAX_BLUR
+from .config import GeneratorConfig
+from .errors import option
+from .geometry import layer_steps, ts_input_sizes, ts_sizes
+from .latent import Field, LatentField
+from .provenance import DEFAULT_LATENT_RNG
+from .values import DEFAULT_BLUR, MAX_BLUR
 
 
 # ---- styles -------------------------------------------------------------------------------------
