@@ -46,12 +46,12 @@ def unpin_onednn_for(precision: str, environ=None) -> bool:
     on CPUs with AVX-512 BF16 or AMX, whose bf16 bytes are their own anyway (an AVX2 CPU runs bf16
     slower than fp32, and igan refuses it there), and the cap would take them away. Call it before
     oneDNN's first convolution in the process (oneDNN reads the cap once); worker processes
-    inherit it. Returns whether the cap was lifted."""
+    inherit it (ONEDNN_MAX_CPU_ISA=ALL, which set_pins keeps). Returns whether the cap was lifted."""
     environ = os.environ if environ is None else environ
     ours = set(environ.get(PINNED, "").split(","))
     if precision == "fp32" or "ONEDNN_MAX_CPU_ISA" not in ours or "ONEDNN_MAX_CPU_ISA" not in environ:
         return False
-    del environ["ONEDNN_MAX_CPU_ISA"]
+    environ["ONEDNN_MAX_CPU_ISA"] = "ALL"
     rest = sorted(ours - {"ONEDNN_MAX_CPU_ISA", ""})
     if rest:
         environ[PINNED] = ",".join(rest)

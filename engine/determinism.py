@@ -32,7 +32,7 @@ import warnings
 
 import torch
 
-from .cpu import PINS, set_pins
+from .cpu import PINS
 
 # MKL's conditional numerical reproducibility (mkl_cbwr.h)
 _MKL_CBWR_AUTO = 2
@@ -113,5 +113,4 @@ def reproducible_cpu_convs():
         torch._C._set_nnpack_enabled(saved[1])
 
 
-set_pins()  # normally done already by igan.engine, before torch was imported
-configure_mkl_strict()
+configure_mkl_strict()  # igan.engine (imported first) set MKL_CBWR before torch was imported
