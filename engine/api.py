@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from . import pipeline, sources
+from .errors import RequestError
 from .request import RenderRequest
 
 _MODEL_OPTIONS = ("checkpoint", "config", "model", "device", "precision", "backend", "threads", "bit_exact")
@@ -59,7 +60,7 @@ class Model:
     def _request(self, **options) -> RenderRequest:
         clash = sorted(set(options) & set(_MODEL_OPTIONS))
         if clash:
-            raise ValueError(f"{', '.join(clash)} belong(s) to igan.load(), not to a render of a loaded model")
+            raise RequestError(f"{', '.join(clash)} belong(s) to igan.load(), not to a render of a loaded model")
         return RenderRequest.from_options({**self.options, "quiet": True, **options}).validate()
 
     def render(self, width: int, height: int, *, seed: int = 0, x0: int = 0, y0: int | None = None,

@@ -10,6 +10,8 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
+from .errors import CheckpointError, RequestError
+
 # Official TS channel table, keyed by the stage's nominal resolution (StyleGAN2 style).
 _BASE_CHANNELS = {8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
 
@@ -37,18 +39,18 @@ class GeneratorConfig:
 
     def __post_init__(self):
         if self.ts_input_size < 5:
-            raise ValueError(f"ts_input_size must be >= 5 for the padding-free TS, got {self.ts_input_size}")
+            raise CheckpointError(f"ts_input_size must be >= 5 for the padding-free TS, got {self.ts_input_size}")
         n_up = (self.patch_size - 5) / (self.ts_input_size - 5)
         if n_up < 2 or n_up != int(n_up) or int(n_up) & (int(n_up) - 1):
-            raise ValueError(
+            raise CheckpointError(
                 f"patch_size {self.patch_size} is not 2^U*(ts_input_size-5)+5 for ts_input_size "
                 f"{self.ts_input_size}: the padding-free TS cannot produce it")
         if self.channels is not None and len(self.channels) != self.num_stages:
-            raise ValueError(f"channels {self.channels} must list {self.num_stages} stages")
+            raise CheckpointError(f"channels {self.channels} must list {self.num_stages} stages")
         if self.use_ss and self.coord_num_dir not in (3,):
-            raise ValueError(f"coord_num_dir {self.coord_num_dir} is not supported (only 3)")
+            raise CheckpointError(f"coord_num_dir {self.coord_num_dir} is not supported (only 3)")
         if not self.use_ss and self.coord_num_dir != 0:
-            raise ValueError("a generator without structure synthesizer has no coordinates: set coord_num_dir=0")
+            raise CheckpointError("a generator without structure synthesizer has no coordinates: set coord_num_dir=0")
 
     # ---- derived architecture -------------------------------------------------------
     @property
@@ -104,7 +106,7 @@ class GeneratorConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown generator config fields {unknown}")
+            raise CheckpointError(f"unknown generator config fields {unknown}")
         if data.get("channels") is not None:
             data["channels"] = tuple(data["channels"])
         return cls(**data)
@@ -151,4 +153,4 @@ def from_name(name: str) -> GeneratorConfig:
     for key, cfg in PRESETS.items():
         if key.lower() == name.lower():
             return cfg
-    raise ValueError(f"unknown model config {name!r}; presets: {', '.join(PRESETS)}")
+    raise RequestError(f"unknown model config {name!r}; presets: {', '.join(PRESETS)}")

@@ -23,6 +23,7 @@ import json
 import struct
 from pathlib import Path
 
+from .errors import CheckpointError
 from .provenance import sha256_file
 
 MODELS_DIR = Path(__file__).with_name("models")
@@ -40,8 +41,8 @@ def builtin_path(checkpoint) -> Path | None:
         return None
     name = checkpoint[len(BUILTIN_PREFIX):]
     if name not in BUILTIN:
-        raise ValueError(f"no built-in model {name!r}: igan ships "
-                         f"{', '.join(BUILTIN_PREFIX + n for n in BUILTIN)}")
+        raise CheckpointError(f"no built-in model {name!r}: igan ships "
+                              f"{', '.join(BUILTIN_PREFIX + n for n in BUILTIN)}")
     return MODELS_DIR / f"{name}.safetensors"
 
 
@@ -64,7 +65,7 @@ def _metadata(path: Path) -> dict:
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         if n > 100 << 20:
-            raise ValueError(f"{path}: a safetensors header of {n} bytes")
+            raise CheckpointError(f"{path}: a safetensors header of {n} bytes")
         return json.loads(f.read(n)).get("__metadata__") or {}
 
 

@@ -34,13 +34,14 @@ Public API (kept stable: inbetweening and outpainting build on it)::
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .config import GeneratorConfig
-from .errors import option
+from .errors import PathError, RequestError, option
 from .geometry import layer_steps, ts_input_sizes, ts_sizes
 from .latent import Field, LatentField
 from .provenance import DEFAULT_LATENT_RNG
@@ -58,7 +59,7 @@ class StyleSource:
 
     def __post_init__(self):
         if (self.seed is None) == (self.z_g is None):
-            raise ValueError("a StyleSource is either a seed or an explicit z_g, not both nor neither")
+            raise RequestError("a StyleSource is either a seed or an explicit z_g, not both nor neither")
 
     def latents(self, config: GeneratorConfig, rng: str = DEFAULT_LATENT_RNG
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -68,11 +69,11 @@ class StyleSource:
         else:
             z = self.z_g.reshape(-1)
         if z.numel() != config.global_latent_dim:
-            raise ValueError(f"style z_g has {z.numel()} values, the model expects {config.global_latent_dim}")
+            raise RequestError(f"style z_g has {z.numel()} values, the model expects {config.global_latent_dim}")
         if self.w_plus is not None and self.w_plus.numel() not in (config.global_latent_dim,
                                                                    config.n_latent * config.global_latent_dim):
-            raise ValueError(f"style w_plus has shape {tuple(self.w_plus.shape)}; expected "
-                             f"[{config.global_latent_dim}] or [{config.n_latent}, {config.global_latent_dim}]")
+            raise RequestError(f"style w_plus has shape {tuple(self.w_plus.shape)}; expected "
+                               f"[{config.global_latent_dim}] or [{config.n_latent}, {config.global_latent_dim}]")
         return z, self.w_plus
 
 
@@ -92,7 +93,7 @@ class NearestCenters:
     def __init__(self, centers, period: int | None = None):
         pts = [tuple(float(v) for v in c) for c in centers]
         if not pts or any(len(c) != 2 or not all(np.isfinite(c)) for c in pts):
-            raise ValueError(f"centers must be finite (x, y) pairs, got {centers!r}")
+            raise RequestError(f"centers must be finite (x, y) pairs, got {centers!r}")
         self.centers = pts
         self.period = period
 
@@ -125,7 +126,7 @@ class LabelMap:
     def __init__(self, labels, window: tuple[int, int, int, int], period: int | None = None):
         self.labels_ = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
         if self.labels_.dim() != 2 or self.labels_.numel() == 0:
-            raise ValueError(f"a label map is a non-empty 2-D array, got shape {tuple(self.labels_.shape)}")
+            raise RequestError(f"a label map is a non-empty 2-D array, got shape {tuple(self.labels_.shape)}")
         self.count = int(self.labels_.max()) + 1
         self.window = tuple(int(v) for v in window)
         self.period = period
@@ -143,7 +144,7 @@ class LabelMap:
             with Image.open(path) as im:
                 rgb = np.asarray(im.convert("RGB"))
         except (OSError, UnidentifiedImageError) as e:
-            raise ValueError(f"cannot read style map {str(path)!r}: {e}") from e
+            raise PathError(f"cannot read style map {str(path)!r}: {e}") from e
         packed = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
         _, first, inverse = np.unique(packed.reshape(-1), return_index=True, return_inverse=True)
         rank = np.empty(len(first), np.int64)
@@ -243,13 +244,13 @@ class FusedField(Field):
                  period: int | None = None, rng: str = DEFAULT_LATENT_RNG):
         sources = [as_source(s) for s in styles]
         if not sources:
-            raise ValueError("style fusion needs at least one style")
+            raise RequestError("style fusion needs at least one style")
         if not isinstance(blur, int) or isinstance(blur, bool) or not 1 <= blur <= MAX_BLUR:
-            raise ValueError(f"blur must be an integer from 1 to {MAX_BLUR} (pixels), got {blur!r}")
+            raise RequestError(f"blur must be an integer from 1 to {MAX_BLUR} (pixels), got {blur!r}")
         if (centers is None) == (label_map is None):
-            raise ValueError("give either centers or a label_map")
+            raise RequestError("give either centers or a label_map")
         if base is not None and base.config.architecture() != config.architecture():
-            raise ValueError("the base field has a different config")
+            raise RequestError("the base field has a different config")
         self.config = config
         self.sources = sources
         self.latents = [s.latents(config, rng) for s in sources]
@@ -258,7 +259,7 @@ class FusedField(Field):
         self.assign = NearestCenters(centers, period) if label_map is None else label_map
         if len(self.assign) != len(sources):
             what = "centers" if label_map is None else "colours in the label map"
-            raise ValueError(f"{len(sources)} styles but {len(self.assign)} {what}: give one style each")
+            raise RequestError(f"{len(sources)} styles but {len(self.assign)} {what}: give one style each")
         self.blur = blur
         self._positions = layer_positions(config)
 
@@ -349,8 +350,12 @@ def spec_from_options(cfg: GeneratorConfig, window, seed: int, *, styles=None, c
     once, so bad input fails before any work."""
     period = window.width if wrap else None
     if period is not None and period % cfg.upscale:
-        raise ValueError(f"{option('wrap')} needs {option('width')} to be a multiple of {cfg.upscale} for model config "
-                         f"{cfg.name!r}, got {window.width}")
+        raise RequestError(f"{option('wrap')} needs {option('width')} to be a multiple of {cfg.upscale} for model "
+                           f"config {cfg.name!r}, got {window.width}")
+    if blur is not None and (not isinstance(blur, int) or isinstance(blur, bool) or not 1 <= blur <= MAX_BLUR):
+        raise RequestError(f"{option('style_blur')} must be an integer from 1 to {MAX_BLUR} (pixels), got {blur!r}")
+    if centers is not None and any(len(c) != 2 or not all(math.isfinite(v) for v in c) for c in centers):
+        raise RequestError(f"{option('style_centers')} must be finite X,Y fractions of the window, got {centers!r}")
     if not styles:
         spec = FieldSpec(period=period)
     else:
@@ -359,9 +364,9 @@ def spec_from_options(cfg: GeneratorConfig, window, seed: int, *, styles=None, c
         if style_map is not None:
             label_map = LabelMap.from_png(style_map, (window.x0, window.y0, window.width, window.height), period)
             if len(label_map) != n:
-                raise ValueError(f"{option('style_map')} {str(style_map)!r} has {len(label_map)} distinct colours but "
-                                 f"{option('styles')} gives {n} seeds (one per colour; draw the map without "
-                                 "anti-aliasing)")
+                raise RequestError(f"{option('style_map')} {str(style_map)!r} has {len(label_map)} distinct colours "
+                                   f"but {option('styles')} gives {n} seeds (one per colour; draw the map without "
+                                   "anti-aliasing)")
         else:
             fractions = centers or tuple(((i + 0.5) / n, 0.5) for i in range(n))
             points = tuple((window.x0 + fx * window.width, window.y0 + fy * window.height) for fx, fy in fractions)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import GeneratorConfig
+from .errors import RequestError, option
 
 
 def ts_sizes(cfg: GeneratorConfig, n: int) -> list[int]:
@@ -57,7 +58,7 @@ def latent_window(cfg: GeneratorConfig, start: int, length: int) -> tuple[int, i
     pixels begin inside the window's output.
     """
     if length < 1:
-        raise ValueError(f"length must be >= 1, got {length}")
+        raise ValueError(f"length must be >= 1, got {length}")  # internal invariant
     up = cfg.upscale
     c0 = start // up
     offset = start - up * c0
@@ -144,7 +145,7 @@ def divup(a: int, b: int) -> int:
 
 def check_positive(name: str, value: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise RequestError(f"{option(name)} must be a positive integer, got {value!r}")
     return value
 
 

@@ -64,7 +64,7 @@ def _mix32(x):
 
 def _check_seed(seed) -> None:
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be an integer in [0, 2^63), got {seed!r}")
+        raise RequestError(f"seed must be an integer in [0, 2^63), got {seed!r}")
 
 
 def _key(seed: int, stream: int) -> int:
@@ -191,7 +191,7 @@ def philox4x32_10(c0, c1, c2, c3, k0: int, k1: int):
     mod 2^32."""
     for k in (k0, k1):
         if not 0 <= k <= MASK32:
-            raise ValueError(f"Philox key words must be in [0, 2^32), got {k!r}")
+            raise ValueError(f"Philox key words must be in [0, 2^32), got {k!r}")  # internal invariant
     c = (c0, c1, c2, c3)
     for i in range(PHILOX_ROUNDS):
         c = _philox_round(*c, (k0 + i * PHILOX_W0) & MASK32, (k1 + i * PHILOX_W1) & MASK32)
@@ -271,10 +271,10 @@ def philox_normal(seed: int, stream: int, channels: torch.Tensor, rows: torch.Te
     """
     k0, k1 = philox_key(seed)
     if not isinstance(stream, int) or not 0 <= stream <= MASK32:
-        raise ValueError(f"stream must be an integer in [0, 2^32), got {stream!r}")
+        raise RequestError(f"stream must be an integer in [0, 2^32), got {stream!r}")
     c, r, w = channels.numel(), rows.numel(), cols.numel()
     if c and not (0 <= int(channels.min()) and int(channels.max()) <= MASK32):
-        raise ValueError("channels must be in [0, 2^32)")
+        raise RequestError("channels must be in [0, 2^32)")
     ch = channels.reshape(c, 1).expand(c, r).reshape(c * r, 1)
     rw = (rows.reshape(1, r) & MASK32).expand(c, r).reshape(c * r, 1)
     cols = cols.reshape(1, w) & MASK32
@@ -296,7 +296,7 @@ def latent_rng(name: str):
     try:
         return LATENT_RNGS[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown latent generator {name!r}; choose one of {sorted(LATENT_RNGS)}") from None
+        raise RequestError(f"unknown latent generator {name!r}; choose one of {sorted(LATENT_RNGS)}") from None
 
 
 def _arange(start: int, n: int, device) -> torch.Tensor:
@@ -397,8 +397,8 @@ class LatentField(Field):
         latent_rng(rng)  # validates the name
         if period is not None and (not isinstance(period, int) or isinstance(period, bool) or period < 1
                                    or period % config.upscale):
-            raise ValueError(f"period must be a positive multiple of {config.upscale} pixels (one z_l cell) "
-                             f"for config {config.name!r}, got {period!r}")
+            raise RequestError(f"period must be a positive multiple of {config.upscale} pixels (one z_l cell) "
+                               f"for config {config.name!r}, got {period!r}")
         self.config = config
         self.seed = seed
         self.horizon = float(horizon)
@@ -454,7 +454,7 @@ class TensorField(Field):
                  noises: list[torch.Tensor], coords: torch.Tensor | None = None, *,
                  origin: tuple[int, int] = (0, 0), styles: torch.Tensor | None = None, horizon: float = 0.0):
         if len(noises) != config.num_convs:
-            raise ValueError(f"expected {config.num_convs} noise maps, got {len(noises)}")
+            raise RequestError(f"expected {config.num_convs} noise maps, got {len(noises)}")
         self.config = config
         self._z_g = global_latent.reshape(-1)
         self._z_l = local_latent.reshape(local_latent.shape[-3:])

@@ -23,6 +23,7 @@ from torch import nn
 
 from . import determinism, ops, walk  # determinism: MKL's reproducible mode before torch computes
 from .config import GeneratorConfig
+from .errors import RequestError
 from .latent import official_coords
 
 W_AVG_SAMPLES = 10_000  # z samples of the mean style (truncation)
@@ -60,7 +61,7 @@ class ModulatedConv2d(nn.Module):
                  demodulate: bool = True, upsample: bool = False):
         super().__init__()
         if upsample and kernel != 3:
-            raise ValueError("the padding-free upsampling conv is 3x3")
+            raise ValueError("the padding-free upsampling conv is 3x3")  # internal invariant
         self.weight = nn.Parameter(torch.randn(1, out_ch, in_ch, kernel, kernel))
         self.modulation = EqualLinear(style_dim, in_ch, bias_init=1.0)
         self.scale = 1.0 / math.sqrt(in_ch * kernel * kernel)
@@ -389,7 +390,7 @@ class Generator(nn.Module):
         cfg = self.config
         z = z_global.reshape(1, -1)
         if z.shape[1] != cfg.global_latent_dim:
-            raise ValueError(f"z_global has {z.shape[1]} values, the model expects {cfg.global_latent_dim}")
+            raise RequestError(f"z_global has {z.shape[1]} values, the model expects {cfg.global_latent_dim}")
         if styles is None:
             w = self.mapping(z)
             if trunc != 1.0:
@@ -400,7 +401,7 @@ class Generator(nn.Module):
             if slots.shape[0] == 1:
                 slots = slots.expand(cfg.n_latent, -1)
             if slots.shape[0] != cfg.n_latent:
-                raise ValueError(f"styles must be [D] or [{cfg.n_latent}, D], got {tuple(styles.shape)}")
+                raise RequestError(f"styles must be [D] or [{cfg.n_latent}, D], got {tuple(styles.shape)}")
         return z, slots
 
     def prepare_spatial(self, latents: list[tuple[torch.Tensor, torch.Tensor | None]],

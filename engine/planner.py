@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import GeneratorConfig
+from .errors import RequestError, option
 from .geometry import activation_bytes, check_positive, divup, forward_flops, latent_window
 
 TILE_ALIGN = 16
@@ -31,11 +32,12 @@ class Window:
         for name in ("width", "height"):
             check_positive(name, getattr(self, name))
             if getattr(self, name) > MAX_SIDE:
-                raise ValueError(f"{name} {getattr(self, name)} exceeds the limit of {MAX_SIDE} pixels per side")
+                raise RequestError(f"{option(name)} {getattr(self, name)} exceeds the limit of {MAX_SIDE} pixels per "
+                                   "side")
         for name in ("x0", "y0"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or abs(v) > 1 << 34:
-                raise ValueError(f"{name} must be an integer with |{name}| <= 2^34, got {v!r}")
+                raise RequestError(f"{option(name)} must be an integer with |{name}| <= 2^34, got {v!r}")
 
     @property
     def pixels(self) -> int:
@@ -99,7 +101,7 @@ def _balanced(size: int, tile: int) -> int:
 
 def check_tile(tile: int) -> int:
     if not isinstance(tile, int) or isinstance(tile, bool) or tile < TILE_ALIGN or tile % TILE_ALIGN:
-        raise ValueError(f"tile must be a positive multiple of {TILE_ALIGN} pixels, got {tile!r}")
+        raise RequestError(f"{option('tile')} must be a positive multiple of {TILE_ALIGN} pixels, got {tile!r}")
     return tile
 
 
@@ -120,8 +122,8 @@ def tile_for_budget(cfg: GeneratorConfig, budget_bytes: int, batch: int = 1, ite
         tile += TILE_ALIGN if tile < 256 else 64
     if best is None:
         need = tile_bytes(cfg, TILE_ALIGN, batch, itemsize)
-        raise ValueError(f"memory budget {budget_bytes / 2**20:.0f} MiB is too small for the smallest tile "
-                         f"({TILE_ALIGN} px at batch {batch} needs about {need / 2**20:.0f} MiB)")
+        raise RequestError(f"{option('memory_budget')} {budget_bytes / 2**20:.0f} MiB is too small for the smallest "
+                           f"tile ({TILE_ALIGN} px at {option('batch')} {batch} needs about {need / 2**20:.0f} MiB)")
     return best
 
 

@@ -85,7 +85,7 @@ class Renderer:
         """Yield (tiles, float32 RGB [n, 3, H, W] on the runner's device): the plan's tiles in
         row-major batches, or the given iterable of tile groups."""
         if field.config.architecture() != self.runner.config.architecture():
-            raise ValueError("the field and the model have different configs")
+            raise RequestError("the field and the model have different configs")
         w = plan.window
         field.check_window(w.x0, w.y0, w.width, w.height)
         prepared = self.runner.prepare(field) if self.trunc == 1.0 else self.runner.prepare(field, self.trunc)

@@ -15,7 +15,7 @@ import torch
 
 from . import fastcpu, walk
 from .determinism import reproducible_cpu_convs
-from .errors import option
+from .errors import CheckpointError, RequestError, option
 from .fusion import StyleMaps
 from .latent import Field
 from .model import Generator, Prepared, SpatialPrepared
@@ -30,14 +30,15 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError as e:
-        raise ValueError(f"unknown device {device!r} (use cpu, cuda, cuda:N or auto)") from e
+        raise RequestError(f"unknown device {device!r} ({option('device')}: cpu, cuda, cuda:N or auto)") from e
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+            raise RequestError(f"{option('device')} {device!r} requested but CUDA is not available on this machine")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
+            raise RequestError(f"{option('device')} {device!r} does not exist: {torch.cuda.device_count()} CUDA "
+                               "device(s)")
     elif dev.type != "cpu":
-        raise ValueError(f"unsupported device {device!r} (use cpu, cuda, cuda:N or auto)")
+        raise RequestError(f"unsupported device {device!r} ({option('device')}: cpu, cuda, cuda:N or auto)")
     return dev
 
 
@@ -96,14 +97,14 @@ class TorchRunner:
 
     def __init__(self, model: Generator, device="cpu", precision: str = "fp32", bit_exact: bool = False):
         if not isinstance(model, Generator):
-            raise ValueError(f"the {self.name} backend needs a checkpoint, not {type(model).__name__} "
-                             f"(an ONNX export renders with {option('backend')} onnx)")
+            raise CheckpointError(f"the {self.name} backend needs a checkpoint, not {type(model).__name__} "
+                                  f"(an ONNX export renders with {option('backend')} onnx)")
         if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+            raise RequestError(f"unknown {option('precision')} {precision!r}; choose from {', '.join(PRECISIONS)}")
         self.device = resolve_device(device)
         self.dtype = PRECISIONS[precision]
         if self.device.type == "cpu" and self.dtype == torch.float16:
-            raise ValueError("precision fp16 is not supported on CPU (use fp32 or bf16)")
+            raise RequestError(f"{option('precision')} fp16 is not supported on CPU (use fp32 or bf16)")
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.config = model.config
         self.bit_exact = bool(bit_exact)
@@ -188,12 +189,13 @@ class TritonRunner(TorchRunner):
         dev = resolve_device(device)
         reason = triton_unavailable_reason(dev)
         if reason:
-            raise ValueError(f"the triton backend cannot run on {dev}: {reason}")
+            raise RequestError(f"the triton backend cannot run on {dev}: {reason}")
         # Inside igan.kernels.aot.capture() nothing runs: launches are recorded to be compiled
         # for a GPU, so the runner acts as on CUDA (any precision, channels-last) on CPU tensors.
         traced = tracing()
         if dev.type == "cpu" and precision != "fp32" and not traced:
-            raise ValueError("the Triton interpreter computes bf16/fp16 wrongly; use fp32 on CPU")
+            raise RequestError(f"the Triton interpreter computes bf16/fp16 wrongly; use {option('precision')} fp32 "
+                               "on CPU")
         super().__init__(model, dev, "fp32" if traced else precision)
         self.dtype = PRECISIONS[precision]
         self.channels_last = dev.type == "cuda" or traced

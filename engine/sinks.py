@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from . import native
-from .errors import WriteError, option
+from .errors import RequestError, WriteError, option
 from .provenance import OME_NAMESPACE
 
 PNG_LEVEL = 6
@@ -102,12 +102,12 @@ def open_sink(path, width, height, *, band_height, preview=None, preview_size=10
         return PngSink(path, width, height, **kw)
     if ext in _TIFF_EXTENSIONS:
         return TiffSink(path, width, height, tile=tiff_tile, ome=ome, **kw)
-    raise ValueError(f"unsupported output extension {ext or '(none)'!r} for '{path}': "
-                     f"supported are .png, .tif, .tiff")
+    raise RequestError(f"unsupported output extension {ext or '(none)'!r} for '{path}': "
+                       f"supported are .png, .tif, .tiff")
 
 
 def check_compression(path, compression) -> None:
-    """ValueError naming `compression` unless the format of `path` takes it (checked before
+    """RequestError naming `compression` unless the format of `path` takes it (checked before
     a render creates anything)."""
     ext = Path(path).suffix.lower()
     if compression is None:
@@ -118,23 +118,23 @@ def check_compression(path, compression) -> None:
     elif ext in _TIFF_EXTENSIONS:
         _tiff_codec(compression)
     else:
-        raise ValueError(f"{option('compression')} {compression!r} is for .png and .tif outputs, not "
-                         f"{ext or 'this output'}")
+        raise RequestError(f"{option('compression')} {compression!r} is for .png and .tif outputs, not "
+                           f"{ext or 'this output'}")
 
 
 def check_ome(path, ome) -> None:
-    """ValueError naming `ome` unless `path` is a TIFF (an OME-TIFF is the only OME output)."""
+    """RequestError naming `ome` unless `path` is a TIFF (an OME-TIFF is the only OME output)."""
     ext = Path(path).suffix.lower()
     if ome and ext not in _TIFF_EXTENSIONS:
-        raise ValueError(f"{option('ome')} writes an OME-TIFF: it is for .tif/.tiff outputs, not "
-                         f"{ext or 'this output'} ('{path}')")
+        raise RequestError(f"{option('ome')} writes an OME-TIFF: it is for .tif/.tiff outputs, not "
+                           f"{ext or 'this output'} ('{path}')")
 
 
 def _check_int(name: str, value, minimum: int = 1, maximum: float = math.inf) -> int:
     if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
             or not minimum <= value <= maximum):
         bounds = f">= {minimum}" if maximum == math.inf else f"in [{minimum}, {maximum}]"
-        raise ValueError(f"{name} must be an integer {bounds}, got {value!r}")
+        raise RequestError(f"{name} must be an integer {bounds}, got {value!r}")
     return int(value)
 
 
@@ -219,7 +219,7 @@ class Sink:
         for key, text in self.metadata.items():  # PNG tEXt: a Latin-1 keyword of 1-79 bytes, Latin-1 text
             if not (0 < len(key) < 80 and key.isascii() and key.isprintable() and isinstance(text, str)
                     and text.isascii()):
-                raise ValueError(f"metadata {key!r}: keywords and texts must be printable ASCII (keyword 1-79 chars)")
+                raise RequestError(f"metadata {key!r}: keywords and texts must be printable ASCII (keyword 1-79 chars)")
         self.temp_dir = None if temp_dir is None else Path(temp_dir)
         self.width = _check_int("width", width)
         self.height = _check_int("height", height)
@@ -258,26 +258,26 @@ class Sink:
     def write(self, x: int, y: int, tile: np.ndarray) -> None:
         """Queue a copy of `tile` (h, w, 3) uint8 for image columns [x, x+w), rows [y, y+h)."""
         if self._closed:
-            raise ValueError(f"write() on a closed sink for '{self.path}'")
+            raise ValueError(f"write() on a closed sink for '{self.path}'")  # internal invariant
         self._raise_writer_error()
         if not isinstance(tile, np.ndarray):
             raise TypeError(f"tile must be a numpy array, got {type(tile).__name__}")
         if tile.dtype != np.uint8:
             raise TypeError(f"tile dtype must be uint8, got {tile.dtype}")
         if tile.ndim != 3 or tile.shape[2] != 3 or 0 in tile.shape:
-            raise ValueError(f"tile must have shape (h, w, 3) with h, w >= 1, got {tile.shape}")
+            raise ValueError(f"tile must have shape (h, w, 3) with h, w >= 1, got {tile.shape}")  # internal invariant
         x, y = operator.index(x), operator.index(y)
         h, w = tile.shape[:2]
         where = f"tile at x={x}, y={y} with shape {tile.shape}"
         if x < 0 or y < 0 or x + w > self.width or y + h > self.height:
-            raise ValueError(f"{where} is outside the {self.width}x{self.height} image")
+            raise ValueError(f"{where} is outside the {self.width}x{self.height} image")  # internal invariant
         k = y // self.band_height
         top = k * self.band_height
         bottom = min(top + self.band_height, self.height)
         if y + h > bottom:
-            raise ValueError(f"{where} straddles bands: band {k} covers rows [{top}, {bottom})")
+            raise ValueError(f"{where} straddles bands: band {k} covers rows [{top}, {bottom})")  # internal invariant
         if self._covered[k] + h * w > self._band_area[k]:
-            raise ValueError(f"{where} overlaps tiles already written to band {k} "
+            raise ValueError(f"{where} overlaps tiles already written to band {k} "  # internal invariant
                              f"(rows [{top}, {bottom}))")
         self._covered[k] += h * w
         item = (x, y, np.array(tile, order="C", copy=True))
@@ -296,6 +296,7 @@ class Sink:
         if missing.sum() or self._error is not None:
             self.abort()
             self._raise_writer_error()
+            # internal invariant
             raise ValueError(f"cannot finish '{self.path}': {missing.sum()} of {self.height} rows "
                              f"were never written ({len(missing)} incomplete bands); "
                              f"no file was written")
@@ -576,12 +577,12 @@ def _tiff_codec(value) -> tuple[str | None, dict | None]:
     lo, hi, default = _TIFF_CODECS.get(name, (0, -1, 0))
     level = default if not level else int(level) if level.isdigit() else -1
     if not lo <= level <= hi:
-        raise ValueError(f"TIFF compression ({option('compression')}) must be 'zlib', 'zstd', 'jpeg' or 'none', "
-                         f"optionally with a level as in 'zlib:9' (0-9), 'zstd:5' (1-22) or 'jpeg:80' "
-                         f"(quality 1-100), got {value!r}")
+        raise RequestError(f"TIFF compression ({option('compression')}) must be 'zlib', 'zstd', 'jpeg' or 'none', "
+                           f"optionally with a level as in 'zlib:9' (0-9), 'zstd:5' (1-22) or 'jpeg:80' "
+                           f"(quality 1-100), got {value!r}")
     if name in ("zstd", "jpeg") and not _codec_available(name):
-        raise ValueError(f"TIFF compression ({option('compression')}) {value!r} needs imagecodecs: "
-                         f"pip install \"igan[zstd]\" (or use zlib, the default)")
+        raise RequestError(f"TIFF compression ({option('compression')}) {value!r} needs imagecodecs: "
+                           f"pip install \"igan[zstd]\" (or use zlib, the default)")
     return name, {"level": level}
 
 
@@ -642,7 +643,7 @@ class TiffSink(Sink):
     def __init__(self, path, width, height, *, compression=None, tile=256, workers=1, ome=False, **kw):
         self.tile = _check_int("tiff_tile", tile, 16)
         if self.tile % 16:
-            raise ValueError(f"tiff_tile must be a multiple of 16, got {tile!r}")
+            raise RequestError(f"tiff_tile must be a multiple of 16, got {tile!r}")
         self.compression, self._codec_args = _tiff_codec(compression)
         self.ome = bool(ome)
         self._workers = workers

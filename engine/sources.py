@@ -17,7 +17,7 @@ from igan.export.packed import load_packed
 from .checkpoint import CheckpointError, init_deterministic, load_igan, load_official
 from .config import from_name
 from .embedded import DEFAULT_WEIGHTS, builtin_path, embedded_model
-from .errors import option
+from .errors import RequestError, option
 from .model import Generator
 from .runner import TorchRunner, TritonRunner
 
@@ -79,10 +79,10 @@ def make_runner(backend: str, model, device="auto", precision: str = "fp32", bit
     reference path, whose bytes do not depend on the tiling (on a CPU; the default there is
     the faster oneDNN path, engine/fastcpu.py); the other backends have no such path."""
     if backend not in RUNNERS:
-        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(RUNNERS)}")
+        raise RequestError(f"unknown {option('backend')} {backend!r}; choose from {', '.join(RUNNERS)}")
     if bit_exact:
         if backend != "torch":
-            raise ValueError(f"{option('bit_exact')} is the torch backend's reference path; the {backend} backend "
-                             f"has none (drop {option('bit_exact')} or use {option('backend')} torch)")
+            raise RequestError(f"{option('bit_exact')} is the torch backend's reference path; the {backend} backend "
+                               f"has none (drop {option('bit_exact')} or use {option('backend')} torch)")
         return TorchRunner(model, device, precision, bit_exact=True)
     return RUNNERS[backend](model, device, precision)

@@ -48,7 +48,7 @@ def structure(cfg: GeneratorConfig, ops: Ops, x: torch.Tensor, coords: torch.Ten
 def texture(cfg: GeneratorConfig, ops: Ops, x: torch.Tensor, noises) -> torch.Tensor:
     """The texture synthesizer: features -> RGB. `noises`: one map (or None) per TS conv."""
     if len(noises) != cfg.num_convs:
-        raise ValueError(f"expected {cfg.num_convs} noise maps, got {len(noises)}")
+        raise ValueError(f"expected {cfg.num_convs} noise maps, got {len(noises)}")  # internal invariant
     rgb = None
     for i in range(cfg.num_convs):
         x = ops.conv(i, x, noises[i])
@@ -63,7 +63,7 @@ def synthesize(cfg: GeneratorConfig, ops: Ops, local_latent: torch.Tensor, coord
     x = local_latent
     if cfg.use_ss:
         if coords is None:
-            raise ValueError("this model has a structure synthesizer: coords are required")
+            raise ValueError("this model has a structure synthesizer: coords are required")  # internal invariant
         x = structure(cfg, ops, x, coords)
     return texture(cfg, ops, x, noises)
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..determinism import reproducible_cpu_convs
+from ..errors import RequestError, option
 from ..geometry import latent_window, ts_sizes
 from ..latent import LatentField
 from ..model import Generator
@@ -76,9 +77,9 @@ class InversionSettings:
 
     def __post_init__(self):
         if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
+            raise RequestError(f"{option('steps')} must be a positive integer, got {self.steps!r}")
         if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr!r}")
+            raise RequestError(f"{option('lr')} must be positive, got {self.lr!r}")
 
 
 # ---- gaussianised W space (Wulff & Torralba) ------------------------------------------------------
@@ -247,7 +248,7 @@ def invert(model: Generator, target: torch.Tensor, *, x0: int | None = None, y0:
     `on_step(step, losses)` is called after every step.
     Returns the record; its `fit` is the generator's output for the saved latents."""
     if target.dim() != 3 or target.shape[0] != 3:
-        raise ValueError(f"target must be an RGB image [3, H, W], got shape {tuple(target.shape)}")
+        raise RequestError(f"target must be an RGB image [3, H, W], got shape {tuple(target.shape)}")
     cfg = model.config
     device = next(model.parameters()).device
     height, width = target.shape[1:]
@@ -336,8 +337,8 @@ def _fixed_style(cfg, z_g: torch.Tensor, styles: torch.Tensor, device):
     z_g = z_g.detach().reshape(-1).to(device, torch.float32)
     styles = styles.detach().reshape(-1, cfg.global_latent_dim).to(device, torch.float32)
     if z_g.numel() != cfg.global_latent_dim or styles.shape[0] not in (1, cfg.n_latent):
-        raise ValueError(f"style must be (z_g [{cfg.global_latent_dim}], W+ [{cfg.n_latent}, "
-                         f"{cfg.global_latent_dim}]), got shapes {tuple(z_g.shape)}, {tuple(styles.shape)}")
+        raise RequestError(f"style must be (z_g [{cfg.global_latent_dim}], W+ [{cfg.n_latent}, "
+                           f"{cfg.global_latent_dim}]), got shapes {tuple(z_g.shape)}, {tuple(styles.shape)}")
     return z_g, styles.expand(cfg.n_latent, -1).clone()
 
 

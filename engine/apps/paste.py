@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import RequestError
 from ..geometry import layer_steps
 from ..latent import Field
-from .record import InversionRecord, Placement
+from .record import InversionRecord, Placement, RecordError
 
 
 @dataclass(frozen=True)
@@ -65,18 +66,19 @@ class PastedField(Field):
             pastes = [pastes]
         pastes = list(pastes)
         if not pastes:
-            raise ValueError("PastedField needs at least one record to paste")
+            raise RequestError("PastedField needs at least one record to paste")
         arch = base.config.architecture()
         for i, p in enumerate(pastes):
             if p.record.config.architecture() != arch:
-                raise ValueError(f"record {i} was inverted with config {p.record.config.name!r}, which differs "
-                                 f"from the field's {base.config.name!r}")
+                raise RecordError(f"record {i} was inverted with config {p.record.config.name!r}, which differs "
+                                  f"from the field's {base.config.name!r}")
             for j in range(i):
                 if _overlaps(p.cell_box(), pastes[j].cell_box()):
-                    raise ValueError(f"the latent blocks of records {j} and {i} overlap (cells {pastes[j].cell_box()} "
-                                     f"and {p.cell_box()} as (row, col, rows, cols)): move them further apart")
+                    raise RequestError(f"the latent blocks of records {j} and {i} overlap (cells "
+                                       f"{pastes[j].cell_box()} and {p.cell_box()} as (row, col, rows, cols)): move "
+                                       "them further apart")
         if style_from is not None and not 0 <= style_from < len(pastes):
-            raise ValueError(f"style_from {style_from} is not one of the {len(pastes)} records")
+            raise RequestError(f"style_from {style_from} is not one of the {len(pastes)} records")
         self.base = base
         self.config = base.config
         self.pastes = pastes
