@@ -15,11 +15,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..errors import BackendError
+
 SOURCE = Path(__file__).resolve().parent / "cpp"
 BUILD_DIR = SOURCE.parents[2] / "build" / "cpp"  # the repository's build/cpp
 
 
-class BuildUnavailable(RuntimeError):
+class BuildUnavailable(BackendError):
     """No CMake or no C++ compiler on this machine."""
 
 

@@ -61,7 +61,7 @@ class DiskCache:
 
     def path(self, key: TileKey) -> Path:
         if not CANVAS_ID.fullmatch(key.canvas):
-            raise ValueError(f"not a canvas id: {key.canvas!r}")
+            raise ValueError(f"not a canvas id: {key.canvas!r}")  # internal invariant
         path = self.root / key.canvas / str(int(key.level)) / str(int(key.y)) / f"{int(key.x)}.png"
         assert is_within(path.parent.parent.parent, self.root), path  # ints and hex only: cannot escape
         return path

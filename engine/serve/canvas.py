@@ -12,6 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 
+from ..errors import RequestError
 from ..values import DEFAULT_BLUR, MAX_BLUR
 from .tiles import MAX_COORD, TILE
 
@@ -20,7 +21,7 @@ MAX_PERIOD = 1 << 20  # a panorama's width (planner.MAX_SIDE): a job renders one
 SEED_LIMIT = 1 << 63
 
 
-class CanvasError(ValueError):
+class CanvasError(RequestError):
     """A canvas description that is not valid (HTTP 400)."""
 
 

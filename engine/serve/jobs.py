@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import IganError, RequestError
 from ..request import RenderRequest
 from ..store import TileStore, is_work_dir, work_dir_for
 from .canvas import Canvas
@@ -35,7 +36,7 @@ _ERROR_TAIL = 2000  # characters of igan-render's output kept for a failed job
 _KEEP_FINISHED = 1000  # finished jobs the server remembers (their files stay in the output folder)
 
 
-class JobError(ValueError):
+class JobError(RequestError):
     """A job that cannot be started (HTTP 400; `status` 409 for a name that exists)."""
 
     def __init__(self, message: str, status: int = 400):
@@ -43,7 +44,7 @@ class JobError(ValueError):
         self.status = status
 
 
-class JobsFull(Exception):
+class JobsFull(IganError):
     """Too many jobs are queued (HTTP 503)."""
 
 

@@ -16,6 +16,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, Sequence
 
+from ..errors import RequestError, option
+
 log = logging.getLogger("igan")
 
 
@@ -40,7 +42,7 @@ class Scheduler:
 
     def __init__(self, render: Callable[[Hashable, Sequence], Sequence], batch: int = 1, name: str = "igan-serve"):
         if batch < 1:
-            raise ValueError(f"batch must be at least 1, got {batch}")
+            raise RequestError(f"{option('batch')} must be at least 1, got {batch}")
         self.render = render
         self.batch = batch
         self.stats = SchedulerStats()

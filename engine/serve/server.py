@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import RequestError, option
 from .app import create_app
 from .cache import DiskCache, MemoryLRU
 from . import RENDER_OPTIONS
@@ -38,7 +39,7 @@ def model_options(o: ServeOptions) -> dict:
     the output folder)."""
     unknown = sorted(set(o.render) - set(RENDER_OPTIONS))
     if unknown:
-        raise ValueError(f"igan-serve takes no render option(s) {', '.join(unknown)}")
+        raise RequestError(f"igan-serve takes no render option(s) {', '.join(option(u) for u in unknown)}")
     return {k: os.path.abspath(v) if k in ("checkpoint", "model") and v is not None else v
             for k, v in o.render.items() if k != "device"}
 
@@ -65,7 +66,7 @@ def build(o: ServeOptions, *, generator=None):
         identity = source.identity
         max_level = DEFAULT_MAX_LEVEL if o.max_level is None else o.max_level
         if not 0 <= max_level <= MAX_LEVEL:
-            raise ValueError(f"max_level must be between 0 and {MAX_LEVEL}, got {max_level}")
+            raise RequestError(f"{option('max_level')} must be between 0 and {MAX_LEVEL}, got {max_level}")
         Canvas.from_json({"seed": o.seed, "period": o.wrap})  # checked now, not in the browser
         info = {"kind": "canvas", "model": source.describe(), "config": source.config.name,
                 "max_level": max_level, "seed": o.seed, "wrap": o.wrap, "backend": request.backend,

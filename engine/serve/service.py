@@ -13,12 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import IganError
 from .cache import DiskCache, MemoryLRU
 from .scheduler import Scheduler
 from .tiles import TILE, TileError, TileKey, decode_png, encode_png, reduce_children
 
 
-class Overloaded(Exception):
+class Overloaded(IganError):
     """More tile requests are waiting for rendering than the queue holds (HTTP 503)."""
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import RequestError
 from ..sinks import halve  # the TIFF pyramids' reduction: levels equal igan-render's
 
 TILE = 256  # pixels per tile side, every level
@@ -24,7 +25,7 @@ _INT = re.compile(r"-?[0-9]{1,12}")
 CANVAS_ID = re.compile(r"[0-9a-f]{16}")
 
 
-class TileError(ValueError):
+class TileError(RequestError):
     """A tile address outside the pyramid (HTTP 400/404)."""
 
 
