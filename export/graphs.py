@@ -129,7 +129,7 @@ class StructureGraph(nn.Module):
     def __init__(self, model: Generator):
         super().__init__()
         if model.structure_synthesizer is None:
-            raise ValueError(f"model {model.config.name!r} has no structure synthesizer")
+            raise ValueError(f"model {model.config.name!r} has no structure synthesizer")  # internal invariant
         self.layers = nn.ModuleList(Styled(layer) for layer in model.structure_synthesizer.layers)
         self.config = model.config
 

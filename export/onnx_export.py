@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from igan.engine.errors import BackendError
+from igan.engine.errors import BackendError, RequestError, option
 from igan.engine.latent import LatentField
 from igan.engine.model import Generator
 from igan.engine.provenance import igan_version, sha256_file
@@ -127,7 +127,8 @@ def export_onnx(model: Generator, out_dir: str | os.PathLike, source_hash: str,
         raise FileNotFoundError(f"cannot write {str(out)!r}: directory {str(out.parent)!r} does not exist")
     for p in precisions:
         if p not in PRECISIONS:
-            raise ValueError(f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}")
+            raise RequestError(f"unknown precision {p!r} in {option('precisions')}; choose from "
+                               f"{', '.join(PRECISIONS)}")
     model = model.cpu().float().eval().requires_grad_(False)
     cfg = model.config
     common = {"igan_format": FORMAT, "igan_format_version": FORMAT_VERSION, "igan_version": igan_version(),

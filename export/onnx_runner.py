@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from igan.engine.config import GeneratorConfig
-from igan.engine.errors import BackendError, CheckpointError, option
+from igan.engine.errors import BackendError, CheckpointError, RequestError, option
 from igan.engine.latent import Field
 from igan.engine.provenance import sha256_file
 from igan.engine.runner import Batch, gather_inputs
@@ -127,7 +127,8 @@ def choose_providers(device: str | None, available: list[str]) -> list[str]:
     if str(device) == "cpu":
         return ["CPUExecutionProvider"]
     if not (str(device) == "auto" or str(device).startswith("cuda")):
-        raise ValueError(f"unsupported device {device!r} for the onnx backend (use cpu, cuda, cuda:N or auto)")
+        raise RequestError(f"unsupported device {device!r} for the onnx backend ({option('device')}: cpu, cuda, "
+                           "cuda:N or auto)")
     if "CUDAExecutionProvider" in available and torch.cuda.is_available():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if str(device) != "auto":
@@ -152,10 +153,10 @@ class OnnxRunner:
         ort = require("onnxruntime", "the onnx backend")
 
         if not isinstance(model, OnnxModel):
-            raise ValueError(f"the onnx backend renders an ONNX export: pass {option('model')} DIR "
-                             "(made by igan-export --checkpoint CKPT --onnx DIR)")
+            raise CheckpointError(f"the onnx backend renders an ONNX export: pass {option('model')} DIR "
+                                  "(made by igan-export --checkpoint CKPT --onnx DIR)")
         if precision not in _NP:
-            raise ValueError(f"the onnx backend has fp32 and fp16 graphs, not {precision!r}")
+            raise RequestError(f"the onnx backend has fp32 and fp16 graphs, not {option('precision')} {precision!r}")
         if _both_builds_installed():
             log.warning("both onnxruntime and onnxruntime-gpu are installed and overwrite each other; "
                         "keep one (pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu)")
@@ -188,11 +189,11 @@ class OnnxRunner:
             raise BackendError(f"the onnx backend renders without truncation ({option('trunc')} 1); "
                                f"use {option('backend')} torch or triton for {option('trunc')} {trunc}")
         if field.fused:
-            raise ValueError(f"the onnx backend renders one style per image: style fusion ({option('styles')}) needs "
-                             f"{option('backend')} torch or triton")
+            raise RequestError(f"the onnx backend renders one style per image: style fusion ({option('styles')}) needs "
+                               f"{option('backend')} torch or triton")
         z = field.global_latent().reshape(1, -1).numpy().astype(self.np_dtype)
         if z.shape[1] != cfg.global_latent_dim:
-            raise ValueError(f"z_global has {z.shape[1]} values, the model expects {cfg.global_latent_dim}")
+            raise RequestError(f"z_global has {z.shape[1]} values, the model expects {cfg.global_latent_dim}")
         styles = field.styles()
         if styles is None:
             w = self.sessions["mapping"].run(None, {"z_global": z})[0]
@@ -202,7 +203,7 @@ class OnnxRunner:
             if slots.shape[0] == 1:
                 slots = np.repeat(slots, cfg.n_latent, 0)
             if slots.shape[0] != cfg.n_latent:
-                raise ValueError(f"styles must be [D] or [{cfg.n_latent}, D], got {tuple(styles.shape)}")
+                raise RequestError(f"styles must be [D] or [{cfg.n_latent}, D], got {tuple(styles.shape)}")
         return OnnxPrepared(z, np.ascontiguousarray(slots[None]))
 
     def inputs(self, field: Field, windows: list[tuple[int, int]], n_h: int, n_w: int) -> Batch:

@@ -59,7 +59,7 @@ def triton_unavailable_reason(device) -> str | None:
 def use_triton(impl: str, device) -> bool:
     """Resolve impl for tensors on `device`."""
     if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")  # internal invariant
     if impl == "ref":
         return False
     reason = triton_unavailable_reason(device)

@@ -281,7 +281,7 @@ class BlockConfig:
         for name in ("block_m", "block_n", "block_k"):
             v = getattr(self, name)
             if v < 16 or v & (v - 1):
-                raise ValueError(f"{name}={v}: tl.dot needs power-of-two blocks >= 16 on a GPU")
+                raise ValueError(f"{name}={v}: tl.dot needs power-of-two blocks >= 16 on a GPU")  # internal invariant
         return self
 
 
@@ -317,25 +317,28 @@ def conv_triton(x, weight, *, coords=None, coords_offset=0, style=None, wsq=None
     cout, ctot, kh, kw = weight.shape
     c2 = 0 if coords is None else coords.shape[1]
     if ctot != c1 + c2:
-        raise ValueError(f"weight has {ctot} input channels, inputs have {c1} + {c2}")
+        raise ValueError(f"weight has {ctot} input channels, inputs have {c1} + {c2}")  # internal invariant
     oh, ow = h - kh + 1, w - kw + 1
     if oh < 1 or ow < 1:
-        raise ValueError(f"input {h}x{w} is smaller than the {kh}x{kw} kernel")
+        raise ValueError(f"input {h}x{w} is smaller than the {kh}x{kw} kernel")  # internal invariant
     if coords is not None and (coords.shape[2] < h + coords_offset or coords.shape[3] < w + coords_offset):
+        # internal invariant
         raise ValueError(f"coords {tuple(coords.shape)} do not cover the input at offset {coords_offset}")
     if skip is not None and (skip.shape[1] != cout or 2 * skip.shape[2] - 5 < oh or 2 * skip.shape[3] - 5 < ow):
-        raise ValueError(f"skip {tuple(skip.shape)} does not cover a {cout}x{oh}x{ow} output")
+        raise ValueError(f"skip {tuple(skip.shape)} does not cover a {cout}x{oh}x{ow} output")  # internal invariant
     out_dtype = out_dtype or x.dtype
     if out is None:
         if out_step != 1 or out_phase != (0, 0):
-            raise ValueError("out_step / out_phase need an `out` tensor to write into")
+            raise ValueError("out_step / out_phase need an `out` tensor to write into")  # internal invariant
         out = torch.empty(n, cout, oh, ow, device=x.device, dtype=out_dtype, memory_format=_format(x))
     elif out.shape[2] < out_step * (oh - 1) + out_phase[0] + 1 or out.shape[3] < out_step * (ow - 1) + out_phase[1] + 1:
+        # internal invariant
         raise ValueError(f"out {tuple(out.shape)} is too small for {oh}x{ow} outputs at step {out_step}")
     packed = pack_weight(weight) if packed is None else packed
     cfg = (config or default_config(ctot, cout, x.dtype)).check()
     demod = style is not None and wsq is not None
     if demod and tuple(wsq.shape) != (ctot, cout):
+        # internal invariant
         raise ValueError(f"wsq has shape {tuple(wsq.shape)}, expected {(ctot, cout)} (input channels, filters)")
     dummy = x
     c = coords if coords is not None else dummy

@@ -142,7 +142,7 @@ def upconv_triton(x, weight, *, style=None, wsq=None, noise=None, noise_strength
     n, _, h, w = x.shape
     cout = weight.shape[0]
     if h < 3 or w < 3:
-        raise ValueError(f"input {h}x{w} is too small: the upsampling layer needs at least 3x3")
+        raise ValueError(f"input {h}x{w} is too small: the upsampling layer needs at least 3x3")  # internal invariant
     fmt = torch.channels_last if (x.shape[1] > 1 and not x.is_contiguous()
                                   and x.is_contiguous(memory_format=torch.channels_last)) else torch.contiguous_format
     pre = torch.empty(n, cout, 2 * h - 1, 2 * w - 1, device=x.device,
@@ -160,7 +160,7 @@ def upconv_triton(x, weight, *, style=None, wsq=None, noise=None, noise_strength
     if out is None:
         out = torch.empty(n, cout, oh, ow, device=x.device, dtype=out_dtype or x.dtype, memory_format=fmt)
     elif tuple(out.shape) != (n, cout, oh, ow):
-        raise ValueError(f"out has shape {tuple(out.shape)}, expected {(n, cout, oh, ow)}")
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected {(n, cout, oh, ow)}")  # internal invariant
     total = out.numel()
     dummy = pre
     _blur_epilogue_kernel[(triton.cdiv(total, block),)](  # positional, in the kernel's groups
