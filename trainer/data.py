@@ -19,16 +19,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+from igan.engine.errors import PathError, RequestError
+
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"--data {str(folder)!r} is not a folder")
+        raise PathError(f"--data {str(folder)!r} is not a folder")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
     if not files:
-        raise ValueError(f"--data {str(folder)!r} holds no images ({', '.join(sorted(EXTENSIONS))})")
+        raise PathError(f"--data {str(folder)!r} holds no images ({', '.join(sorted(EXTENSIONS))})")
     return files
 
 
@@ -41,7 +43,7 @@ def load_rows(path: Path, size: int) -> np.ndarray:
             w, h = im.size
             return np.asarray(im.resize((max(size, round(w * size / h)), size), Image.LANCZOS))
     except OSError as e:
-        raise ValueError(f"cannot read image {str(path)!r}: {e}") from e
+        raise PathError(f"cannot read image {str(path)!r}: {e}") from e
 
 
 def load_square(path: Path, size: int) -> np.ndarray:
@@ -54,7 +56,7 @@ def load_square(path: Path, size: int) -> np.ndarray:
             im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
             return np.asarray(im.resize((size, size), Image.LANCZOS))
     except OSError as e:
-        raise ValueError(f"cannot read image {str(path)!r}: {e}") from e
+        raise PathError(f"cannot read image {str(path)!r}: {e}") from e
 
 
 class PatchDataset:
@@ -62,7 +64,7 @@ class PatchDataset:
 
     def __init__(self, folder: str | os.PathLike, full_size: int, patch_size: int, keep_aspect: bool = False):
         if patch_size > full_size:
-            raise ValueError(f"patch_size {patch_size} is larger than full_size {full_size}")
+            raise RequestError(f"patch_size {patch_size} is larger than full_size {full_size}")
         self.paths = list_images(folder)
         self.full_size, self.patch_size, self.keep_aspect = full_size, patch_size, keep_aspect
         if keep_aspect:  # [S, W_k, 3] each

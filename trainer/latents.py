@@ -63,7 +63,7 @@ def sample_fakes(cfg: GeneratorConfig, batch: int, mixing: float, gen: torch.Gen
                  device="cpu", dual: bool = True) -> FakeInputs:
     """Random fake inputs for one forward (drawn on CPU from `gen`, then moved)."""
     if dual and batch % 2:
-        raise ValueError(f"batch must be even for dual pairs, got {batch}")
+        raise ValueError(f"batch must be even for dual pairs, got {batch}")  # internal invariant
     d, c, n = cfg.global_latent_dim, cfg.local_latent_dim, latent_size(cfg)
     v = cfg.coord_vert_sample_size
     z = torch.randn(batch, 2, d, generator=gen)

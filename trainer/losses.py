@@ -38,6 +38,7 @@ def diversity(z_local: torch.Tensor, structure: torch.Tensor, eps: float = 1e-5)
     1 / (x_d / z_d + eps), x_d / z_d = mean L1 distance of the pairs' structure latents /
     of their local latents. z_local [B, C, Hz, Wz], structure [B, C, h, w], B even."""
     if z_local.shape[0] % 2:
+        # internal invariant
         raise ValueError(f"the diversity loss needs an even batch of dual pairs, got {z_local.shape[0]}")
     z_d = (z_local[0::2] - z_local[1::2]).abs().flatten(1).mean(1).mean()
     x_d = (structure[0::2] - structure[1::2]).abs().flatten(1).mean(1).mean()

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from igan.engine.errors import RequestError
+
 STYLES = ("v1", "v2")
 # Seed of held-out scenes for evaluation (igan.trainer.eval.swd): never train on it.
 HELDOUT_SEED = 1000
@@ -275,7 +277,7 @@ def _trees(nz: _Noise, u, v, ground, spacing, height, density, threshold, off, s
 
 def _render_v2(seed: int, index: int, width: int, height: int) -> tuple[np.ndarray, dict]:
     if width < 2 or height < 2:
-        raise ValueError(f"v2 scenes are at least 2x2 pixels, got {width}x{height}")
+        raise RequestError(f"v2 scenes are at least 2x2 pixels, got {width}x{height}")
     rng = np.random.default_rng([seed, index, 2])
     nz = _Noise(rng)
     salt = int(rng.integers(0, 2**62))
@@ -525,7 +527,7 @@ def scene(seed: int, index: int, width: int = 512, height: int = 256, style: str
     if style == "v1":
         return scene_v1(seed, index, width, height)
     if style != "v2":
-        raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
+        raise RequestError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
     return scene_v2(seed, index, width, height)
 
 
@@ -534,9 +536,9 @@ def write_scenes(out: str | os.PathLike, count: int, seed: int = 0, width: int =
                  style: str = "v2") -> list[Path]:
     """Write scenes 0..count-1 as PNGs (scene_00000.png, ...) under `out`."""
     if count < 1:
-        raise ValueError(f"count must be >= 1, got {count}")
+        raise RequestError(f"count must be >= 1, got {count}")
     if style not in STYLES:
-        raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
+        raise RequestError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -555,7 +557,7 @@ def contact_sheet(count: int = 24, seed: int = 0, style: str = "v2", columns: in
     """Scenes 0..count-1 of set `seed` as a grid of thumb-sized images (rendered at
     width x height, default twice the thumbnail, then LANCZOS-reduced), `gap` white pixels apart."""
     if count < 1 or columns < 1:
-        raise ValueError(f"count and columns must be >= 1, got {count} and {columns}")
+        raise RequestError(f"count and columns must be >= 1, got {count} and {columns}")
     tw, th = thumb
     width, height = width or 2 * tw, height or 2 * th
     rows = -(-count // columns)

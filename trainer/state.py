@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from igan.engine.checkpoint import safe_torch_load
+from igan.engine.errors import CheckpointError
 
 STATE_NAME = "state.pt"
 STATE_VERSION = 1
@@ -28,8 +29,8 @@ def save_state(state: dict, path: str | os.PathLike) -> Path:
 def load_state(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"no training state to resume at {str(path)!r}")
+        raise CheckpointError(f"no training state to resume at {str(path)!r}")
     state = safe_torch_load(path, "training state")
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-        raise ValueError(f"{str(path)!r} is not an igan training state (version {STATE_VERSION})")
+        raise CheckpointError(f"{str(path)!r} is not an igan training state (version {STATE_VERSION})")
     return state

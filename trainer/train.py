@@ -23,7 +23,7 @@ from torch import nn
 
 from igan.engine import checkpoint
 from igan.engine.config import GeneratorConfig
-from igan.engine.errors import RequestError
+from igan.engine.errors import CheckpointError, RequestError
 from igan.engine.model import Generator
 
 from . import losses
@@ -160,8 +160,8 @@ class Trainer:
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(opts.precision)
         if opts.precision == "fp16" and self.device.type != "cuda":
             # bf16 autocast also runs on CPU (slowly; it is how CI exercises the mixed path)
-            raise ValueError(f"--precision fp16 (with its gradient scaler) is for GPUs; use fp32 or bf16 on "
-                             f"{self.device}")
+            raise RequestError(f"--precision fp16 (with its gradient scaler) is for GPUs; use fp32 or bf16 on "
+                               f"{self.device}")
         self.amp_dtype = amp_dtype
         scale = opts.precision == "fp16"
         self.g_scaler = torch.amp.GradScaler("cuda", enabled=scale)
@@ -311,8 +311,8 @@ class Trainer:
     def load(self, path: Path) -> None:
         st = load_state(path)
         if GeneratorConfig.from_json(st["config"]).architecture() != self.cfg.architecture():
-            raise ValueError(f"{str(path)!r} was trained with another model config; resume with --config "
-                             f"{GeneratorConfig.from_json(st['config']).name}")
+            raise CheckpointError(f"{str(path)!r} was trained with another model config; resume with --config "
+                                  f"{GeneratorConfig.from_json(st['config']).name}")
         self.g.load_state_dict(st["g"])
         self.d.load_state_dict(st["d"])
         self.g_ema.load_state_dict(st["g_ema"])
@@ -324,7 +324,7 @@ class Trainer:
         self.mean_path = st["mean_path_length"].to(self.device)
         rng = st["rng"]
         if len(rng) != self.world:
-            raise ValueError(f"{str(path)!r} was saved by {len(rng)} processes; resume with the same number")
+            raise CheckpointError(f"{str(path)!r} was saved by {len(rng)} processes; resume with the same number")
         mine = rng[self.rank]
         self.gen.set_state(mine["gen"])
         self.noise_gen.set_state(mine["noise"])

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from igan.engine.errors import PathError, RequestError
+
 STATS_FORMAT = "igan-fid-stats-1"
 
 
@@ -20,7 +22,7 @@ class FeatureStats:
 
     def __init__(self, dim: int):
         if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"feature dimension must be a positive integer, got {dim!r}")
+            raise RequestError(f"feature dimension must be a positive integer, got {dim!r}")
         self.dim = dim
         self.count = 0
         self.mean_ = np.zeros(dim, np.float64)
@@ -30,9 +32,9 @@ class FeatureStats:
         """Add a batch [N, D] (numpy or torch, any float dtype)."""
         x = np.asarray(features.detach().cpu() if hasattr(features, "detach") else features, np.float64)
         if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"features must be [N, {self.dim}], got shape {tuple(x.shape)}")
+            raise RequestError(f"features must be [N, {self.dim}], got shape {tuple(x.shape)}")
         if not np.isfinite(x).all():
-            raise ValueError("features contain NaN or infinity")
+            raise RequestError("features contain NaN or infinity")
         n = x.shape[0]
         if n == 0:
             return
@@ -52,7 +54,7 @@ class FeatureStats:
     @property
     def cov(self) -> np.ndarray:
         if self.count < 2:
-            raise ValueError(f"a covariance needs at least 2 samples, have {self.count}")
+            raise RequestError(f"a covariance needs at least 2 samples, have {self.count}")
         return self.scatter / (self.count - 1)
 
     # ---- cache files ---------------------------------------------------------------------
@@ -79,11 +81,11 @@ def load_stats(path: str | os.PathLike) -> tuple[int, np.ndarray, np.ndarray, di
             meta = dict(zip(f["meta_keys"].tolist(), f["meta_values"].tolist()))
             count, mean, cov = int(f["count"]), f["mean"], f["cov"]
     except (OSError, KeyError, ValueError) as e:
-        raise ValueError(f"cannot read FID statistics {str(path)!r}: {e}") from e
+        raise PathError(f"cannot read FID statistics {str(path)!r}: {e}") from e
     if meta.get("format") != STATS_FORMAT:
-        raise ValueError(f"{str(path)!r} is not an igan FID statistics file (format {meta.get('format')!r})")
+        raise PathError(f"{str(path)!r} is not an igan FID statistics file (format {meta.get('format')!r})")
     if mean.ndim != 1 or cov.shape != (mean.size, mean.size):
-        raise ValueError(f"{str(path)!r}: mean {mean.shape} and covariance {cov.shape} do not match")
+        raise PathError(f"{str(path)!r}: mean {mean.shape} and covariance {cov.shape} do not match")
     return count, mean, cov, meta
 
 
@@ -109,9 +111,9 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     cov1, cov2 = np.asarray(cov1, np.float64), np.asarray(cov2, np.float64)
     if mu1.shape != mu2.shape or mu1.ndim != 1:
-        raise ValueError(f"means must be vectors of one length, got {mu1.shape} and {mu2.shape}")
+        raise RequestError(f"means must be vectors of one length, got {mu1.shape} and {mu2.shape}")
     d = mu1.size
     if cov1.shape != (d, d) or cov2.shape != (d, d):
-        raise ValueError(f"covariances must be [{d}, {d}], got {cov1.shape} and {cov2.shape}")
+        raise RequestError(f"covariances must be [{d}, {d}], got {cov1.shape} and {cov2.shape}")
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * trace_sqrt_product(cov1, cov2))

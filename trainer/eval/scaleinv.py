@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from igan.engine import planner
 from igan.engine.config import GeneratorConfig
+from igan.engine.errors import PathError, RequestError
 from igan.engine.latent import LatentField
 from igan.engine.renderer import Renderer
 
@@ -57,7 +58,7 @@ class Protocol:
         for name in ("scale", "real_res", "full_size", "upscale"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+                raise RequestError(f"{name} must be a positive integer, got {v!r}")
 
     @classmethod
     def for_config(cls, cfg: GeneratorConfig, scale: int, real_res: int = 128, full_size: int | None = None):
@@ -90,7 +91,7 @@ class Protocol:
 def postprocess(images: torch.Tensor, proto: Protocol, use_pil_resize: bool = False) -> torch.Tensor:
     """Steps 1-3 on generator output [B, 3, S, S] in [-1, 1] -> [B, 3, R, R] in [-1, 1]-ish."""
     if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
-        raise ValueError(f"expected square images [B, 3, S, S], got {tuple(images.shape)}")
+        raise RequestError(f"expected square images [B, 3, S, S], got {tuple(images.shape)}")
     x = F.interpolate(images, scale_factor=1 / proto.fov_scale, mode="bilinear", align_corners=True)
     size, crop = x.shape[-1], proto.eval_gen_res
     if size > crop:
@@ -115,10 +116,10 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
 def list_images(folder: str | Path, limit: int | None = None) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"real image folder {str(folder)!r} does not exist or is not a directory")
+        raise PathError(f"real image folder {str(folder)!r} does not exist or is not a directory")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if not files:
-        raise ValueError(f"real image folder {str(folder)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        raise PathError(f"real image folder {str(folder)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     return files[:limit] if limit else files
 
 
@@ -128,7 +129,7 @@ def load_real(path: Path, real_res: int) -> np.ndarray:
         with Image.open(path) as im:
             im = im.convert("RGB")
     except (OSError, Image.DecompressionBombError) as e:
-        raise ValueError(f"cannot read real image {str(path)!r}: {e}") from e
+        raise PathError(f"cannot read real image {str(path)!r}: {e}") from e
     if im.size != (real_res, real_res):
         w, h = im.size
         s = min(w, h)

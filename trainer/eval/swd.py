@@ -54,6 +54,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from igan.engine.errors import PathError, RequestError
+
 NHOODS = 128
 NHOOD_SIZE = 7
 DIRS = 512
@@ -100,7 +102,7 @@ def level_sizes(height: int, width: int, min_res: int = MIN_RES) -> list[tuple[i
     """(H, W) of each pyramid level, finest first: halving (rounding up) while the smaller side
     of the next level stays >= min_res."""
     if min(height, width) < NHOOD_SIZE:
-        raise ValueError(f"images must be at least {NHOOD_SIZE}x{NHOOD_SIZE} pixels, got {width}x{height}")
+        raise RequestError(f"images must be at least {NHOOD_SIZE}x{NHOOD_SIZE} pixels, got {width}x{height}")
     sizes = [(height, width)]
     while min(-(-sizes[-1][0] // 2), -(-sizes[-1][1] // 2)) >= max(min_res, NHOOD_SIZE):
         sizes.append((-(-sizes[-1][0] // 2), -(-sizes[-1][1] // 2)))
@@ -157,7 +159,7 @@ def sliced_wasserstein(a: np.ndarray, b: np.ndarray, dirs: int = DIRS, repeats: 
     """Mean over `repeats` x `dirs` random unit directions of the 1-D Wasserstein-1 distance
     between the projections of a and b ([M, D] each, the same M)."""
     if a.ndim != 2 or a.shape != b.shape:
-        raise ValueError(f"descriptor sets must have one shape [M, D], got {a.shape} and {b.shape}")
+        raise RequestError(f"descriptor sets must have one shape [M, D], got {a.shape} and {b.shape}")
     rng = np.random.default_rng([seed, 2, level])
     results = []
     for _ in range(repeats):
@@ -185,12 +187,12 @@ def swd(real: np.ndarray, fake: np.ndarray, *, nhoods: int = NHOODS, dirs: int =
     module's docstring). `real` is the reference for norm="reference"; otherwise symmetric."""
     real, fake = np.asarray(real), np.asarray(fake)
     if real.ndim != 4 or real.shape[-1] != 3 or real.shape != fake.shape:
-        raise ValueError(f"image sets must be [N, H, W, 3] of one shape, got {real.shape} and {fake.shape}")
+        raise RequestError(f"image sets must be [N, H, W, 3] of one shape, got {real.shape} and {fake.shape}")
     if norm not in ("each", "reference"):
-        raise ValueError(f"norm must be 'each' or 'reference', got {norm!r}")
+        raise RequestError(f"norm must be 'each' or 'reference', got {norm!r}")
     for name, value in dict(nhoods=nhoods, dirs=dirs, repeats=repeats).items():
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise RequestError(f"{name} must be a positive integer, got {value!r}")
     n, h, w, _ = real.shape
     sizes = level_sizes(h, w, min_res)
     out = {}
@@ -223,7 +225,7 @@ def diversity(images: np.ndarray, **swd_options) -> dict:
     renders of 101x101 have 13.8 where its v1 training scenes have 35."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[0] < 2:
-        raise ValueError(f"diversity needs a set [N >= 2, H, W, 3], got shape {images.shape}")
+        raise RequestError(f"diversity needs a set [N >= 2, H, W, 3], got shape {images.shape}")
     half = images.shape[0] // 2
     pixel_std = float(images.astype(np.float64).std(axis=0).mean())
     halves = swd(images[:half], images[half:2 * half], **swd_options)
@@ -252,15 +254,15 @@ def parse_scenes(spec: str) -> tuple[str, int, tuple[int, int] | None]:
     """'scenes:STYLE:SEED[:WxH]' -> (style, seed, native size or None)."""
     parts = spec.split(":")
     if len(parts) not in (3, 4) or parts[0] != "scenes":
-        raise ValueError(f"expected scenes:STYLE:SEED or scenes:STYLE:SEED:WxH, got {spec!r}")
+        raise RequestError(f"expected scenes:STYLE:SEED or scenes:STYLE:SEED:WxH, got {spec!r}")
     from igan.trainer.scenes import STYLES
 
     if parts[1] not in STYLES:
-        raise ValueError(f"scene style must be one of {', '.join(STYLES)}, got {parts[1]!r} in {spec!r}")
+        raise RequestError(f"scene style must be one of {', '.join(STYLES)}, got {parts[1]!r} in {spec!r}")
     try:
         seed = int(parts[2])
     except ValueError:
-        raise ValueError(f"scene seed must be an integer, got {parts[2]!r} in {spec!r}") from None
+        raise RequestError(f"scene seed must be an integer, got {parts[2]!r} in {spec!r}") from None
     return parts[1], seed, (parse_size(parts[3]) if len(parts) == 4 else None)
 
 
@@ -269,9 +271,9 @@ def parse_size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(x) for x in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"expected a size WxH such as 256x256, got {text!r}") from None
+        raise RequestError(f"expected a size WxH such as 256x256, got {text!r}") from None
     if w < 1 or h < 1:
-        raise ValueError(f"sizes must be positive, got {text!r}")
+        raise RequestError(f"sizes must be positive, got {text!r}")
     return w, h
 
 
@@ -289,17 +291,17 @@ def load_set(source: str, count: int, size: tuple[int, int]) -> tuple[np.ndarray
         return np.stack(imgs), f"scenes {style}, seed {seed}, {native[0]}x{native[1]}"
     folder = Path(source)
     if not folder.is_dir():
-        raise ValueError(f"{source!r} is neither a folder of images nor scenes:STYLE:SEED")
+        raise PathError(f"{source!r} is neither a folder of images nor scenes:STYLE:SEED")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if len(files) < count:
-        raise ValueError(f"{source!r} holds {len(files)} images, fewer than the {count} asked for")
+        raise PathError(f"{source!r} holds {len(files)} images, fewer than the {count} asked for")
     imgs = []
     for p in files[:count]:
         try:
             with Image.open(p) as im:
                 imgs.append(fit(im, size))
         except OSError as e:
-            raise ValueError(f"cannot read image {str(p)!r}: {e}") from e
+            raise PathError(f"cannot read image {str(p)!r}: {e}") from e
     return np.stack(imgs), f"folder {source} ({count} of {len(files)})"
 
 
