@@ -3,7 +3,9 @@
 Every error igan raises on purpose is an IganError; each kind also derives from the builtin
 exception it refines (ValueError for bad input, OSError for files), so callers can catch
 either. Library code raises and logs (the "igan" logger); only the command lines
-(igan.engine.cli) print.
+(igan.engine.cli) print. A plain ValueError is left only where it guards an internal
+invariant, a programming error no option, file or API input reaches, and says so with the
+comment `# internal invariant` (tests/test_errors.py holds both rules).
 
 An error about an option names it the way the caller spelled it: `width` from Python, `--width`
 on the command line (the CLIs run inside `cli_option_names()`).
