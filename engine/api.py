@@ -61,7 +61,7 @@ class Model:
         clash = sorted(set(options) & set(_MODEL_OPTIONS))
         if clash:
             raise RequestError(f"{', '.join(clash)} belong(s) to igan.load(), not to a render of a loaded model")
-        return RenderRequest.from_options({**self.options, "quiet": True, **options}).validate()
+        return RenderRequest.from_options({**self.options, "quiet": True, **options})
 
     def render(self, width: int, height: int, *, seed: int = 0, x0: int = 0, y0: int | None = None,
                array: bool = False, **options):
@@ -70,7 +70,7 @@ class Model:
         numpy array [height, width, 3]. `options`: igan-render's canvas and tiling options
         (styles, style_centers, style_map, style_blur, wrap, trunc, latent_rng, quantize, tile,
         batch, memory_budget)."""
-        request = self._request(width=width, height=height, seed=seed, x0=x0, y0=y0, **options)
+        request = self._request(width=width, height=height, seed=seed, x0=x0, y0=y0, **options).validate()
         out = np.empty((height, width, 3), np.uint8)
         pipeline.render_into(out, request, self._runner)
         return out if array else Image.fromarray(out, "RGB")

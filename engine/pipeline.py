@@ -20,6 +20,7 @@ import torch
 from . import cpu, executor, planner, sources
 from .errors import RequestError, option
 from .fusion import spec_from_options
+from .identity import model_identity, model_source, request_identity
 from .latent import LatentField
 from .provenance import describe
 from .renderer import Renderer
@@ -38,19 +39,19 @@ def default_budget(device) -> int:
     return min(total // 4, 1 << 30)
 
 
-def run(request: RenderRequest, model=None):
+def run(request: RenderRequest, model=None, *, checked: bool = False):
     """Carry out `request` (with `model` if given: the Python and C++ APIs pass the one they
-    hold). The outputs are checked first, then the tiles are rendered (by this process, one
-    worker per device, or this torchrun rank) into the work directory and the output.
+    hold). The request is checked (unless the caller just did: `checked`), planned once, and
+    handed to an executor (this process, one worker per device, or this torchrun rank), which
+    renders the tiles into the work directory and the output.
     Returns the RenderStats, or None when there is nothing to report (another torchrun
     rank's share, or an output that was already finished)."""
-    request.validate()
-    request.check_outputs()
+    if not checked:
+        request.validate()
+        request.check_outputs()
     if request.threads:
         torch.set_num_threads(request.threads)
-    dist = executor.distributed_env()
-    devices = _devices(request, dist)
-    source = request.model if request.backend == "onnx" else request.checkpoint
+    devices = _devices(request, executor.distributed_env())
     model = load_model(request) if model is None else model
     # fails early: backend/device/precision
     runner = sources.make_runner(request.backend, model, devices[0], request.precision, request.bit_exact)
@@ -63,22 +64,11 @@ def run(request: RenderRequest, model=None):
         log.info("%d tile batch%s to render: %d worker%s, not %d", batches, "es" if batches > 1 else "",
                  batches, "s" if batches > 1 else "", len(devices))
         devices = devices[:batches]
-    job = executor.Job(source, request.config, request.seed, plan.window, (plan.tile_height, plan.tile_width),
-                       request.batch, request.backend, request.precision, spec, request.latent_rng,
-                       request.quantize, request.trunc, request.random_weights, request.bit_exact)
-    metadata = describe(job.request(model), request.command()) if request.metadata else None
-    common = dict(resume=request.resume, restart=request.restart, keep_work=request.keep_work,
-                  progress=not request.quiet,
-                  sink_args=dict(metadata=metadata, preview=request.preview_path, preview_size=request.preview_size,
-                                 compression=request.compression, ome=request.ome))
-    out = Path(request.out)
-    if dist is not None:
-        stats = executor.run_torchrun(job, model, devices[0], out, **common)
-    elif len(devices) > 1:
-        threads = max(1, (os.cpu_count() or 1) // len(devices)) if devices[0] == "cpu" else None
-        stats = executor.run_processes(job, model, devices, out, threads_per_worker=threads, **common)
-    else:
-        stats = executor.run_local(job, model, devices[0], out, **common)
+    identity = request_identity(request, plan, model, spec)
+    metadata = describe(identity, request.command()) if request.metadata else None
+    sink = dict(metadata=metadata, preview=request.preview_path, preview_size=request.preview_size,
+                compression=request.compression, ome=request.ome)
+    stats = executor.execute(executor.Render(request, plan, spec, identity, sink), runner, devices)
     if stats is not None and request.stats_json:  # atomic: a kill never leaves a truncated file
         write_atomic(Path(request.stats_json),
                      json.dumps(dataclasses.asdict(stats) | {"mp_per_s": stats.mp_per_s, "out": request.out,
@@ -105,8 +95,8 @@ def check_expected(request: RenderRequest, model, spec) -> None:
     that gives it."""
     for key, want in request.expect:
         if key == "model":
-            source = request.model if request.backend == "onnx" else request.checkpoint
-            got = executor.model_identity(source, request.config, request.random_weights)
+            source = model_source(request)
+            got = model_identity(source, request.config, request.random_weights)
             if got != want:
                 raise RequestError(f"the image was made with the model {want[:24]}..., but "
                                    f"{source or 'the embedded model'} is {got[:24]}...: give {option('checkpoint')} "
@@ -164,8 +154,7 @@ def check_cpu_precision(precision: str, bit_exact: bool = False) -> None:
 def load_model(request: RenderRequest):
     """The model `request` names (its checkpoint, ONNX export, preset with random weights or
     the embedded model)."""
-    source = request.model if request.backend == "onnx" else request.checkpoint
-    return sources.load(source, request.config, random_weights=request.random_weights)
+    return sources.load(model_source(request), request.config, random_weights=request.random_weights)
 
 
 def plan_request(request: RenderRequest, cfg, device):

@@ -40,7 +40,7 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-# The parts of a render's request (executor.Job.request) that do not decide its pixels: a file
+# The parts of a render's request (identity.request_identity) that do not decide its pixels: a file
 # says what it shows, never how it was cut into tiles.
 _NOT_PIXELS = ("tile_height", "tile_width")
 

@@ -29,7 +29,7 @@ from .provenance import LATENT_RNG_VERSIONS, QUANTIZERS, read_metadata
 from .request import MAX_OFFSET, MAX_SEED, PIXEL_FIELDS, declared
 from .values import DEFAULT_BLUR, MAX_BLUR
 
-# The request an image records (executor.Job.request less its tiling), field by field.
+# The request an image records (identity.request_identity less its tiling), field by field.
 _FIELDS = ("model", "config", "seed", "window", "width", "height", "precision", "backend", "latent_rng", "quantize",
            "trunc", "path", "field")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -48,7 +48,7 @@ class Recipe:
 
     image: str
     options: dict
-    model: str  # executor.model_identity of the model it was made with
+    model: str  # identity.model_identity of the model it was made with
     config: dict  # its GeneratorConfig, as recorded
     centers: tuple[tuple[float, float], ...] | None = None  # style centres in canvas pixels
     label_map: str | None = None  # sha256 of the style map's labels, when it used one

@@ -445,7 +445,7 @@ def _delete_removal(folder: Path, during=None) -> None:
     """Delete a work directory renamed away for removal, its lock and then finished.json last:
     killed before the lock goes, the folder's free lock tells the next render at once that its
     owner is dead; killed after, the PID in its name does; and while finished.json is there the
-    next render knows the output is finished (executor.open_store) instead of rendering it again."""
+    next render knows the output is finished (workdir.open_store) instead of rendering it again."""
     last = (LOCK, FINISHED)
     try:
         entries = list(os.scandir(folder))

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from igan.engine import executor, sources
+from igan.engine import identity, sources
 from igan.engine.checkpoint import CheckpointError
 from igan.engine.cli.render import main as render_main
 from igan.engine.embedded import BUILTIN, DEFAULT_WEIGHTS, MODELS_DIR, builtin_for
@@ -40,10 +40,10 @@ def test_builtin_names_load_the_shipped_files():
     # a different model: the earlier default is not the current one
     assert any(not torch.equal(a, b) for a, b in zip(_weights(v1).values(), _weights(default).values()))
     # both are identified as shipped models, as the default always was
-    assert executor.model_identity(None) == executor.model_identity("builtin:landscapes-v2")
-    assert executor.model_identity("builtin:landscapes-v1").startswith("embedded:")
-    assert builtin_for(executor.model_identity("builtin:landscapes-v1")) == "builtin:landscapes-v1"
-    assert builtin_for(executor.model_identity(None)) == "builtin:landscapes-v2"
+    assert identity.model_identity(None) == identity.model_identity("builtin:landscapes-v2")
+    assert identity.model_identity("builtin:landscapes-v1").startswith("embedded:")
+    assert builtin_for(identity.model_identity("builtin:landscapes-v1")) == "builtin:landscapes-v1"
+    assert builtin_for(identity.model_identity(None)) == "builtin:landscapes-v2"
     assert builtin_for("0" * 64) is None and builtin_for(None) is None
 
 
@@ -76,7 +76,7 @@ def test_from_finds_the_earlier_default_by_itself(tmp_path, capsys):
     made = tmp_path / "old.png"
     assert render_main(BASE + ["--seed", "5", "--checkpoint", "builtin:landscapes-v1", "--out", str(made)]) == 0
     meta = read_metadata(made)
-    assert meta["request"]["model"] == executor.model_identity("builtin:landscapes-v1")
+    assert meta["request"]["model"] == identity.model_identity("builtin:landscapes-v1")
     # as igan 0.3 wrote it: the same request, a command without --checkpoint
     argv = shlex.split(meta["command"])
     i = argv.index("--checkpoint")

@@ -306,14 +306,16 @@ def test_cli_rejects_a_map_with_the_wrong_colour_count(tmp_path, tiny_checkpoint
 
 def test_a_resumed_render_must_have_the_same_styles():
     """The styles are part of the request a resume is checked against."""
-    from igan.engine.executor import Job
     from igan.engine.fusion import FieldSpec
+    from igan.engine.identity import request_identity
+    from igan.engine.planner import plan
+    from igan.engine.request import RenderRequest
 
     model = random_model(TINY)
-    window = Window(0, 0, 32, 32)
+    tiles = plan(model.config, Window(0, 0, 32, 32), tile=32)
 
     def request(spec):
-        return Job(None, None, 1, window, (32, 32), 1, "torch", "fp32", spec).request(model)
+        return request_identity(RenderRequest(seed=1), tiles, model, spec)
 
     plain = request(None)
     a = request(FieldSpec((1, 2), ((0.0, 0.0), (9.0, 0.0)), None, 15))

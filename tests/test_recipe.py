@@ -146,7 +146,7 @@ def test_a_huge_recipe_asks_first(tmp_path, made, capsys, monkeypatch):
     assert code == 0, err
     calls = []
     monkeypatch.setattr(pipeline, "load_model", lambda request: None)
-    monkeypatch.setattr(pipeline, "run", lambda request, model=None: calls.append(request))
+    monkeypatch.setattr(pipeline, "run", lambda request, model=None, **kw: calls.append(request))
     code, err = _run(["--from", str(image), "--yes", "--out", "y.png"], tmp_path, capsys)
     assert code == 0 and calls[0].width == calls[0].height == 1 << 20
 
@@ -270,7 +270,7 @@ def test_fuzzed_recipes_never_traceback_write_elsewhere_or_delete(tmp_path, made
     rng = random.Random(seed)
     renders = []
     monkeypatch.setattr(pipeline, "load_model", lambda request: None)
-    monkeypatch.setattr(pipeline, "run", lambda request, model=None: renders.append(request))
+    monkeypatch.setattr(pipeline, "run", lambda request, model=None, **kw: renders.append(request))
     work = tmp_path / "work"
     work.mkdir()
     (work / "keep.txt").write_text("the user's file")

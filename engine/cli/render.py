@@ -174,7 +174,7 @@ def _main(argv: list[str] | None) -> int:
             print(f"igan-render: {requests[0].config} with random weights (--random-weights): not a trained model",
                   file=sys.stderr)
         for request in requests:
-            stats = pipeline.run(request, model=model)
+            stats = pipeline.run(request, model=model, checked=True)  # checked above, before the model
             if stats is not None:
                 preview = request.preview_path
                 print(f"igan-render: {stats.summary()} -> {request.out}" + (f" (preview {preview})" if preview else ""))

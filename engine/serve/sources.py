@@ -32,7 +32,7 @@ class GeneratorSource:
         backend, precision, latent_rng, quantize, trunc) say what renders; `generator`: the
         loaded model (default: loaded from the request)."""
         from .. import pipeline
-        from ..executor import Job
+        from ..identity import request_identity
         from ..renderer import Renderer
         from ..sources import make_runner
 
@@ -42,14 +42,10 @@ class GeneratorSource:
         self.runner = make_runner(request.backend, self.generator, request.device, request.precision,
                                   request.bit_exact)
         self.renderer = Renderer(self.runner, request.quantize, request.trunc)
-        source = request.model if request.backend == "onnx" else request.checkpoint
-        job = Job(checkpoint=source, config=request.config, seed=0, window=planner.Window(0, 0, TILE, TILE),
-                  tile=(TILE, TILE), batch=1, backend=request.backend, precision=request.precision,
-                  latent_rng=request.latent_rng, quantize=request.quantize, trunc=request.trunc,
-                  random_weights=request.random_weights, bit_exact=request.bit_exact)
+        plan = planner.plan(self.config, planner.Window(0, 0, TILE, TILE), tile=TILE)
         # what decides a tile's bytes besides the canvas: the model by content, its config,
         # backend, precision, the canvas generator, quantization and truncation
-        self.identity = {k: v for k, v in job.request(self.generator).items()
+        self.identity = {k: v for k, v in request_identity(request, plan, self.generator).items()
                          if k not in ("seed", "window", "width", "height", "tile_height", "tile_width")}
         self._fields: OrderedDict[Canvas, object] = OrderedDict()
 
