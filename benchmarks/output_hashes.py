@@ -174,7 +174,8 @@ def _report(path: str, check: str, want: dict, got: dict, here: dict, argv: list
     lines = [f"# Output hashes of {check} checked on {here.get('model')}", "",
              f"- recorded on: {_cpu_line(rec)}", f"- checked on: {_cpu_line(here)}",
              f"- {datetime.date.today().isoformat()}; command: `python benchmarks/output_hashes.py "
-             f"{' '.join(argv)}`", f"- environment: " + ", ".join(f"{k}={os.environ.get(k)}" for k in cpu.SWITCHES),
+             f"{shlex.join(argv)}`",
+             "- environment: " + ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in cpu.SWITCHES),
              "", "| case | recorded | here | outcome |", "| --- | --- | --- | --- |"]
     for n, h in got.items():
         w = want.get(n)
