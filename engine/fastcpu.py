@@ -15,8 +15,11 @@ This path computes the same layers faster (benchmarks/cpu_paths.py):
 
 oneDNN and the Winograd tiling see a tile's shape, so this path keeps determinism where users
 feel it instead of across tilings:
-- The same command gives the same bytes (on the same CPU): every kernel here is deterministic
-  for a given shape and thread count, and nothing depends on timing or thread scheduling.
+- The same command gives the same bytes: every kernel here is deterministic for a given shape
+  and thread count, and nothing depends on timing or thread scheduling. Across CPUs too, on
+  every x86-64 CPU with AVX2: oneDNN and MKL choose kernels by the CPU's instruction sets, and
+  igan holds both to their AVX2 branch (engine/cpu.py::PINS; measured: an AVX-512 EPYC gives an
+  AVX2 machine's bytes with the pins, other ones without, benchmarks/results/cpu-pins-*.md).
   oneDNN blocks its loops by the thread count, so another split of the render (--workers,
   torchrun ranks, --threads) may change the last bits of a value (its 1x1 RGB convs do).
 - Every tile of a render runs the same algorithm: the planner gives every tile one compute
