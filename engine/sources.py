@@ -14,6 +14,7 @@ from pathlib import Path
 from igan.export.onnx_runner import MANIFEST, OnnxRunner, load_export
 from igan.export.packed import load_packed
 
+from . import cpu
 from .checkpoint import CheckpointError, init_deterministic, load_igan, load_official
 from .config import from_name
 from .embedded import DEFAULT_WEIGHTS, builtin_path, embedded_model
@@ -77,7 +78,11 @@ def load(path: str | os.PathLike | None = None, config: str | None = None, *,
 def make_runner(backend: str, model, device="auto", precision: str = "fp32", bit_exact: bool = False):
     """The runner of `backend` for `model` on `device`. `bit_exact`: the torch backend's
     reference path, whose bytes do not depend on the tiling (on a CPU; the default there is
-    the faster oneDNN path, engine/fastcpu.py); the other backends have no such path."""
+    the faster oneDNN path, engine/fastcpu.py); the other backends have no such path. A
+    reduced precision lifts igan's own AVX2 cap of oneDNN (cpu.unpin_onednn_for: its bf16
+    kernels need the CPU's own ISA), which takes effect before the process's first oneDNN
+    convolution, as every entry point builds its runner before it renders."""
+    cpu.unpin_onednn_for(precision)
     if backend not in RUNNERS:
         raise RequestError(f"unknown {option('backend')} {backend!r}; choose from {', '.join(RUNNERS)}")
     if bit_exact:
