@@ -12,7 +12,7 @@ import textwrap
 
 from ..embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
 from ..errors import RequestError
-from ..provenance import DEFAULT_LATENT_RNG, LATENT_RNG_VERSIONS, QUANTIZERS, igan_version
+from ..provenance import igan_version
 from ..request import PIXEL_FIELDS, RenderRequest
 from . import command, guarded
 from ..values import seed_ranges
