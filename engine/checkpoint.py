@@ -23,7 +23,7 @@ import torch
 
 from .config import PRESETS, GeneratorConfig, from_name
 from .errors import CheckpointError
-from .latent import hash_normal
+from .rng import hash_normal
 from .model import EqualLinear, Generator
 
 FORMAT_NAME = "igan"

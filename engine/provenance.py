@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 
-# The generators of the canvas's random values (igan.engine.latent.LATENT_RNGS), by name, and the
+# The generators of the canvas's random values (igan.engine.rng.LATENT_RNGS), by name, and the
 # version recorded with a render: the bytes of an image depend on it.
 LATENT_RNG_VERSIONS = {"philox": "philox4x32-10/v1", "v1": "igan-hash-v1"}
 DEFAULT_LATENT_RNG = "philox"  # since igan 0.2; "v1" reproduces images made before

@@ -24,7 +24,7 @@ from .values import DEFAULT_BLUR, blur, centers, positive, seeds, size_bytes
 
 FORMATS = (".png", ".tif", ".tiff", ".zarr")
 TILE_ALIGN = 16
-MAX_SEED = 2**63 - 1  # seeds are 63-bit (latent.philox_key)
+MAX_SEED = 2**63 - 1  # seeds are 63-bit (rng.philox_key)
 MAX_OFFSET = 1 << 34  # |x0|, |y0| (planner.Window)
 GROUPS = {  # the groups of the render options, in the order --help shows them
     "model": "the model",

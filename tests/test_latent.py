@@ -8,7 +8,8 @@ import torch
 from scipy import stats
 
 from igan.engine.config import PRESETS
-from igan.engine.latent import MASK32, LatentField, _mix32, hash_normal
+from igan.engine.latent import LatentField
+from igan.engine.rng import MASK32, _mix32, hash_normal
 
 CFG = PRESETS["small"]
 
@@ -57,7 +58,7 @@ def test_transform_is_box_muller_to_float32_precision(rng):
     seed, stream = 5, 2
     rows, cols = torch.arange(-50, 50), torch.arange(1000, 1100)
     z = hash_normal(seed, stream, torch.arange(1), rows, cols)[0].double()
-    from igan.engine.latent import _OUT2, _key
+    from igan.engine.rng import _OUT2, _key
     h = _mix32(_mix32(_mix32(torch.tensor([0]) ^ _key(seed, stream)) ^ (rows[:, None] & MASK32)) ^ cols)
     u1 = ((h >> 8) + 1).double() * 2.0**-24
     u2 = _mix32(h ^ _OUT2).double() / 2.0**32
@@ -113,7 +114,7 @@ def test_identical_bits_on_cpu_and_gpu():
 
 
 def test_sqrt_is_correctly_rounded():
-    from igan.engine.latent import _sqrt_exact
+    from igan.engine.rng import _sqrt_exact
 
     x = torch.cat([torch.rand(500_000) * 60, torch.tensor([0.0, 1.0, 2.0, 4.0, 1e-30, 3.4e38])])
     exact = torch.from_numpy(np.sqrt(x.numpy().astype(np.float64))).float()  # float64 sqrt, rounded once
@@ -123,7 +124,7 @@ def test_sqrt_is_correctly_rounded():
 def test_values_do_not_depend_on_chunking_or_threads(monkeypatch):
     """A value must not change with where it falls in a vector, a chunk or a thread's share of
     the work (torch's vectorised CPU sqrt is not correctly rounded: see _sqrt_exact)."""
-    import igan.engine.latent as latent
+    import igan.engine.rng as rng
 
     zero = torch.zeros(1, dtype=torch.int64)
     ref = hash_normal(9, 2, zero, zero, torch.arange(0, 70_000))[0, 0]
@@ -135,7 +136,7 @@ def test_values_do_not_depend_on_chunking_or_threads(monkeypatch):
                 start = width % 97
                 got = hash_normal(9, 2, zero, zero, torch.arange(start, start + width))[0, 0]
                 assert torch.equal(got, ref[start:start + width]), (n_threads, width)
-        monkeypatch.setitem(latent._CHUNK, "cpu", 1000)
+        monkeypatch.setitem(rng._CHUNK, "cpu", 1000)
         assert torch.equal(hash_normal(9, 2, torch.arange(2), zero, torch.arange(0, 70_000))[0, 0], ref)
     finally:
         torch.set_num_threads(threads)

@@ -117,7 +117,7 @@ LAYERS = [
     ("storage, rendering and model sources", ["igan.engine.store", "igan.engine.sinks", "igan.engine.paths",
                                               "igan.engine.renderer", "igan.engine.sources", "igan.export"]),
     ("runners, the model and the canvas", ["igan.engine.runner", "igan.engine.fastcpu", "igan.engine.determinism",
-                                           "igan.engine.model", "igan.engine.walk", "igan.engine.latent",
+                                           "igan.engine.model", "igan.engine.walk", "igan.engine.latent", "igan.engine.rng",
                                            "igan.engine.fusion", "igan.engine.checkpoint", "igan.engine.embedded",
                                            "igan.kernels"]),
     ("tiles and geometry", ["igan.engine.planner", "igan.engine.geometry"]),

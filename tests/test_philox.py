@@ -1,4 +1,4 @@
-"""The Philox4x32-10 latent generator ("philox", engine/latent.py): the block function against
+"""The Philox4x32-10 latent generator ("philox", engine/rng.py): the block function against
 Random123's published known answers, the documented (seed, stream, channel, row, col) ->
 (key, counter) mapping, the absence of v1's aliasing, the distribution, and the properties
 every latent generator keeps (any window, any order, any chunking, CPU == GPU bits)."""
@@ -11,11 +11,11 @@ import pytest
 import torch
 from scipy import stats
 
-import igan.engine.latent as latent
+import igan.engine.rng as generators
 from igan.engine.config import PRESETS
 from igan.engine.provenance import LATENT_RNG_VERSIONS
-from igan.engine.latent import (LATENT_RNGS, MASK32, LatentField, hash_normal,
-                                philox4x32_10, philox_key, philox_normal)
+from igan.engine.latent import LatentField
+from igan.engine.rng import LATENT_RNGS, MASK32, hash_normal, philox4x32_10, philox_key, philox_normal
 
 CFG = PRESETS["small"]
 
@@ -61,7 +61,7 @@ def test_int64_philox_equals_the_plain_philox(rng):
         cols, rows, chans = (torch.from_numpy(ctr[:40, 0]).reshape(1, 40), torch.from_numpy(ctr[:30, 1]).reshape(30, 1),
                              torch.from_numpy(ctr[:30, 2]).reshape(30, 1))
         stream = int(ctr[0, 3])
-        w0, w1 = latent._philox_w01(cols, rows, chans, stream, k0, k1)
+        w0, w1 = generators._philox_w01(cols, rows, chans, stream, k0, k1)
         for i in range(0, 30, 7):
             for j in range(0, 40, 9):
                 ref = philox_reference((int(cols[0, j]), int(rows[i, 0]), int(chans[i, 0]), stream), (k0, k1))
@@ -84,7 +84,7 @@ def test_values_follow_the_documented_mapping(seed):
     words = [[[philox_reference((int(c) & MASK32, int(r) & MASK32, int(ch), stream), k) for c in cols]
               for r in rows] for ch in chans]
     w = torch.tensor(words, dtype=torch.int64)  # [3, 6, 5, 4]
-    assert torch.equal(z, latent._box_muller(w[..., 0], w[..., 1]))  # the same bits
+    assert torch.equal(z, generators._box_muller(w[..., 0], w[..., 1]))  # the same bits
     u = ((w[..., 0] >> 8) + 1).double() * 2.0**-24
     exact = torch.sqrt(-2 * torch.log(u)) * torch.cos(2 * math.pi * w[..., 1].double() / 2.0**32)
     assert (z.double() - exact).abs().max().item() < 2e-5  # Box-Muller to float32 precision
@@ -195,7 +195,7 @@ def test_values_do_not_depend_on_chunking_or_threads(monkeypatch):
         chans, rows, cols = torch.arange(3), torch.arange(-5, 6), torch.arange(-20, 30)
         whole = philox_normal(9, 2, chans, rows, cols)
         for chunk in (1, 49, 50, 51, 1000):  # chunks of whole rows, of one row, of several
-            monkeypatch.setitem(latent._CHUNK, "cpu", chunk)
+            monkeypatch.setitem(generators._CHUNK, "cpu", chunk)
             assert torch.equal(philox_normal(9, 2, chans, rows, cols), whole), chunk
         assert torch.equal(philox_normal(9, 2, zero, zero, torch.arange(0, 70_000))[0, 0], ref)
     finally:
@@ -210,9 +210,9 @@ def test_latent_field_selects_the_generator():
     assert default.rng == "philox" and default.rng_version == "philox4x32-10/v1"  # the default since igan 0.2
     assert v1.rng == "v1" and v1.rng_version == "igan-hash-v1"
     c = torch.arange(CFG.local_latent_dim)
-    assert torch.equal(v1.local_latent(-3, 4, 5, 6), hash_normal(3, latent.STREAM_LOCAL, c, torch.arange(-3, 2),
+    assert torch.equal(v1.local_latent(-3, 4, 5, 6), hash_normal(3, generators.STREAM_LOCAL, c, torch.arange(-3, 2),
                                                                  torch.arange(4, 10)))
-    assert torch.equal(ph.local_latent(-3, 4, 5, 6), philox_normal(3, latent.STREAM_LOCAL, c, torch.arange(-3, 2),
+    assert torch.equal(ph.local_latent(-3, 4, 5, 6), philox_normal(3, generators.STREAM_LOCAL, c, torch.arange(-3, 2),
                                                                    torch.arange(4, 10)))
     assert torch.equal(ph.window(0, 0, 30, 30)[0], default.window(0, 0, 30, 30)[0])
     zp, coords_p, noises_p = ph.window(0, 0, 30, 30)
