@@ -19,7 +19,7 @@ import json
 import math
 import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .config import PRESETS
 from .embedded import BUILTIN_PREFIX, DEFAULT_NAME, builtin_for
@@ -42,9 +42,10 @@ class RecipeError(RequestError):
 
 @dataclass(frozen=True)
 class Recipe:
-    """A recipe read through the schema: `options` (RenderRequest pixel fields), the label-map
-    digest and window when the image used a style map, and the model identity and config the
-    render must have (`expect`: ((key, value), ...), checked by the pipeline)."""
+    """A recipe read through the schema: `options` (RenderRequest pixel fields), the style
+    centres in canvas pixels or the label-map digest when it fused styles, and the model
+    identity and config the render must have (`expect`: ((key, value), ...), checked by the
+    pipeline)."""
 
     image: str
     options: dict
@@ -52,7 +53,7 @@ class Recipe:
     config: dict  # its GeneratorConfig, as recorded
     centers: tuple[tuple[float, float], ...] | None = None  # style centres in canvas pixels
     label_map: str | None = None  # sha256 of the style map's labels, when it used one
-    ignored: tuple[str, ...] = field(default=())  # what the recorded command said that a recipe may not decide
+    ignored: tuple[str, ...] = ()  # what the recorded command said that a recipe may not decide
 
     @property
     def needs_checkpoint(self) -> bool:

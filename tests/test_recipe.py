@@ -19,7 +19,6 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from igan.engine import pipeline, recipe
-from igan.engine.cli import render as cli
 from igan.engine.cli.render import main as render_main
 from igan.engine.provenance import read_metadata
 from igan.engine.request import PIXEL_FIELDS, RenderRequest, cpu_count
