@@ -53,10 +53,15 @@ class Render:
         return Path(self.request.out)
 
 
+def load_model(request: RenderRequest):
+    """The model `request` names (its checkpoint, ONNX export, preset with random weights or
+    the embedded model)."""
+    return sources.load(model_source(request), request.config, random_weights=request.random_weights)
+
+
 def load_runner(request: RenderRequest, device):
     """The runner of `request`'s model on `device` (a worker's: loaded from the request)."""
-    model = sources.load(model_source(request), request.config, random_weights=request.random_weights)
-    return sources.make_runner(request.backend, model, device, request.precision, request.bit_exact)
+    return sources.make_runner(request.backend, load_model(request), device, request.precision, request.bit_exact)
 
 
 def build(render: Render, runner) -> tuple[Renderer, object]:

@@ -151,10 +151,7 @@ def check_cpu_precision(precision: str, bit_exact: bool = False) -> None:
                            f"{option('precision')} fp32, which is also exact")
 
 
-def load_model(request: RenderRequest):
-    """The model `request` names (its checkpoint, ONNX export, preset with random weights or
-    the embedded model)."""
-    return sources.load(model_source(request), request.config, random_weights=request.random_weights)
+load_model = executor.load_model  # the model a request names, for the entry points that load it once
 
 
 def plan_request(request: RenderRequest, cfg, device):
