@@ -41,7 +41,7 @@ def _native():
                       "(igan uses its Python paths)")
         return [], {}
     ext = Pybind11Extension("igan.engine.native._native",
-                            [f"{NATIVE_SRC}/native.cpp", f"{NATIVE_SRC}/hotpaths.cpp"],
+                            [f"{NATIVE_SRC}/native.cpp", f"{NATIVE_SRC}/hotpaths.cpp", f"{NATIVE_SRC}/exactpath.cpp"],
                             include_dirs=[NATIVE_SRC], cxx_std=17, extra_compile_args=NATIVE_FLAGS,
                             optional=True)  # a failed compile warns; the Python paths serve
     return [ext], {"build_ext": build_ext}
