@@ -24,9 +24,10 @@ from PIL import Image
 
 from . import pipeline, sources
 from .errors import RequestError
+from .provenance import DEFAULT_CPU_PATH
 from .request import RenderRequest
 
-_MODEL_OPTIONS = ("checkpoint", "config", "model", "device", "precision", "backend", "threads", "bit_exact")
+_MODEL_OPTIONS = ("checkpoint", "config", "model", "device", "precision", "backend", "threads", "cpu_path", "bit_exact")
 
 
 class Model:
@@ -34,14 +35,16 @@ class Model:
 
     def __init__(self, generator, *, checkpoint: str | None = None, config: str | None = None,
                  model: str | None = None, device: str = "auto", precision: str = "fp32", backend: str = "torch",
-                 threads: int | None = None, bit_exact: bool = False):
+                 threads: int | None = None, cpu_path: str = DEFAULT_CPU_PATH, bit_exact: bool = False):
         self.generator = generator
+        # bit_exact=True is cpu_path="reference" (RenderRequest resolves it, and refuses a clash)
+        cpu_path = RenderRequest(cpu_path=cpu_path, bit_exact=bit_exact).cpu_path
         self.options = dict(checkpoint=checkpoint, config=config, model=model, device=device, precision=precision,
-                            backend=backend, threads=threads, bit_exact=bit_exact)
-        # refuses a bad device/precision now
-        self._runner = sources.make_runner(backend, generator, device, precision, bit_exact)
+                            backend=backend, threads=threads, cpu_path=cpu_path)
+        # refuses a bad device/precision/path now
+        self._runner = sources.make_runner(backend, generator, device, precision, cpu_path)
         if self._runner.device.type == "cpu" and precision != "fp32" and backend != "onnx":
-            pipeline.check_cpu_precision(precision, bit_exact)  # bf16 slower than fp32 here: refused, as igan-render does
+            pipeline.check_cpu_precision(precision, cpu_path)  # bf16 slower than fp32 here: refused, as igan-render does
 
     @property
     def config(self):
@@ -87,16 +90,19 @@ class Model:
 
 def load(path: str | Path | None = None, *, config: str | None = None, device: str = "auto",
          precision: str = "fp32", backend: str = "torch", threads: int | None = None,
-         bit_exact: bool = False) -> Model:
+         cpu_path: str = DEFAULT_CPU_PATH, bit_exact: bool = False) -> Model:
     """A Model from an official checkpoint (`best_fid.pth.tar`), an igan `.safetensors` or
     `.packed` file, an ONNX export folder (with backend="onnx"), or None for the embedded
-    model. Loading never runs code from the file. `bit_exact`: on a CPU, the reference path
-    whose bytes do not depend on the tiling (slower; the default is the oneDNN path, whose
-    bytes are the same for the same call)."""
+    model. Loading never runs code from the file. `cpu_path`: how the torch backend computes
+    on a CPU: "exact" (the default: the same bytes under any tiling, batch, workers and
+    threads), "reference" (igan 0.2's path, slower) or "fast-0.4" (igan 0.3-0.4's default,
+    whose bytes follow the tiling and threads); `bit_exact=True` is cpu_path="reference", as
+    igan 0.2-0.4 spelled it."""
+    cpu_path = RenderRequest(cpu_path=cpu_path, bit_exact=bit_exact).cpu_path  # a clash refused before loading
     if threads:
         torch.set_num_threads(threads)
     path = None if path is None else str(path)
     onnx = backend == "onnx"
     generator = sources.load(path, config)
     return Model(generator, checkpoint=None if onnx else path, model=path if onnx else None, config=config,
-                 device=device, precision=precision, backend=backend, threads=threads, bit_exact=bit_exact)
+                 device=device, precision=precision, backend=backend, threads=threads, cpu_path=cpu_path)

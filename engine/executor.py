@@ -61,7 +61,7 @@ def load_model(request: RenderRequest):
 
 def load_runner(request: RenderRequest, device):
     """The runner of `request`'s model on `device` (a worker's: loaded from the request)."""
-    return sources.make_runner(request.backend, load_model(request), device, request.precision, request.bit_exact)
+    return sources.make_runner(request.backend, load_model(request), device, request.precision, request.cpu_path)
 
 
 def build(render: Render, runner) -> tuple[Renderer, object]:

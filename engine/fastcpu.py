@@ -1,7 +1,8 @@
-"""The fast CPU path: oneDNN and Winograd convolutions on channels-last activations, the
-default on CPU.
+"""The 0.4 fast CPU path (`--cpu-path fast-0.4`): oneDNN and Winograd convolutions on
+channels-last activations, the default on CPU of igan 0.3-0.4 (since 0.5 the default is
+engine/exactcpu.py, as fast and the same bytes under any split).
 
-The bit-exact path (determinism.py: im2col + GEMM with MKL in strict mode, `--bit-exact`)
+The bit-exact path (determinism.py: im2col + GEMM with MKL in strict mode, `--cpu-path reference`)
 computes every output value with the same operations whatever the size of the tile around
 it, so a window renders to the same bytes in any tiling, on any number of workers. It pays
 for that: on the project's 2-core machine it renders the default config at 100-110 GFLOP/s.

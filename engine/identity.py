@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from .embedded import DEFAULT_WEIGHTS, builtin_path
-from .provenance import LATENT_RNG_VERSIONS, sha256_file
+from .provenance import CPU_PATH_RECORDED, LATENT_RNG_VERSIONS, sha256_file
 from .sources import RANDOM_WEIGHTS_SEED
 
 
@@ -53,9 +53,11 @@ def request_identity(request, plan, model, spec=None) -> dict:
 
 
 def _path(request) -> dict:
-    """Which torch path computes the pixels: "fast" (the CPU default since 0.3) or
-    "bit-exact" (igan 0.2's only path); the other backends have one path each."""
-    return {"path": "bit-exact" if request.bit_exact else "fast"} if request.backend == "torch" else {}
+    """Which torch path computes the pixels (provenance.CPU_PATH_RECORDED): "exact" (the
+    default since 0.5), "bit-exact" (the reference path, igan 0.2's only one) or "fast" (the
+    default of 0.3-0.4), the words the versions that made them wrote, so their files resume;
+    the other backends have one path each."""
+    return {"path": CPU_PATH_RECORDED[request.cpu_path]} if request.backend == "torch" else {}
 
 
 def _digest(path) -> str:

@@ -6,6 +6,7 @@ the tiles of a request, shared with the in-memory renders so they compute the sa
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -22,7 +23,7 @@ from .errors import RequestError, option
 from .fusion import spec_from_options
 from .identity import model_identity, model_source, request_identity
 from .latent import LatentField
-from .provenance import describe
+from .provenance import DEFAULT_CPU_PATH, describe
 from .renderer import Renderer
 from .request import RenderRequest
 from .runner import PRECISIONS
@@ -54,9 +55,9 @@ def run(request: RenderRequest, model=None, *, checked: bool = False):
     devices = _devices(request, executor.distributed_env())
     model = load_model(request) if model is None else model
     # fails early: backend/device/precision
-    runner = sources.make_runner(request.backend, model, devices[0], request.precision, request.bit_exact)
+    runner = sources.make_runner(request.backend, model, devices[0], request.precision, request.cpu_path)
     if runner.device.type == "cpu" and request.precision != "fp32" and request.backend != "onnx":
-        check_cpu_precision(request.precision, request.bit_exact)
+        check_cpu_precision(request.precision, request.cpu_path)
     spec, plan = plan_request(request, model.config, runner.device)
     check_expected(request, model, spec)
     batches = -(-len(plan.tiles) // plan.batch)
@@ -116,35 +117,48 @@ def check_expected(request: RenderRequest, model, spec) -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def cpu_conv_gflops(precision: str, bit_exact: bool = False) -> float:
+def cpu_conv_gflops(precision: str, cpu_path: str = DEFAULT_CPU_PATH) -> float:
     """GFLOP/s of a 3x3 conv (128 channels, 32x32 output) on the CPU conv path igan would
-    take (the fast path, or with `bit_exact` the reference path) in `precision`, measured
-    now (best of a few runs, about 0.1 s)."""
+    take (`cpu_path`: "exact" as im2col + torch.mm, "reference" as ATen's im2col + GEMM,
+    "fast-0.4" through oneDNN) in `precision`, measured now (best of a few runs, about 0.1 s)."""
     from .determinism import reproducible_cpu_convs
+    from .exactcpu import gemm_conv, gemm_weight
     from .fastcpu import onednn_convs
     from .runner import PRECISIONS
 
     dtype = PRECISIONS[precision]
     x, w = torch.randn(1, 128, 34, 34, dtype=dtype), torch.randn(128, 128, 3, 3, dtype=dtype)
-    if bit_exact:
-        path = reproducible_cpu_convs()
+    if cpu_path == "exact":
+        xh, wm = x.permute(0, 2, 3, 1).contiguous(), gemm_weight(w)
+
+        def conv():
+            gemm_conv(xh, wm, 3, 3)
+
+        path = contextlib.nullcontext()
     else:
-        x, w = x.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
-        path = onednn_convs()
+        if cpu_path == "reference":
+            path = reproducible_cpu_convs()
+        else:
+            x, w = x.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
+            path = onednn_convs()
+
+        def conv():
+            torch.nn.functional.conv2d(x, w)
+
     best = float("inf")
     with torch.inference_mode(), path:
         for _ in range(3):
             start = time.perf_counter()
-            torch.nn.functional.conv2d(x, w)
+            conv()
             best = min(best, time.perf_counter() - start)
     return 2 * 128 * 128 * 9 * 32 * 32 / best / 1e9
 
 
-def check_cpu_precision(precision: str, bit_exact: bool = False) -> None:
+def check_cpu_precision(precision: str, cpu_path: str = DEFAULT_CPU_PATH) -> None:
     """Refuse a reduced precision that this CPU runs slower than fp32 on the path the render
     takes (measured: on the project's machines bf16 convolutions run at a tenth of fp32's
-    rate or less, on both paths)."""
-    low, full = cpu_conv_gflops(precision, bit_exact), cpu_conv_gflops("fp32", bit_exact)
+    rate or less, on the reference and 0.4 paths)."""
+    low, full = cpu_conv_gflops(precision, cpu_path), cpu_conv_gflops("fp32", cpu_path)
     if low < full:
         raise RequestError(f"{option('precision')} {precision} is slower than fp32 on this CPU (measured now: a 3x3 "
                            f"conv at {low:.1f} GFLOP/s in {precision}, {full:.1f} in fp32): use "

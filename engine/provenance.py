@@ -16,6 +16,15 @@ DEFAULT_LATENT_RNG = "philox"  # since igan 0.2; "v1" reproduces images made bef
 # How float pixels in [-1, 1] become bytes: "round" (round half up, igan's default) or
 # "official" (the official code's PNGs: matplotlib's truncation of (x + 1) / 2 * 255).
 QUANTIZERS = ("round", "official")
+# The torch backend's CPU paths (runner.TorchRunner): "exact" (engine/exactcpu.py, the default
+# since 0.5: GEMMs in MKL's strict mode, the same bytes under any tile, batch, worker, thread
+# or torchrun split), "reference" (engine/determinism.py, igan 0.2's path) and "fast-0.4"
+# (engine/fastcpu.py, the default of 0.3-0.4: oneDNN, whose bytes follow the split).
+CPU_PATHS = ("exact", "reference", "fast-0.4")
+DEFAULT_CPU_PATH = "exact"
+# The word each path records in a file's request ("path", identity._path): igan 0.2-0.4 wrote
+# "bit-exact" and "fast", so the files they made resume and render again (--from) on their path.
+CPU_PATH_RECORDED = {"exact": "exact", "reference": "bit-exact", "fast-0.4": "fast"}
 # The namespace of the OME MapAnnotation that holds describe()'s entries in an OME-TIFF (whose
 # ImageDescription is the OME-XML).
 OME_NAMESPACE = "igan/metadata"

@@ -25,7 +25,7 @@ from .config import PRESETS
 from .embedded import BUILTIN_PREFIX, DEFAULT_NAME, builtin_for
 from .errors import RequestError
 from .planner import MAX_SIDE
-from .provenance import LATENT_RNG_VERSIONS, QUANTIZERS, read_metadata
+from .provenance import CPU_PATH_RECORDED, LATENT_RNG_VERSIONS, QUANTIZERS, read_metadata
 from .request import MAX_OFFSET, MAX_SEED, PIXEL_FIELDS, declared
 from .values import DEFAULT_BLUR, MAX_BLUR
 
@@ -119,8 +119,10 @@ def _parse(image: str, r: dict, ignored: tuple[str, ...]) -> Recipe:
     generators = {v: k for k, v in LATENT_RNG_VERSIONS.items()}
     opts["latent_rng"] = generators[_choice(r, "latent_rng", tuple(generators))]
     opts["quantize"] = _choice(r, "quantize", QUANTIZERS)
-    path = _choice(r, "path", ("fast", "bit-exact")) if "path" in r or opts["backend"] == "torch" else None
-    opts["bit_exact"] = path == "bit-exact"
+    # the torch path, in the word the version that made the file recorded (igan 0.2-0.4: "bit-exact", "fast")
+    paths = {v: k for k, v in CPU_PATH_RECORDED.items()}
+    if "path" in r or opts["backend"] == "torch":
+        opts["cpu_path"] = paths[_choice(r, "path", tuple(paths))]
     config = _get(r, "config", dict)
     name = config.get("name")
     if not isinstance(name, str):

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from .errors import RequestError, option
 from .planner import MAX_SIDE
-from .provenance import DEFAULT_LATENT_RNG, LATENT_RNG_VERSIONS, QUANTIZERS
+from .provenance import CPU_PATHS, DEFAULT_CPU_PATH, DEFAULT_LATENT_RNG, LATENT_RNG_VERSIONS, QUANTIZERS
 from .values import DEFAULT_BLUR, blur, centers, positive, seeds, size_bytes
 
 FORMATS = (".png", ".tif", ".tiff", ".zarr")
@@ -131,10 +131,12 @@ class RenderRequest:
     backend: str = declare("torch", "compute", "model runner: torch (reference, any device), triton (fused kernels, "
                                                "CUDA) or onnx (onnxruntime on the graphs of --model)", pixels=True,
                            choices=("torch", "triton", "onnx"))
-    bit_exact: bool = declare(False, "compute", "CPU, torch backend: the reference path, whose bytes are the same for "
-                                                "every --tile, --batch and --workers (and igan 0.2's); about 1.5x "
-                                                "slower than the default oneDNN path, whose bytes are the same for "
-                                                "the same command on the same CPU", pixels=True)
+    cpu_path: str = declare(DEFAULT_CPU_PATH, "compute",
+                            "CPU, torch backend: exact (the default: fast, with the same bytes under any --tile, "
+                            "--batch, --workers, --threads or torchrun split), reference (igan 0.2's path; "
+                            "slower) or fast-0.4 (the default of igan 0.3-0.4, whose bytes follow the split)",
+                            pixels=True, choices=CPU_PATHS)
+    bit_exact: bool = declare(False, "compute", "the same as --cpu-path reference, kept for igan 0.2-0.4 commands")
     tile: int | None = declare(None, "compute", "tile size in pixels, a multiple of 16 (default: from "
                                                 "--memory-budget)", parse=positive)
     batch: int = declare(1, "compute", "tiles per forward pass (default 1)", parse=positive)
@@ -171,6 +173,16 @@ class RenderRequest:
     # "label_map"; --from), and an application's canvas instead of styles/wrap
     expect: tuple[tuple[str, str], ...] = declare((), "internal")
     field: CanvasSpec | None = declare(None, "internal")
+
+    def __post_init__(self):
+        # bit_exact is the old spelling of cpu_path "reference": read here, then cleared, so that
+        # cpu_path is the one field that says which path renders (and replace() can change it)
+        if self.bit_exact:
+            if self.cpu_path not in ("reference", DEFAULT_CPU_PATH):
+                raise RequestError(f"{option('bit_exact')} is {option('cpu_path')} reference: it excludes "
+                                   f"{option('cpu_path')} {self.cpu_path}")
+            object.__setattr__(self, "cpu_path", "reference")
+            object.__setattr__(self, "bit_exact", False)
 
     @classmethod
     def from_options(cls, options: dict) -> "RenderRequest":
@@ -260,9 +272,12 @@ class RenderRequest:
             raise RequestError(f"{option('precision')} must be fp32, fp16 or bf16, got {self.precision!r}")
         if self.backend not in ("torch", "triton", "onnx"):
             raise RequestError(f"{option('backend')} must be torch, triton or onnx, got {self.backend!r}")
-        if self.bit_exact and self.backend != "torch":
-            raise RequestError(f"{option('bit_exact')} is the torch backend's reference path; {option('backend')} "
-                               f"{self.backend} has none")
+        if self.cpu_path not in CPU_PATHS:
+            raise RequestError(f"{option('cpu_path')} must be one of {', '.join(CPU_PATHS)}, got {self.cpu_path!r}")
+        if self.cpu_path != DEFAULT_CPU_PATH and self.backend != "torch":
+            raise RequestError(f"{option('cpu_path')} {self.cpu_path} is a path of the torch backend; "
+                               f"{option('backend')} {self.backend} has one path of its own (drop "
+                               f"{option('cpu_path')} or use {option('backend')} torch)")
         if isinstance(self.trunc, bool) or not isinstance(self.trunc, (int, float)) \
                 or not math.isfinite(self.trunc):
             raise RequestError(f"{option('trunc')} must be a finite number (1 = none), got {self.trunc!r}")

@@ -13,12 +13,13 @@ from typing import Protocol
 
 import torch
 
-from . import fastcpu, walk
+from . import exactcpu, fastcpu, walk
 from .determinism import reproducible_cpu_convs
 from .errors import CheckpointError, RequestError, option
 from .fusion import StyleMaps
 from .latent import Field
 from .model import Generator, Prepared, SpatialPrepared
+from .provenance import CPU_PATHS, DEFAULT_CPU_PATH
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -88,28 +89,36 @@ class Batch:
 
 
 class TorchRunner:
-    """The torch backend. On a CPU it runs the fast path (engine/fastcpu.py: oneDNN,
-    channels-last) unless `bit_exact`, which keeps the reference path whose bytes do not
-    depend on the tiling (engine/determinism.py); style fusion always takes the reference
-    path. On a GPU `bit_exact` changes nothing: cuDNN runs deterministically either way."""
+    """The torch backend. On a CPU `cpu_path` (provenance.CPU_PATHS) chooses how it computes:
+    "exact" (the default: engine/exactcpu.py, GEMMs in MKL's strict mode, the same bytes under
+    any tile, batch, worker, thread or torchrun split), "reference" (engine/determinism.py:
+    im2col + GEMM, igan 0.2's path) or "fast-0.4" (engine/fastcpu.py: oneDNN, channels-last,
+    the default of igan 0.3-0.4, whose bytes follow the split); style fusion always takes the
+    reference path. On a GPU the path changes nothing: cuDNN runs deterministically either way."""
 
     name = "torch"
 
-    def __init__(self, model: Generator, device="cpu", precision: str = "fp32", bit_exact: bool = False):
+    def __init__(self, model: Generator, device="cpu", precision: str = "fp32", cpu_path: str = DEFAULT_CPU_PATH):
         if not isinstance(model, Generator):
             raise CheckpointError(f"the {self.name} backend needs a checkpoint, not {type(model).__name__} "
                                   f"(an ONNX export renders with {option('backend')} onnx)")
         if precision not in PRECISIONS:
             raise RequestError(f"unknown {option('precision')} {precision!r}; choose from {', '.join(PRECISIONS)}")
+        if cpu_path not in CPU_PATHS:
+            raise RequestError(f"unknown {option('cpu_path')} {cpu_path!r}; choose from {', '.join(CPU_PATHS)}")
         self.device = resolve_device(device)
         self.dtype = PRECISIONS[precision]
         if self.device.type == "cpu" and self.dtype == torch.float16:
             raise RequestError(f"{option('precision')} fp16 is not supported on CPU (use fp32 or bf16)")
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.config = model.config
-        self.bit_exact = bool(bit_exact)
-        # the fast path pads a short last batch, so every forward of a render has one shape
-        self.fast = self.device.type == "cpu" and not self.bit_exact and type(self) is TorchRunner
+        self.cpu_path = cpu_path
+        # the path that runs: "exact", "fast-0.4" or "reference" on a CPU (the subclasses, which
+        # run their own kernels, and a GPU take the reference code)
+        own = self.device.type == "cpu" and type(self) is TorchRunner
+        self.path = cpu_path if own else "reference"
+        self.fast = self.path == "fast-0.4"
+        # the 0.4 fast path pads a short last batch, so every forward of a render has one shape
         self.pads_batches = self.fast
 
     def _context(self):
@@ -134,18 +143,21 @@ class TorchRunner:
             styles = field.styles()
             styles = None if styles is None else styles.to(self.device, torch.float32)
             prepared = self.model.prepare(z, styles, trunc).to(dtype=self.dtype)
-            return fastcpu.prepare(self.model, prepared) if self.fast else prepared
+            if self.path == "exact":
+                return exactcpu.prepare(self.model, prepared)
+            return fastcpu.prepare(self.model, prepared) if self.path == "fast-0.4" else prepared
 
     def inputs(self, field: Field, windows: list[tuple[int, int]], n_h: int, n_w: int) -> Batch:
         return gather_inputs(field, windows, n_h, n_w, self.device)
 
     def run(self, prepared: Prepared, batch: Batch) -> torch.Tensor:
         """float32 RGB [N, 3, H, W] on the runner's device."""
-        if isinstance(prepared, fastcpu.FastPrepared):
+        if isinstance(prepared, (exactcpu.ExactPrepared, fastcpu.FastPrepared)):  # the CPU paths of their own
+            path = exactcpu if isinstance(prepared, exactcpu.ExactPrepared) else fastcpu
             with torch.inference_mode():
                 cast = self.dtype
-                return fastcpu.synthesize(self.config, prepared, batch.local_latent.to(cast), batch.coords,
-                                          [n.to(cast) for n in batch.noises]).float()
+                return path.synthesize(self.config, prepared, batch.local_latent.to(cast), batch.coords,
+                                       [n.to(cast) for n in batch.noises]).float()
         with self._context():
             cast = self.dtype
             if isinstance(prepared, SpatialPrepared):

@@ -20,6 +20,7 @@ from .config import from_name
 from .embedded import DEFAULT_WEIGHTS, builtin_path, embedded_model
 from .errors import RequestError, option
 from .model import Generator
+from .provenance import DEFAULT_CPU_PATH
 from .runner import TorchRunner, TritonRunner
 
 RUNNERS = {"torch": TorchRunner, "triton": TritonRunner, "onnx": OnnxRunner}
@@ -75,19 +76,19 @@ def load(path: str | os.PathLike | None = None, config: str | None = None, *,
     return load_official(path, config)
 
 
-def make_runner(backend: str, model, device="auto", precision: str = "fp32", bit_exact: bool = False):
-    """The runner of `backend` for `model` on `device`. `bit_exact`: the torch backend's
-    reference path, whose bytes do not depend on the tiling (on a CPU; the default there is
-    the faster oneDNN path, engine/fastcpu.py); the other backends have no such path. A
+def make_runner(backend: str, model, device="auto", precision: str = "fp32", cpu_path: str = DEFAULT_CPU_PATH):
+    """The runner of `backend` for `model` on `device`. `cpu_path`: the torch backend's path on
+    a CPU (provenance.CPU_PATHS: "exact", the default, "reference" or "fast-0.4"; see
+    runner.TorchRunner); the other backends have one path each, so another is refused. A
     reduced precision lifts igan's own AVX2 cap of oneDNN (cpu.unpin_onednn_for: its bf16
     kernels need the CPU's own ISA), which takes effect before the process's first oneDNN
     convolution, as every entry point builds its runner before it renders."""
     cpu.unpin_onednn_for(precision)
     if backend not in RUNNERS:
         raise RequestError(f"unknown {option('backend')} {backend!r}; choose from {', '.join(RUNNERS)}")
-    if bit_exact:
-        if backend != "torch":
-            raise RequestError(f"{option('bit_exact')} is the torch backend's reference path; the {backend} backend "
-                               f"has none (drop {option('bit_exact')} or use {option('backend')} torch)")
-        return TorchRunner(model, device, precision, bit_exact=True)
+    if backend == "torch":
+        return TorchRunner(model, device, precision, cpu_path)
+    if cpu_path != DEFAULT_CPU_PATH:
+        raise RequestError(f"{option('cpu_path')} {cpu_path} is a path of the torch backend; the {backend} backend "
+                           f"has one path of its own (drop {option('cpu_path')} or use {option('backend')} torch)")
     return RUNNERS[backend](model, device, precision)

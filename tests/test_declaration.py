@@ -1,7 +1,9 @@
 """One declaration of a render: every RenderRequest field is declared once (request.declare)
 and every entry point derives from it. For each declared option this finds it in igan-render's
 parser, the Python API, the C++ carry list and igan.cpp, the recipe (command(), --from's
-schema) and, for the applications, in their parsers, or fails naming where it is missing."""
+schema) and, for the applications, in their parsers, or fails naming where it is missing.
+igan.cpp may read a field under another name (capi.CARRIED_AS: cpu_path as bit_exact, until its
+ModelOptions has a cpu_path of its own)."""
 from __future__ import annotations
 
 import dataclasses
@@ -31,7 +33,8 @@ def test_every_declared_option_reaches_every_entry_point(f):
     RenderRequest.from_options({f.name: f.default})  # the Python API's keyword check knows it
     if f.name not in capi._UNSUPPORTED:
         assert f.name in capi.CARRIED
-        assert f'"{f.name}"' in CPP.read_text(), f"{f.name}: igan.cpp (igan::CommandLine) does not carry it"
+        cpp_name = capi.CARRIED_AS.get(f.name, f.name)
+        assert f'"{cpp_name}"' in CPP.read_text(), f"{f.name}: igan.cpp (igan::CommandLine) does not carry it"
     assert (f.name in PIXEL_FIELDS) == meta["pixels"]
 
 
@@ -43,7 +46,10 @@ def test_internal_fields_are_typed_and_never_on_a_command_line():
 
 
 def _old_command(r: RenderRequest) -> str:
-    """command() as igan 0.4 spelled it (the recipes in files already written), for comparison."""
+    """command() as igan 0.4 spelled it (the recipes in files already written), for comparison,
+    but for the CPU path: 0.4 wrote --bit-exact for the reference path and nothing for its
+    default (fast); since 0.5 --cpu-path names any path but the default (exact) at --bit-exact's
+    place, and --bit-exact is never written."""
     parts = ["igan-render"]
     for name in ("checkpoint", "model", "config"):
         if getattr(r, name) is not None:
@@ -68,17 +74,19 @@ def _old_command(r: RenderRequest) -> str:
     for name, default in (("quantize", "round"), ("precision", "fp32"), ("backend", "torch")):
         if getattr(r, name) != default:
             parts += ["--" + name, getattr(r, name)]
-    if r.bit_exact:
-        parts.append("--bit-exact")
+    if r.cpu_path != "exact":
+        parts += ["--cpu-path", r.cpu_path]
     return shlex.join(parts)
 
 
 def test_the_derived_command_spells_recipes_as_before():
     """command() derives from the declaration; the recipes it writes are byte for byte those of
-    0.4 (the bytes of every output embed it), on random requests."""
+    0.4 (the bytes of every output embed it) but for the CPU path (_old_command), on random
+    requests."""
     rng = random.Random()
     for _ in range(2000):
         n = rng.randint(1, 3)
+        cpu_path = rng.choice(["exact", "reference", "fast-0.4"])
         r = RenderRequest(
             checkpoint=rng.choice([None, "best_fid.pth.tar", "a b/c'd.pt", "builtin:landscapes-v1"]),
             config=rng.choice([None, "InfinityGAN", "tiny"]), random_weights=rng.random() < 0.2,
@@ -90,7 +98,8 @@ def test_the_derived_command_spells_recipes_as_before():
             wrap=rng.random() < 0.3, trunc=rng.choice([1, 1.0, 0.7, rng.uniform(-2, 2)]),
             latent_rng=rng.choice(["philox", "v1"]), quantize=rng.choice(["round", "official"]),
             precision=rng.choice(["fp32", "fp16", "bf16"]), backend=rng.choice(["torch", "triton", "onnx"]),
-            bit_exact=rng.random() < 0.3, tile=rng.choice([None, 64]), workers=rng.choice([None, 1]),
+            cpu_path=cpu_path, bit_exact=cpu_path != "fast-0.4" and rng.random() < 0.3, tile=rng.choice([None, 64]),
+            workers=rng.choice([None, 1]),
             out=rng.choice(["a.png", "b.tif"]), metadata=rng.random() < 0.5)
         assert r.command() == _old_command(r)
 
@@ -98,7 +107,7 @@ def test_the_derived_command_spells_recipes_as_before():
 SAMPLES = {"checkpoint": "c.pt", "model": "export", "config": "tiny", "random_weights": True, "width": 64,
            "height": 32, "x0": 5, "y0": 7, "seed": 3, "styles": (1, 2), "style_centers": ((0.25, 0.5), (0.75, 0.5)),
            "style_map": "m.png", "style_blur": 31, "wrap": True, "trunc": 0.5, "latent_rng": "v1",
-           "quantize": "official", "precision": "fp16", "backend": "onnx", "bit_exact": True}
+           "quantize": "official", "precision": "fp16", "backend": "onnx", "cpu_path": "fast-0.4"}
 
 
 @pytest.mark.parametrize("f", declared(pixels=True), ids=lambda f: f.name)
@@ -128,9 +137,9 @@ def test_the_applications_take_the_declared_render_options():
 def test_igan_serve_takes_every_pixel_option_its_page_does_not_set():
     """A tile's and a 'render this view' job's pixels are decided by the page's canvas (PAGE)
     and by the declared options igan-serve takes (RENDER_OPTIONS): together, every pixel
-    option."""
+    option (and the device, and --bit-exact: --cpu-path reference as igan 0.2-0.4 spelled it)."""
     from igan.engine import serve
     from igan.engine.cli import serve as serve_cli
 
-    assert set(serve.PAGE) | set(serve.RENDER_OPTIONS) == set(PIXEL_FIELDS) | {"device"}
+    assert set(serve.PAGE) | set(serve.RENDER_OPTIONS) == set(PIXEL_FIELDS) | {"device", "bit_exact"}
     assert set(serve.RENDER_OPTIONS) <= _dests(serve_cli.build_parser())

@@ -14,7 +14,7 @@ from PIL import Image
 import igan
 from igan.engine.cli.render import main as render_main
 from igan.engine.errors import CheckpointError, RequestError
-from igan.engine.provenance import read_metadata
+from igan.engine.provenance import CPU_PATHS, read_metadata
 
 BASE = ["--width", "96", "--height", "64", "--device", "cpu", "--quiet"]
 
@@ -50,8 +50,9 @@ def test_an_output_says_how_to_render_it_again(tmp_path, ext, monkeypatch):
 
 def test_metadata_can_be_left_out_and_never_depends_on_tiling(tmp_path):
     a, b, c = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"
-    # --bit-exact: the path whose pixels do not depend on the tiling (the fast path's may differ
-    # by one level on a few values), so the bytes show that the metadata does not either
+    # --bit-exact (--cpu-path reference): a path whose pixels do not depend on the tiling (as the
+    # default's do not; 0.4's fast path's may differ by one level on a few values), so the bytes
+    # show that the metadata does not either
     assert render_main(BASE + ["--bit-exact", "--tile", "32", "--out", str(a)]) == 0
     assert render_main(BASE + ["--bit-exact", "--tile", "64", "--batch", "2", "--out", str(b)]) == 0
     assert sha(a) == sha(b)  # the same command with other tiles: the same bytes, metadata included
@@ -165,7 +166,7 @@ def test_reduced_precision_on_cpu_is_refused_where_measured_slower(tmp_path, mon
 
     rates = {"fp32": 100.0, "bf16": 12.0}
     paths = []
-    monkeypatch.setattr(pipeline, "cpu_conv_gflops", lambda p, bit_exact=False: paths.append(bit_exact) or rates[p])
+    monkeypatch.setattr(pipeline, "cpu_conv_gflops", lambda p, cpu_path="exact": paths.append(cpu_path) or rates[p])
     out = tmp_path / "b.png"
     assert render_main(BASE + ["--precision", "bf16", "--out", str(out)]) == 1
     err = capsys.readouterr().err
@@ -175,11 +176,13 @@ def test_reduced_precision_on_cpu_is_refused_where_measured_slower(tmp_path, mon
         igan.load(device="cpu", precision="bf16")
     rates["bf16"] = 250.0  # a CPU whose bf16 is faster renders in bf16
     assert render_main(BASE + ["--precision", "bf16", "--out", str(out)]) == 0 and out.exists()
-    # measured on the path the render takes: the fast path, or the reference one with --bit-exact
-    assert set(paths) == {False}
+    # measured on the path the render takes: the default one, or the one --cpu-path (--bit-exact) names
+    assert set(paths) == {"exact"}
     assert render_main(BASE + ["--precision", "bf16", "--bit-exact", "--out", str(tmp_path / "c.png")]) == 0
-    assert paths[-1] is True
+    assert paths[-1] == "reference"
+    assert render_main(BASE + ["--precision", "bf16", "--cpu-path", "fast-0.4", "--out", str(tmp_path / "d.png")]) == 0
+    assert paths[-1] == "fast-0.4"
     # the measurement itself: a positive rate for each precision, on each of igan's CPU conv paths
     monkeypatch.undo()
-    for bit_exact in (False, True):
-        assert pipeline.cpu_conv_gflops("fp32", bit_exact) > 0 and pipeline.cpu_conv_gflops("bf16", bit_exact) > 0
+    for cpu_path in CPU_PATHS:
+        assert pipeline.cpu_conv_gflops("fp32", cpu_path) > 0 and pipeline.cpu_conv_gflops("bf16", cpu_path) > 0

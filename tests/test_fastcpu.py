@@ -1,6 +1,7 @@
-"""The fast CPU path (engine/fastcpu.py, the default on CPU) against a float64 reference and
-the bit-exact path, and the determinism it promises: the same call gives the same bytes,
-every forward of a render has one shape, and tile borders show no seam."""
+"""The 0.4 fast CPU path (engine/fastcpu.py, `--cpu-path fast-0.4`, the default of igan
+0.3-0.4) against a float64 reference and the reference path, and the determinism it promised:
+the same call gives the same bytes, every forward of a render has one shape, and tile borders
+show no seam. The default path since 0.5 (engine/exactcpu.py): tests/test_cpu_paths.py."""
 import numpy as np
 import pytest
 import torch
@@ -13,6 +14,8 @@ from igan.engine.planner import Window, plan
 from igan.engine.renderer import Renderer
 from igan.engine.quantize import to_uint8
 from igan.engine.runner import TorchRunner
+
+FAST = "fast-0.4"
 
 
 def _oneshot64(model, field, window):
@@ -35,7 +38,7 @@ def _oneshot64(model, field, window):
 @pytest.mark.parametrize("trial", range(4))
 def test_fast_path_is_as_close_to_float64_as_float32_allows(rng, trial):
     """Both float32 paths are within float32 rounding of a float64 forward: the fast path's
-    error is of the order of the bit-exact path's (measured: about 3x it), never more than
+    error is of the order of the reference path's (measured: about 3x it), never more than
     1e-5 of the image's range, in any tiling."""
     cfg = small_config(rng)
     model = random_model(cfg, seed=trial)
@@ -44,10 +47,11 @@ def test_fast_path_is_as_close_to_float64_as_float32_allows(rng, trial):
                     int(rng.integers(40, 140)), int(rng.integers(40, 140)))
     ref = _oneshot64(model, field, window)
     scale = max(1.0, float(np.abs(ref).max()))
-    exact = Renderer(TorchRunner(model, bit_exact=True)).render_array(field, plan(cfg, window, tile=4096))
+    exact = Renderer(TorchRunner(model, cpu_path="reference")).render_array(field, plan(cfg, window, tile=4096))
     err_exact = np.abs(exact - ref).max()
-    fast = Renderer(TorchRunner(model))
-    assert fast.runner.fast and not Renderer(TorchRunner(model, bit_exact=True)).runner.fast
+    fast = Renderer(TorchRunner(model, cpu_path=FAST))
+    assert fast.runner.fast and fast.runner.path == FAST
+    assert not TorchRunner(model, cpu_path="reference").fast and not TorchRunner(model).fast
     for tile in (4096, 16 * int(rng.integers(2, 6))):
         out = fast.render_array(field, plan(cfg, window, tile=tile))
         err = np.abs(out - ref).max()
@@ -64,8 +68,9 @@ def test_the_same_call_gives_the_same_bytes_and_batches_have_one_shape(rng):
     field = LatentField(cfg, seed=11)
     p = plan(cfg, Window(-40, -30, 150, 150), tile=48, batch=3)
     assert len(p.tiles) % 3 != 0  # a short last batch
-    a = Renderer(TorchRunner(model)).render_array(field, p, 3, uint8=True)
-    runner = TorchRunner(model)
+    a = Renderer(TorchRunner(model, cpu_path=FAST)).render_array(field, p, 3, uint8=True)
+    runner = TorchRunner(model, cpu_path=FAST)
+    assert runner.pads_batches
     shapes = []
     run = runner.run
     runner.run = lambda prepared, batch: shapes.append(tuple(batch.local_latent.shape)) or run(prepared, batch)
@@ -76,7 +81,7 @@ def test_the_same_call_gives_the_same_bytes_and_batches_have_one_shape(rng):
     for groups in ([list(reversed(p.tiles))[i:i + 3] for i in range(0, len(p.tiles), 3)],
                    [list(p.tiles[i:i + 2]) for i in range(0, len(p.tiles), 2)]):
         out = np.zeros_like(a)
-        for t, img in Renderer(TorchRunner(model)).pixels(field, p, 3, groups=groups):
+        for t, img in Renderer(TorchRunner(model, cpu_path=FAST)).pixels(field, p, 3, groups=groups):
             out[t.y:t.y + t.height, t.x:t.x + t.width] = img
         assert np.array_equal(out, a)
 
@@ -89,7 +94,7 @@ def test_tile_borders_show_no_seam():
     model = random_model(cfg, seed=2)
     field = LatentField(cfg, seed=5)
     window = Window(-100, -80, 256, 160)
-    renderer = Renderer(TorchRunner(model))
+    renderer = Renderer(TorchRunner(model, cpu_path=FAST))
     one = renderer.render_array(field, plan(cfg, window, tile=4096))
     scale = float(np.abs(one).max())
     tile = 64
@@ -107,23 +112,23 @@ def test_tile_borders_show_no_seam():
     assert levels.max() <= 1 and (levels > 0).any(-1).mean() < 1e-3
 
 
-def test_bit_exact_and_fast_paths_agree_to_float32_rounding(rng):
+def test_reference_and_fast_paths_agree_to_float32_rounding(rng):
     cfg = small_config(rng)
     model = random_model(cfg, seed=7)
     field = LatentField(cfg, seed=1)
     p = plan(cfg, Window(0, -48, 96, 96), tile=48, batch=2)
-    exact = Renderer(TorchRunner(model, bit_exact=True)).render_array(field, p, 2)
-    fast = Renderer(TorchRunner(model)).render_array(field, p, 2)
+    exact = Renderer(TorchRunner(model, cpu_path="reference")).render_array(field, p, 2)
+    fast = Renderer(TorchRunner(model, cpu_path=FAST)).render_array(field, p, 2)
     assert np.abs(exact - fast).max() < 1e-5 * max(1.0, float(np.abs(exact).max()))
 
 
-def test_other_backends_have_no_bit_exact_path():
+def test_other_backends_have_no_fast_path():
     from igan.engine.sources import make_runner
 
     model = random_model(PRESETS["tiny"])
-    with pytest.raises(ValueError, match="bit_exact is the torch backend's reference path; the triton backend"):
-        make_runner("triton", model, "cpu", "fp32", bit_exact=True)
-    assert make_runner("torch", model, "cpu", "fp32", bit_exact=True).bit_exact
+    with pytest.raises(ValueError, match="cpu_path fast-0.4 is a path of the torch backend; the triton backend"):
+        make_runner("triton", model, "cpu", "fp32", FAST)
+    assert make_runner("torch", model, "cpu", "fp32", FAST).fast
 
 
 def test_plans_carry_their_batch():
@@ -157,29 +162,25 @@ def test_wide_3x3_convs_take_winograd():
     from igan.engine import fastcpu
 
     model = random_model(PRESETS["InfinityGAN"].replace(channels=(128, 128, 64, 32)), seed=0)
-    p = TorchRunner(model).prepare(LatentField(model.config, 0))
+    p = TorchRunner(model, cpu_path=FAST).prepare(LatentField(model.config, 0))
     kinds = ["winograd" if w.dim() == 3 else "direct" for w in p.convs[1::2]]
     assert kinds == ["winograd", "winograd", "direct", "direct"], kinds
     assert fastcpu.WINOGRAD_MIN_CHANNELS == 128
 
 
 def test_the_path_is_part_of_the_recipe_and_the_request(tmp_path):
-    """igan-render records which path made a file; --from renders it again the same way (the
-    same bytes), and --bit-exact is refused where there is no reference path to take."""
+    """igan-render records that the 0.4 path made a file ("fast", as 0.3-0.4 wrote it) and the
+    command to make it again; --from renders it again the same way: the same bytes, the same
+    command (the other paths: tests/test_cpu_paths.py)."""
     from igan.engine.cli.render import main as render_main
-    from igan.engine.errors import RequestError
     from igan.engine.provenance import read_metadata
-    from igan.engine.request import RenderRequest
 
     base = ["--width", "96", "--height", "64", "--seed", "3", "--device", "cpu", "--quiet"]
-    for name, extra in (("fast", []), ("exact", ["--bit-exact"])):
-        out = tmp_path / f"{name}.png"
-        assert render_main(base + extra + ["--out", str(out)]) == 0
-        meta = read_metadata(out)
-        assert meta["request"]["path"] == ("bit-exact" if extra else "fast")
-        assert ("--bit-exact" in meta["command"]) == bool(extra)
-        again = tmp_path / f"{name}-again.png"
-        assert render_main(["--from", str(out), "--out", str(again), "--quiet"]) == 0
-        assert again.read_bytes() == out.read_bytes()
-    with pytest.raises(RequestError, match="bit_exact is the torch backend's reference path"):
-        RenderRequest(backend="onnx", model="export", bit_exact=True).validate()
+    out = tmp_path / "fast.png"
+    assert render_main(base + ["--cpu-path", FAST, "--out", str(out)]) == 0
+    meta = read_metadata(out)
+    assert meta["request"]["path"] == "fast"
+    assert "--cpu-path fast-0.4" in meta["command"]
+    again = tmp_path / "fast-again.png"
+    assert render_main(["--from", str(out), "--out", str(again), "--quiet"]) == 0
+    assert again.read_bytes() == out.read_bytes()

@@ -66,7 +66,7 @@ def test_record_roundtrips_and_renders_back_to_the_fit(inverted, tmp_path):
         assert (render(model, field, window, tile) - rec.fit).abs().max() < 1e-4, tile
     # On the reference path, where the fit was computed, exactly: its bytes depend on neither the
     # tiling nor the CPU's kernels (tests/test_outpaint.py's CLI test rests on this).
-    exact = Renderer(TorchRunner(model, bit_exact=True))
+    exact = Renderer(TorchRunner(model, cpu_path="reference"))
     for tile in (16, 48):
         got = torch.from_numpy(exact.render_array(field, plan(model.config, window, tile=tile))).permute(2, 0, 1)
         assert torch.equal(got, rec.fit), tile

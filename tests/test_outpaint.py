@@ -187,11 +187,12 @@ def test_cli_invert_outpaint_inbetween(files, capsys):
 
     fit = to_uint8(rec.fit).permute(1, 2, 0).numpy().astype(int)
     x, y = (100 - SIZE) // 2, (70 - SIZE) // 2
-    # The record's fit was computed on the reference path. --bit-exact renders the known region on
-    # that path too, whose bytes do not depend on the tiling, so it equals the fit exactly on any
-    # CPU. The default (fast) path computes it within float32 rounding of the reference: at most
-    # one 8-bit level on a few pixels at a rounding boundary (tests/test_fastcpu.py), and which
-    # pixels depends on the CPU's kernels (an AVX-512 machine flips other ones than an AVX2 one).
+    # The record's fit was computed on the reference path. --bit-exact (--cpu-path reference)
+    # renders the known region on that path too, whose bytes do not depend on the tiling, so it
+    # equals the fit exactly on any CPU. The default path computes it within float32 rounding of
+    # the reference: at most one 8-bit level on a few pixels at a rounding boundary
+    # (tests/test_cpu_paths.py, tests/test_fastcpu.py for 0.4's path, whose flipped pixels
+    # depend on the CPU's kernels).
     for extra, name in ((["--bit-exact"], "exact.png"), ([], "wide.png")):
         assert apps_cli.outpaint_main([rec_path, "--checkpoint", ck, "--width", "100", "--height", "70", "--seed",
                                        "3", "--out", str(d / name), "--quiet", *extra]) == 0

@@ -16,8 +16,9 @@ from PIL import Image
 from igan.engine.cli.render import main
 from igan.engine.store import TileStore, work_dir_for
 
-# --bit-exact: the path whose bytes do not depend on the process layout (the fast path's last
-# bits can follow the thread count, which oneDNN blocks its loops by; README, CPU paths)
+# --bit-exact (--cpu-path reference): a path whose bytes do not depend on the process layout (as
+# the default's do not; 0.4's fast path's last bits can follow the thread count, which oneDNN
+# blocks its loops by; README, CPU paths). The default path's invariance: tests/test_cpu_paths.py
 ARGS = ["--bit-exact", "--width", "300", "--height", "170", "--tile", "64", "--seed", "11", "--x0", "-30", "--quiet",
         "--device", "cpu"]
 

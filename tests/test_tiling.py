@@ -42,7 +42,7 @@ def test_tiled_equals_oneshot(rng, trial):
     field = LatentField(cfg, seed=int(rng.integers(0, 2**62)), horizon=float(rng.integers(-200, 200)))
     window = _random_window(rng)
     ref = _oneshot(model, field, window)
-    renderer = Renderer(TorchRunner(model, bit_exact=True))  # the fast path: tests/test_fastcpu.py
+    renderer = Renderer(TorchRunner(model, cpu_path="reference"))  # the default path: tests/test_cpu_paths.py
     ref_u8 = to_uint8(torch.from_numpy(ref)).numpy()
     for _ in range(3):
         tile, batch = 16 * int(rng.integers(1, 8)), int(rng.integers(1, 5))
@@ -55,12 +55,12 @@ def test_tiled_equals_oneshot(rng, trial):
 
 @pytest.mark.slow
 def test_tile_and_batch_sizes_give_identical_bits():
-    """The bit-exact CPU path is bit-reproducible across tile and batch sizes (determinism.py)."""
+    """The reference CPU path is bit-reproducible across tile and batch sizes (determinism.py)."""
     cfg = PRESETS["small"]
     model = random_model(cfg, seed=5)
     field = LatentField(cfg, seed=99)
     window = Window(-61, -77, 203, 133)
-    renderer = Renderer(TorchRunner(model, bit_exact=True))
+    renderer = Renderer(TorchRunner(model, cpu_path="reference"))
     ref = renderer.render_array(field, plan(cfg, window, tile=208))
     for tile, batch in [(16, 1), (48, 3), (64, 2), (144, 1)]:
         assert np.array_equal(renderer.render_array(field, plan(cfg, window, tile=tile, batch=batch), batch), ref)
@@ -68,7 +68,7 @@ def test_tile_and_batch_sizes_give_identical_bits():
 
 def test_a_window_matches_the_same_region_of_a_larger_render():
     cfg = PRESETS["small"]
-    renderer = Renderer(TorchRunner(random_model(cfg, seed=6), bit_exact=True))
+    renderer = Renderer(TorchRunner(random_model(cfg, seed=6), cpu_path="reference"))
     field = LatentField(cfg, seed=7)
     big = renderer.render_array(field, plan(cfg, Window(-100, -50, 260, 180), tile=96), uint8=True)
     small = renderer.render_array(field, plan(cfg, Window(-33, 21, 77, 61), tile=32), uint8=True)

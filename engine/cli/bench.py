@@ -24,7 +24,7 @@ from pathlib import Path
 from .. import cpu
 from ..embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
 from ..paths import refuse_unsafe_paths
-from ..provenance import igan_version
+from ..provenance import CPU_PATHS, DEFAULT_CPU_PATH, igan_version
 from . import command, guarded
 from ..values import positive, size_bytes
 
@@ -140,8 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute precision (default fp32; the onnx backend has fp32 and fp16)")
     p.add_argument("--random-weights", action="store_true",
                    help="measure --config's preset with fixed random weights (no checkpoint needed)")
-    p.add_argument("--bit-exact", action="store_true",
-                   help="CPU, torch backend: measure the bit-exact reference path instead of the default oneDNN path")
+    p.add_argument("--cpu-path", default=DEFAULT_CPU_PATH, choices=CPU_PATHS,
+                   help="CPU, torch backend: the path to measure, as igan-render's --cpu-path: exact (the default), "
+                        "reference (igan 0.2's) or fast-0.4 (igan 0.3-0.4's default)")
+    p.add_argument("--bit-exact", dest="cpu_path", action="store_const", const="reference",
+                   help="the same as --cpu-path reference, kept for igan 0.2-0.4 commands")
     p.add_argument("--tile", type=positive, default=None, help="tile size (default: from the memory budget)")
     p.add_argument("--batch", type=positive, default=1, help="tiles per forward (default 1)")
     p.add_argument("--memory-budget", type=size_bytes, default=None, help="as igan-render (e.g. 4GiB)")
@@ -209,7 +212,7 @@ def _run(args, sizes) -> int:
     source = args.model if args.backend == "onnx" else args.checkpoint
     model = sources.load(source, args.config, random_weights=args.random_weights)
     # each backend resolves "auto" its way
-    runner = sources.make_runner(args.backend, model, args.device, args.precision, args.bit_exact)
+    runner = sources.make_runner(args.backend, model, args.device, args.precision, args.cpu_path)
     device = runner.device  # where inputs are made and outputs land (the host for onnx)
     renderer = Renderer(runner)
     budget = args.memory_budget or default_budget(device)
@@ -222,7 +225,8 @@ def _run(args, sizes) -> int:
             row.baseline = measure(renderer, model.config, w, h, tile=args.baseline_tile, **common)
         rows.append(row)
     what = "random weights" if args.random_weights else source or "embedded model"
-    path = " bit-exact" if args.bit_exact else ""
+    # the path that ran: the torch backend's on a CPU (exact, reference, fast-0.4); others have one each
+    path = f" {runner.path}" if runner.name == "torch" and runner.device.type == "cpu" else ""
     title = (f"igan-bench: {what} ({model.config.name}), {args.backend}{path} "
              f"{args.precision} on {_where(runner)}")
     host = cpu.describe()  # the CPU, its ISA flags and the MKL/oneDNN branches: CPU figures depend on them

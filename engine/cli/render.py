@@ -99,7 +99,10 @@ def _from_recipe(parser, image: str, argv: list[str], options: dict, yes: bool) 
     label = f"--from {image!r}"
     try:
         rec = recipe.read(image)
-        options = options | recipe.options(rec, {k: options[k] for k in given if k in PIXEL_FIELDS})
+        typed = {k: options[k] for k in given if k in PIXEL_FIELDS}
+        if options["bit_exact"] and "cpu_path" not in typed:  # --bit-exact overrides the recipe's path too
+            typed["cpu_path"] = "reference"
+        options = options | recipe.options(rec, typed)
         if options["out"] is None and options["seeds"] is None:  # a new file, never one that exists
             options["out"] = _new_output(image)
         fields = {k: v for k, v in options.items() if k not in ("seeds", "outdir")}

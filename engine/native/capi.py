@@ -14,6 +14,7 @@ import torch
 from .. import pipeline, sources
 from ..cli import render as cli
 from ..errors import RequestError
+from ..provenance import DEFAULT_CPU_PATH
 from ..request import RenderRequest, declared
 
 # igan-render options the C++ API has no field for: one model, one process.
@@ -21,6 +22,10 @@ _UNSUPPORTED = ("gpus", "workers", "random_weights")
 # The RenderRequest fields igan::CommandLine carries (igan.cpp's parse_command_line reads each
 # by name; tests/test_declaration.py checks that it does): every declared option but those.
 CARRIED = frozenset(f.name for f in declared()) - set(_UNSUPPORTED)
+# Fields igan.cpp reads under another name: its ModelOptions has no cpu_path yet, so a command
+# line's path reaches C++ as bit_exact (the default path or the reference one; others refused).
+CARRIED_AS = {"cpu_path": "bit_exact"}
+_CPP_CPU_PATHS = (DEFAULT_CPU_PATH, "reference")
 # Those an in-memory render takes (render_into): all but the outputs and the work directory.
 _IN_MEMORY = frozenset(f.name for f in declared() if f.metadata["group"] not in ("outputs", "work"))
 
@@ -29,14 +34,17 @@ class Session:
     """One model on one device, as igan::Model holds it."""
 
     def __init__(self, checkpoint: str, config: str, device: str, precision: str, backend: str, threads: int,
-                 model: str = "", bit_exact: bool = False):
+                 model: str = "", bit_exact: bool = False, cpu_path: str = ""):
+        """igan::Model::open's ModelOptions, in its order (igan.cpp passes them by position):
+        `bit_exact` is cpu_path "reference"; `cpu_path` "" is the default path."""
+        cpu_path = RenderRequest(cpu_path=cpu_path or DEFAULT_CPU_PATH, bit_exact=bool(bit_exact)).cpu_path
         if threads:
             torch.set_num_threads(threads)
         self.options = dict(checkpoint=checkpoint or None, config=config or None, device=device,
                             precision=precision, backend=backend, threads=threads or None, model=model or None,
-                            bit_exact=bool(bit_exact))
+                            cpu_path=cpu_path)
         self.model = sources.load(self.options["model"] or self.options["checkpoint"], self.options["config"])
-        self.runner = sources.make_runner(backend, self.model, device, precision, bool(bit_exact))
+        self.runner = sources.make_runner(backend, self.model, device, precision, cpu_path)
 
     def render_into(self, out: np.ndarray, x0: int, y0: int, seed: int, options: dict | None = None) -> None:
         """Render the window at (x0, y0) of out's size into `out` (uint8 [h, w, 3], a view
@@ -64,5 +72,10 @@ def parse_command_line(argv: list[str]) -> dict:
         if getattr(request, name):
             raise RequestError(f"--{name.replace('_', '-')} is not available through the C++ API (one model, "
                                f"one process); use igan-render for it")
+    if request.cpu_path not in _CPP_CPU_PATHS:
+        raise RequestError(f"--cpu-path {request.cpu_path} is not available through the C++ API yet (its "
+                           f"ModelOptions carries bit_exact: the default path or reference); use igan-render for it")
     request = request.replace(y0=request.top)
-    return {name: getattr(request, name) for name in CARRIED}
+    carried = {name: getattr(request, name) for name in CARRIED}
+    carried["bit_exact"] = request.cpu_path == "reference"  # the path as igan.cpp reads it (CARRIED_AS)
+    return carried

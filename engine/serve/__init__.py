@@ -18,6 +18,7 @@ from ..request import declared
 
 # The render options igan-serve takes from the declaration (request.RenderRequest): those that
 # decide a tile's pixels besides the canvas the page chooses (its window, seed, styles and
-# wrap: PAGE), and the device. Tiles and "render this view" jobs are rendered with them.
+# wrap: PAGE), the device, and --bit-exact (--cpu-path reference as igan 0.2-0.4 spelled it).
+# Tiles and "render this view" jobs are rendered with them.
 PAGE = ("width", "height", "x0", "y0", "seed", "styles", "style_centers", "style_map", "style_blur", "wrap")
-RENDER_OPTIONS = tuple(f.name for f in declared(pixels=True) if f.name not in PAGE) + ("device",)
+RENDER_OPTIONS = tuple(f.name for f in declared(pixels=True) if f.name not in PAGE) + ("device", "bit_exact")

@@ -29,7 +29,7 @@ class GeneratorSource:
 
     def __init__(self, request, generator=None):
         """`request`: a RenderRequest whose model fields (checkpoint, config, model, device,
-        backend, precision, latent_rng, quantize, trunc) say what renders; `generator`: the
+        backend, precision, cpu_path, latent_rng, quantize, trunc) say what renders; `generator`: the
         loaded model (default: loaded from the request)."""
         from .. import pipeline
         from ..identity import request_identity
@@ -40,7 +40,7 @@ class GeneratorSource:
         self.generator = pipeline.load_model(request) if generator is None else generator
         self.config = self.generator.config
         self.runner = make_runner(request.backend, self.generator, request.device, request.precision,
-                                  request.bit_exact)
+                                  request.cpu_path)
         self.renderer = Renderer(self.runner, request.quantize, request.trunc)
         plan = planner.plan(self.config, planner.Window(0, 0, TILE, TILE), tile=TILE)
         # what decides a tile's bytes besides the canvas: the model by content, its config,
