@@ -29,7 +29,8 @@ CASES = [  # (model, config for random weights, window w x h, tile)
 
 def measure(model, width, height, tile, bit_exact):
     cfg = model.config
-    renderer = Renderer(sources.make_runner("torch", model, "cpu", "fp32", bit_exact))
+    # "fast": 0.4's fast path (--cpu-path fast-0.4); "bit-exact": the reference path
+    renderer = Renderer(sources.make_runner("torch", model, "cpu", "fp32", "reference" if bit_exact else "fast-0.4"))
     field = LatentField(cfg, 0)
     window = planner.Window(0, -(height // 2), width, height)
     one = renderer.render_array(field, planner.plan(cfg, window, tile=max(width, height) + 16))
