@@ -32,12 +32,22 @@ from .store import write_atomic
 log = logging.getLogger(__name__)
 
 
-def default_budget(device) -> int:
+def default_budget(device, cpu_path: str = DEFAULT_CPU_PATH) -> int:
+    """Memory for one batch of tiles when the request names none: 60% of a GPU's free memory;
+    on a CPU a quarter of the RAM, at most 3 GiB, where the least-work tiles of the default
+    config (512 px, work ratio 1.02 at 1024x1024; 1.9 GiB peak RSS measured) fit; at most
+    1 GiB for fast-0.4, whose bytes depend on the tiles 0.4 chose from that budget."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * 0.6)
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return min(total // 4, 1 << 30)
+    return min(total // 4, (1 << 30) if cpu_path == "fast-0.4" else (3 << 30))
+
+
+def tile_rule(cpu_path: str) -> str:
+    """How the planner chooses tiles when the request names none (planner.plan's `tiles`):
+    the least work, except for fast-0.4, whose bytes depend on 0.4's choice."""
+    return "0.4" if cpu_path == "fast-0.4" else "least-work"
 
 
 def run(request: RenderRequest, model=None, *, checked: bool = False):
@@ -173,12 +183,13 @@ def plan_request(request: RenderRequest, cfg, device):
     tiles, which every entry point (files, the in-memory API, the C++ API) shares, so they
     all compute the same pixels."""
     window = planner.Window(request.x0, request.top, request.width, request.height)
-    budget = request.memory_budget or default_budget(device)
+    path = request.cpu_path if device.type == "cpu" and request.backend == "torch" else DEFAULT_CPU_PATH
+    budget = request.memory_budget or default_budget(device, path)
     spec = request.field if request.field is not None else _field_spec(request, window, cfg)
     if spec is not None and spec.spatial:
         budget //= 2  # the spatial-style path holds a style tensor as large as each layer's input
     plan = planner.plan(cfg, window, tile=request.tile, batch=request.batch, memory_budget=budget,
-                        itemsize=PRECISIONS[request.precision].itemsize)
+                        itemsize=PRECISIONS[request.precision].itemsize, tiles=tile_rule(path))
     return spec, plan
 
 

@@ -127,16 +127,52 @@ def tile_for_budget(cfg: GeneratorConfig, budget_bytes: int, batch: int = 1, ite
     return best
 
 
+def _axis_work(cfg: GeneratorConfig, start: int, size: int, tile: int) -> tuple[int, int]:
+    """(tiles, z_l cells of each) along one axis for `tile`, as _axis computes them, without
+    listing every tile: a tile's cells depend on its start modulo the cell size only."""
+    tile = min(tile, divup(size, TILE_ALIGN) * TILE_ALIGN)
+    count = divup(size, tile)
+    n_z = max(latent_window(cfg, start + k * tile, tile)[1] for k in range(min(count, cfg.upscale)))
+    return count, n_z
+
+
+def least_work_tiles(cfg: GeneratorConfig, window: Window, budget_bytes: int, batch: int = 1,
+                     itemsize: int = 4) -> tuple[int, int]:
+    """(tile height, tile width), multiples of 16, whose batch fits `budget_bytes` and whose
+    tiles do the least work (FLOPs of all tiles; the halo each tile recomputes and the cells a
+    tile misaligned with the z_l grid wastes); among equal work the fewest tiles."""
+    largest = tile_for_budget(cfg, budget_bytes, batch, itemsize,
+                              divup(max(window.width, window.height), TILE_ALIGN) * TILE_ALIGN)
+    sizes = range(TILE_ALIGN, largest + 1, TILE_ALIGN)
+    rows = {t: _axis_work(cfg, window.y0, window.height, t) for t in sizes}
+    cols = {t: _axis_work(cfg, window.x0, window.width, t) for t in sizes}
+    best = None
+    for th, (n_rows, n_h) in rows.items():
+        for tw, (n_cols, n_w) in cols.items():
+            if activation_bytes(cfg, n_h, n_w, batch, itemsize) + _CONV_SCRATCH > budget_bytes:
+                continue
+            key = (n_rows * n_cols * forward_flops(cfg, n_h, n_w), n_rows * n_cols, -th, -tw)
+            if best is None or key < best[0]:
+                best = (key, th, tw)
+    if best is None:
+        return largest, largest
+    return best[1], best[2]
+
+
 def plan(cfg: GeneratorConfig, window: Window, *, tile: int | tuple[int, int] | None = None, batch: int = 1,
-         memory_budget: int | None = None, itemsize: int = 4) -> Plan:
-    """Cut `window` into tiles: of `tile` pixels (or (height, width)) if given, else of the
-    largest size that fits `memory_budget` bytes (default 2 GiB) at this batch size, shrunk
-    per axis to split the window evenly."""
+         memory_budget: int | None = None, itemsize: int = 4, tiles: str = "least-work") -> Plan:
+    """Cut `window` into tiles: of `tile` pixels (or (height, width)) if given, else the
+    least-work tiles that fit `memory_budget` bytes (default 2 GiB) at this batch size
+    (`least_work_tiles`); with tiles="0.4", igan 0.3-0.4's choice (the largest square tile
+    that fits, shrunk per axis to split the window evenly), which the fast-0.4 CPU path's
+    bytes depend on."""
     check_positive("batch", batch)
-    if tile is None:
+    if tile is None and tiles == "0.4":
         largest = divup(max(window.width, window.height), TILE_ALIGN) * TILE_ALIGN
         tile = tile_for_budget(cfg, memory_budget or 2 << 30, batch, itemsize, largest)
         tile_h, tile_w = _balanced(window.height, tile), _balanced(window.width, tile)
+    elif tile is None:
+        tile_h, tile_w = least_work_tiles(cfg, window, memory_budget or 2 << 30, batch, itemsize)
     elif isinstance(tile, tuple):
         tile_h, tile_w = (check_tile(t) for t in tile)
     else:

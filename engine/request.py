@@ -140,8 +140,9 @@ class RenderRequest:
     tile: int | None = declare(None, "compute", "tile size in pixels, a multiple of 16 (default: from "
                                                 "--memory-budget)", parse=positive)
     batch: int = declare(1, "compute", "tiles per forward pass (default 1)", parse=positive)
-    memory_budget: int | None = declare(None, "compute", "memory for one batch of tiles, e.g. 4GiB (default: 1 GiB on "
-                                                         "CPU, where cache-sized tiles run fastest; 60%% of free "
+    memory_budget: int | None = declare(None, "compute", "memory for one batch of tiles, e.g. 4GiB (default on CPU: "
+                                                         "a quarter of the RAM, at most 3 GiB, where the least-work "
+                                                         "tiles fit; 1 GiB for --cpu-path fast-0.4; 60%% of free "
                                                          "memory on GPU)", parse=size_bytes)
     device: str = declare("auto", "compute", "cpu, cuda, cuda:N or auto (default auto)")
     gpus: int | None = declare(None, "compute", "render on GPUs 0..N-1, one worker process each, pulling from a "

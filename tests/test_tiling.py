@@ -84,6 +84,31 @@ def test_work_ratio_falls_with_tile_size():
     assert 1.0 < ratios[-2] < 1.1
 
 
+@pytest.mark.parametrize("size", [(1024, 1024), (512, 512), (2048, 512), (1000, 333), (8192, 8192), (333, 4000)])
+@pytest.mark.parametrize("budget_gib", [1, 3])
+def test_the_planner_picks_the_least_work_tiles_that_fit(size, budget_gib):
+    """Without --tile the planner picks, among the tiles whose batch fits the budget, those of
+    least work (halo and z_l-grid misalignment included): never more than 0.4's choice (the
+    largest square tile, balanced), and 1.04 or less at 1024x1024 within the 3 GiB default;
+    tiles="0.4" keeps 0.4's choice, on which the fast-0.4 path's bytes depend."""
+    from igan.engine.geometry import activation_bytes
+    from igan.engine.planner import tile_for_budget
+
+    cfg = PRESETS["InfinityGAN"]
+    budget = budget_gib << 30
+    window = Window(-17, -(size[1] // 2), *size)
+    new, old = plan(cfg, window, memory_budget=budget), plan(cfg, window, memory_budget=budget, tiles="0.4")
+    assert new.flops <= old.flops
+    assert activation_bytes(cfg, new.latent_height, new.latent_width, 1) <= budget
+    side = tile_for_budget(cfg, budget, largest=max(size) + 16)
+    assert max(old.tile_height, old.tile_width) <= side  # 0.4: the largest square, balanced per axis
+    # exhaustive over square tiles that fit: none does less work than the choice
+    for t in range(16, side + 1, 16):
+        assert plan(cfg, window, tile=t).flops >= new.flops
+    if size == (1024, 1024) and budget_gib == 3:
+        assert new.work_ratio <= 1.04
+
+
 def test_official_infinite_generation_is_reproduced():
     """official-generator.md 8: the official patch-by-patch generation of a 197x197 image
     (16 patches of 101 px on a 389 px meta canvas, then a centre crop) equals igan's render

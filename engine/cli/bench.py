@@ -59,7 +59,8 @@ def _reset_peak_rss() -> bool:
 
 
 def measure(renderer, cfg, width: int, height: int, *, seed: int = 0, tile=None, batch: int = 1,
-            memory_budget: int | None = None, itemsize: int = 4, repeats: int = 1) -> BenchRow:
+            memory_budget: int | None = None, itemsize: int = 4, repeats: int = 1,
+            tiles: str = "least-work") -> BenchRow:
     """Time the render of one width x height window (best of `repeats`, after one warm-up)."""
     import torch
 
@@ -68,7 +69,8 @@ def measure(renderer, cfg, width: int, height: int, *, seed: int = 0, tile=None,
     from ..renderer import peak_rss_bytes
 
     window = planner.Window(0, -(height // 2), width, height)
-    plan = planner.plan(cfg, window, tile=tile, batch=batch, memory_budget=memory_budget, itemsize=itemsize)
+    plan = planner.plan(cfg, window, tile=tile, batch=batch, memory_budget=memory_budget, itemsize=itemsize,
+                        tiles=tiles)
     field = LatentField(cfg, seed)
     device = renderer.runner.device
 
@@ -203,7 +205,7 @@ def _run(args, sizes) -> int:
 
     from .. import sources
     from .bench_plot import plot_rows
-    from ..pipeline import default_budget
+    from ..pipeline import default_budget, tile_rule
     from ..renderer import Renderer
     from ..runner import PRECISIONS
 
@@ -215,10 +217,11 @@ def _run(args, sizes) -> int:
     runner = sources.make_runner(args.backend, model, args.device, args.precision, args.cpu_path)
     device = runner.device  # where inputs are made and outputs land (the host for onnx)
     renderer = Renderer(runner)
-    budget = args.memory_budget or default_budget(device)
+    cpu_path = runner.path if runner.name == "torch" and device.type == "cpu" else "exact"
+    budget = args.memory_budget or default_budget(device, cpu_path)
     rows = []
     common = dict(batch=args.batch, memory_budget=budget, itemsize=PRECISIONS[args.precision].itemsize,
-                  repeats=args.repeats)
+                  repeats=args.repeats, tiles=tile_rule(cpu_path))
     for w, h in tqdm(sizes, unit="size", desc="igan-bench", file=sys.stderr, dynamic_ncols=True):
         row = measure(renderer, model.config, w, h, tile=args.tile, **common)
         if args.baseline_tile:
