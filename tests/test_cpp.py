@@ -256,13 +256,11 @@ def test_the_cpp_command_line_carries_every_igan_render_option():
     fields = {f.name for f in dataclasses.fields(RenderRequest)} - {"field", "expect"}  # set by igan itself
     assert fields == capi.CARRIED | set(capi._UNSUPPORTED)
     source = (Path(capi.__file__).parent / "cpp" / "src" / "igan.cpp").read_text()
-    assert not [name for name in capi.CARRIED if f'"{capi.CARRIED_AS.get(name, name)}"' not in source]
+    assert not [name for name in capi.CARRIED if f'"{name}"' not in source]
     options = capi.parse_command_line(["--latent-rng", "v1", "--quantize", "official"])
     assert options["latent_rng"] == "v1" and options["quantize"] == "official"
-    # the CPU path reaches igan.cpp as ModelOptions::bit_exact (capi.CARRIED_AS): the default path or
-    # the reference one, however the command line spells it; a path it cannot carry is refused
-    assert capi.parse_command_line([])["bit_exact"] is False
-    for spelling in (["--bit-exact"], ["--cpu-path", "reference"]):
-        assert capi.parse_command_line(spelling)["bit_exact"] is True
-    with pytest.raises(ValueError, match="--cpu-path fast-0.4 is not available through the C\\+\\+ API"):
-        capi.parse_command_line(["--cpu-path", "fast-0.4"])
+    # the CPU path reaches igan.cpp as ModelOptions::cpu_path, however the command line spells it
+    assert capi.parse_command_line([])["cpu_path"] == "exact"
+    for spelling, path in ((["--bit-exact"], "reference"), (["--cpu-path", "reference"], "reference"),
+                           (["--cpu-path", "fast-0.4"], "fast-0.4")):
+        assert capi.parse_command_line(spelling)["cpu_path"] == path

@@ -1,9 +1,7 @@
 """One declaration of a render: every RenderRequest field is declared once (request.declare)
 and every entry point derives from it. For each declared option this finds it in igan-render's
 parser, the Python API, the C++ carry list and igan.cpp, the recipe (command(), --from's
-schema) and, for the applications, in their parsers, or fails naming where it is missing.
-igan.cpp may read a field under another name (capi.CARRIED_AS: cpu_path as bit_exact, until its
-ModelOptions has a cpu_path of its own)."""
+schema) and, for the applications, in their parsers, or fails naming where it is missing."""
 from __future__ import annotations
 
 import dataclasses
@@ -33,8 +31,7 @@ def test_every_declared_option_reaches_every_entry_point(f):
     RenderRequest.from_options({f.name: f.default})  # the Python API's keyword check knows it
     if f.name not in capi._UNSUPPORTED:
         assert f.name in capi.CARRIED
-        cpp_name = capi.CARRIED_AS.get(f.name, f.name)
-        assert f'"{cpp_name}"' in CPP.read_text(), f"{f.name}: igan.cpp (igan::CommandLine) does not carry it"
+        assert f'"{f.name}"' in CPP.read_text(), f"{f.name}: igan.cpp (igan::CommandLine) does not carry it"
     assert (f.name in PIXEL_FIELDS) == meta["pixels"]
 
 

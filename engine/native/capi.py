@@ -22,10 +22,6 @@ _UNSUPPORTED = ("gpus", "workers", "random_weights")
 # The RenderRequest fields igan::CommandLine carries (igan.cpp's parse_command_line reads each
 # by name; tests/test_declaration.py checks that it does): every declared option but those.
 CARRIED = frozenset(f.name for f in declared()) - set(_UNSUPPORTED)
-# Fields igan.cpp reads under another name: its ModelOptions has no cpu_path yet, so a command
-# line's path reaches C++ as bit_exact (the default path or the reference one; others refused).
-CARRIED_AS = {"cpu_path": "bit_exact"}
-_CPP_CPU_PATHS = (DEFAULT_CPU_PATH, "reference")
 # Those an in-memory render takes (render_into): all but the outputs and the work directory.
 _IN_MEMORY = frozenset(f.name for f in declared() if f.metadata["group"] not in ("outputs", "work"))
 
@@ -72,10 +68,5 @@ def parse_command_line(argv: list[str]) -> dict:
         if getattr(request, name):
             raise RequestError(f"--{name.replace('_', '-')} is not available through the C++ API (one model, "
                                f"one process); use igan-render for it")
-    if request.cpu_path not in _CPP_CPU_PATHS:
-        raise RequestError(f"--cpu-path {request.cpu_path} is not available through the C++ API yet (its "
-                           f"ModelOptions carries bit_exact: the default path or reference); use igan-render for it")
     request = request.replace(y0=request.top)
-    carried = {name: getattr(request, name) for name in CARRIED}
-    carried["bit_exact"] = request.cpu_path == "reference"  # the path as igan.cpp reads it (CARRIED_AS)
-    return carried
+    return {name: getattr(request, name) for name in CARRIED}

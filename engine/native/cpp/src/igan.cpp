@@ -126,7 +126,7 @@ CommandLine parse_command_line(const std::vector<std::string>& args) {
     auto num = [&](const char* k) { return a[k].is_none() ? std::int64_t{0} : a[k].cast<std::int64_t>(); };
     CommandLine cl;
     cl.model = {str("checkpoint"), str("config"), str("device"), str("precision"), str("backend"),
-                static_cast<int>(num("threads")), str("model"), a["bit_exact"].cast<bool>()};
+                static_cast<int>(num("threads")), str("model"), a["bit_exact"].cast<bool>(), str("cpu_path")};
     cl.window = {num("x0"), num("y0"), num("width"), num("height")};
     cl.seed = num("seed");
     FileOptions& f = cl.file;
@@ -178,7 +178,7 @@ Model Model::open(const ModelOptions& o) {
   auto impl = std::make_unique<Impl>();
   with_engine([&] {
     impl->session = capi().attr("Session")(o.checkpoint, o.config, o.device, o.precision, o.backend, o.threads,
-                                           o.model, o.bit_exact);
+                                           o.model, o.bit_exact, o.cpu_path);
     return 0;
   });
   return Model(std::move(impl));

@@ -64,7 +64,10 @@ struct ModelOptions {
   std::string backend = "torch";   // torch, triton, onnx
   int threads = 0;                 // CPU threads for torch; 0 = all
   std::string model;               // with backend "onnx": the ONNX export (igan-export --onnx DIR)
-  bool bit_exact = false;  // CPU: the reference path, the same bytes in any tiling (slower than the default)
+  bool bit_exact = false;  // CPU: the same as cpu_path "reference" (kept from igan 0.2-0.4)
+  // CPU, torch backend: "exact" (the default: fast, the same bytes under any tiling, batch or
+  // threads), "reference" (igan 0.2's path) or "fast-0.4" (igan 0.3-0.4's default); "" = default
+  std::string cpu_path;
 };
 
 // A window of the canvas: pixel columns [x0, x0 + width), rows [y0, y0 + height).
