@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from . import native, ops, walk
 
@@ -121,14 +122,30 @@ def _nchw(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2)
 
 
+class _Profiled:
+    """The C++ passes, each call a named range in torch's profiler (igan::winograd_output, ...),
+    so a profile shows them beside the GEMMs (benchmarks/cpu_paths.py)."""
+
+    def __init__(self, lib):
+        self._lib = lib
+
+    def __getattr__(self, name):
+        fn = getattr(self._lib, name)
+
+        def call(*args):
+            with record_function("igan::" + name):
+                return fn(*args)
+        return call
+
+
 def _native(*tensors: torch.Tensor):
     """The C++ passes (igan.engine.native) when they apply to these tensors: float32 on the CPU."""
     lib = native.active()
-    if lib is None or not hasattr(lib, "blur_epilogue"):
+    if lib is None or not hasattr(lib, "blur_epilogue_phases"):
         return None
     if any(t is not None and (t.dtype != torch.float32 or t.device.type != "cpu") for t in tensors):
         return None
-    return lib
+    return _Profiled(lib)
 
 
 def _view(t: torch.Tensor):

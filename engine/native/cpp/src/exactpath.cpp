@@ -50,6 +50,39 @@ inline void finish_row(float* __restrict out, std::int64_t w, std::int64_t c, st
   }
 }
 
+// The four outputs of a whole Winograd tile from its 16 planes g (bias into M[1][1]), through the
+// epilogue (the noise values nz; the bias is in M), as winograd_output's general loop computes them.
+template <bool kNoise>
+void full_tile(const float* const* g, const float* __restrict bias, const float* nz, float* const* d, std::int64_t o) {
+  const float *__restrict g0 = g[0], *__restrict g1 = g[1], *__restrict g2 = g[2], *__restrict g3 = g[3];
+  const float *__restrict g4 = g[4], *__restrict g5 = g[5], *__restrict g6 = g[6], *__restrict g7 = g[7];
+  const float *__restrict g8 = g[8], *__restrict g9 = g[9], *__restrict g10 = g[10], *__restrict g11 = g[11];
+  const float *__restrict g12 = g[12], *__restrict g13 = g[13], *__restrict g14 = g[14], *__restrict g15 = g[15];
+  float *__restrict d00 = d[0], *__restrict d01 = d[1], *__restrict d10 = d[2], *__restrict d11 = d[3];
+  const float n00 = nz[0], n01 = nz[1], n10 = nz[2], n11 = nz[3];
+#pragma GCC ivdep  // M's planes, the bias and the outputs never overlap
+  for (std::int64_t k = 0; k < o; ++k) {
+    const float m11 = g5[k] + bias[k];
+    // A^T along the rows: s0 = (m0 + m1) + m2, s1 = ((-m3) + m1) - m2, per column q
+    const float a0 = (g0[k] + g4[k]) + g8[k], b0 = ((-g12[k]) + g4[k]) - g8[k];
+    const float a1 = (g1[k] + m11) + g9[k], b1 = ((-g13[k]) + m11) - g9[k];
+    const float a2 = (g2[k] + g6[k]) + g10[k], b2 = ((-g14[k]) + g6[k]) - g10[k];
+    const float a3 = (g3[k] + g7[k]) + g11[k], b3 = ((-g15[k]) + g7[k]) - g11[k];
+    float v00 = (a0 + a1) + a2, v01 = (a1 - a2) - a3;
+    float v10 = (b0 + b1) + b2, v11 = (b1 - b2) - b3;
+    if (kNoise) {
+      v00 = v00 + n00;
+      v01 = v01 + n01;
+      v10 = v10 + n10;
+      v11 = v11 + n11;
+    }
+    d00[k] = activate(v00);
+    d01[k] = activate(v01);
+    d10[k] = activate(v10);
+    d11[k] = activate(v11);
+  }
+}
+
 }  // namespace
 
 void blur_epilogue(const Nhwc& src, const Nhwc& dst, const Epilogue& e, int threads) {
@@ -147,6 +180,7 @@ void winograd_input(const Nhwc& x, std::int64_t r0, std::int64_t r, std::int64_t
           }
         }
         float* out = v + ((i * r + tr) * tw + tc) * c;
+        #pragma GCC ivdep  // the planes and the outputs never overlap
         for (std::int64_t k = 0; k < c; ++k) {
           float tt[4][4];  // B^T d along the rows, then B along the columns
           for (int q = 0; q < 4; ++q) {
@@ -179,22 +213,37 @@ void winograd_output(float* m, std::int64_t r0, std::int64_t r, std::int64_t tw,
       for (std::int64_t tc = 0; tc < tw; ++tc) {
         const std::int64_t x0 = 2 * tc;
         const int cols = x0 + 1 < out.w ? 2 : 1;
-        const float* mm = m + ((i * r + tr) * tw + tc) * o;
+        const float* g0 = m + ((i * r + tr) * tw + tc) * o;
+        const float* g[16];
+        for (int q = 0; q < 16; ++q) g[q] = g0 + q * plane;
+        const float* bias = e.bias;  // never null (checked by the binding)
+        if (rows == 2 && cols == 2) {  // the common tile: four outputs, the epilogue inline
+          float nz[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+          if (e.noise)
+            for (int a = 0; a < 4; ++a)
+              nz[a] = e.strength * e.noise[i * e.nsn + (y0 + a / 2) * e.nsh + (x0 + a % 2) * e.nsw];
+          float* d[4] = {out.at(i, y0, x0), out.at(i, y0, x0 + 1), out.at(i, y0 + 1, x0), out.at(i, y0 + 1, x0 + 1)};
+          if (e.noise)
+            full_tile<true>(g, bias, nz, d, o);
+          else
+            full_tile<false>(g, bias, nz, d, o);
+          continue;
+        }
         float* dst[2][2];
         for (int a = 0; a < 2; ++a)
           for (int q = 0; q < 2; ++q) dst[a][q] = (a < rows && q < cols) ? out.at(i, y0 + a, x0 + q) : nullptr;
         for (std::int64_t k = 0; k < o; ++k) {
-          float g[4][4];
+          float gg[4][4];
           for (int a = 0; a < 4; ++a)
-            for (int q = 0; q < 4; ++q) g[a][q] = mm[(4 * a + q) * plane + k];
-          if (e.bias) g[1][1] = g[1][1] + e.bias[k];
-          float s[2][4];  // A^T along the rows: m0 + m1 + m2, (-m3 + m1) - m2
+            for (int q = 0; q < 4; ++q) gg[a][q] = g[4 * a + q][k];
+          gg[1][1] = gg[1][1] + bias[k];
+          float s[2][4];
           for (int q = 0; q < 4; ++q) {
-            float v = g[0][q] + g[1][q];
-            s[0][q] = v + g[2][q];
-            float u = -g[3][q];
-            u = u + g[1][q];
-            s[1][q] = u - g[2][q];
+            float v = gg[0][q] + gg[1][q];
+            s[0][q] = v + gg[2][q];
+            float u = -gg[3][q];
+            u = u + gg[1][q];
+            s[1][q] = u - gg[2][q];
           }
           for (int a = 0; a < 2; ++a) {
             if (dst[a][0]) {

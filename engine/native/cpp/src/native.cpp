@@ -130,6 +130,7 @@ PYBIND11_MODULE(_native, m) {
       [](std::uintptr_t mm, std::int64_t r0, std::int64_t r, std::int64_t tw, std::uintptr_t out, const Dims& os,
          const Dims& ost, std::uintptr_t noise, const Dims& nst, float strength, std::uintptr_t bias, int threads) {
         auto o = nhwc(out, os, ost);
+        if (!bias) throw py::value_error("winograd_output needs the bias");
         py::gil_scoped_release nogil;
         igan::native::winograd_output(reinterpret_cast<float*>(mm), r0, r, tw, o, epi(noise, nst, strength, bias),
                                       threads);
