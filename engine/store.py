@@ -48,7 +48,7 @@ import numpy as np
 
 from .embedded import builtin_for
 from .errors import StoreError, WriteError, option
-from .provenance import igan_version
+from .provenance import CPU_PATH_RECORDED, igan_version
 
 STORE_VERSION = 1
 MARKER = "igan-work.json"
@@ -336,6 +336,9 @@ class TileStore:
                 shipped = builtin_for(stored.get("model")) if "model" in diff else None
                 hint = (f"; it was started with the shipped model {shipped}: give {option('checkpoint')} {shipped} to "
                         f"finish it" if shipped is not None else "")
+                path = {v: k for k, v in CPU_PATH_RECORDED.items()}.get(stored.get("path"))
+                if "path" in diff and path is not None:
+                    hint += f"; it was started on the {path} CPU path: give {option('cpu_path')} {path} to finish it"
                 raise StoreError(f"cannot resume from {str(root)!r}: it holds a different render ({details}){hint}")
         return stored
 

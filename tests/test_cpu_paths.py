@@ -199,6 +199,7 @@ def test_a_render_resumed_under_another_split_gives_the_same_file(tmp_path, refe
     assert 3 <= done < 15 and not out.exists()
     other = _cli(*_args("embedded"), "--cpu-path", "fast-0.4", "--out", out, "--resume")
     assert other.returncode != 0 and "different render" in other.stderr and "path" in other.stderr
+    assert "started on the exact CPU path: give --cpu-path exact to finish it" in other.stderr
     assert _done_tiles(out) == done  # refused before anything was rendered or discarded
     if "--workers" in resume:
         resumed = _cli(*_args("embedded"), *resume, "--out", out, "--resume")
