@@ -87,15 +87,18 @@ def run(request: RenderRequest, model=None, *, checked: bool = False):
     return stats
 
 
-def render_into(out: np.ndarray, request: RenderRequest, runner) -> None:
+def render_into(out: np.ndarray, request: RenderRequest, runner, field=None) -> None:
     """The window of `request` into `out` (uint8 [height, width, 3], any row stride) with
     `runner`'s model, tiled as igan-render tiles it: the in-memory render that the Python API
-    (`Model.render`) and the C++ API share, so every option that decides pixels (styles,
-    wrap, trunc, generator, quantizer) is honoured there as in files."""
+    (`Model.render`), the C++ API and igan-serve's tiles share, so every option that decides
+    pixels (styles, wrap, trunc, generator, quantizer, CPU path) is honoured there as in files.
+    `field`: the canvas the request's spec builds, when the caller renders many windows of
+    one canvas and has built it once (igan-serve)."""
     cfg = runner.model.config
     spec, plan = plan_request(request, cfg, runner.device)
-    field = (spec.build(cfg, request.seed, request.latent_rng) if spec is not None
-             else LatentField(cfg, request.seed, rng=request.latent_rng))
+    if field is None:
+        field = (spec.build(cfg, request.seed, request.latent_rng) if spec is not None
+                 else LatentField(cfg, request.seed, rng=request.latent_rng))
     for t, img in Renderer(runner, request.quantize, request.trunc).pixels(field, plan, request.batch):
         out[t.y:t.y + t.height, t.x:t.x + t.width] = img
 

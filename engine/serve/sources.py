@@ -8,7 +8,6 @@ from their children by the tile service.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from collections import OrderedDict
@@ -33,7 +32,6 @@ class GeneratorSource:
         loaded model (default: loaded from the request)."""
         from .. import pipeline
         from ..identity import request_identity
-        from ..renderer import Renderer
         from ..sources import make_runner
 
         self.request = request.validate()
@@ -41,7 +39,6 @@ class GeneratorSource:
         self.config = self.generator.config
         self.runner = make_runner(request.backend, self.generator, request.device, request.precision,
                                   request.cpu_path)
-        self.renderer = Renderer(self.runner, request.quantize, request.trunc)
         plan = planner.plan(self.config, planner.Window(0, 0, TILE, TILE), tile=TILE)
         # what decides a tile's bytes besides the canvas: the model by content, its config,
         # backend, precision, the canvas generator, quantization and truncation
@@ -63,36 +60,38 @@ class GeneratorSource:
                 else f"{os.path.basename(r.checkpoint or r.model)} (config {self.config.name!r})")
         return f"{what}; {r.backend} on {self.runner.device}, {r.precision}"
 
-    def _field(self, canvas: Canvas):
-        field = self._fields.get(canvas)
-        if field is None:
+    def _spec(self, canvas: Canvas):
+        """The canvas as the request's `field` (fusion.FieldSpec: style centres in canvas
+        pixels, the period) and its built field, kept for the last 8 canvases."""
+        cached = self._fields.get(canvas)
+        if cached is None:
             from ..fusion import FieldSpec
 
             spec = FieldSpec(styles=tuple(s for s, _, _ in canvas.styles),
                              centers=tuple((float(x), float(y)) for _, x, y in canvas.styles),
                              blur=canvas.blur, period=canvas.period)
-            field = self._fields[canvas] = spec.build(self.config, canvas.seed, self.request.latent_rng)
+            cached = self._fields[canvas] = (spec, spec.build(self.config, canvas.seed, self.request.latent_rng))
             while len(self._fields) > 8:
                 self._fields.popitem(last=False)
         self._fields.move_to_end(canvas)
-        return field
+        return cached
 
     def render(self, canvas: Canvas, keys: list[TileKey]) -> list[np.ndarray]:
-        """The native tiles `keys` in one batch: each is the 256 x 256 window igan-render
-        would plan alone; the batch shares the largest latent window among them (the pixels
-        do not depend on it, only on the canvas position)."""
-        tiles, first = [], None
-        n_h = n_w = 0
-        for i, key in enumerate(keys):
+        """The native tiles `keys`: each the 256 x 256 window of the canvas at the key,
+        rendered by the in-memory render of igan.Model.render and the C++ API
+        (pipeline.render_into) from this server's request with the canvas as its field, so
+        every option that decides pixels is honoured as igan-render honours it."""
+        from .. import pipeline
+
+        spec, field = self._spec(canvas)
+        out = []
+        for key in keys:
             assert key.level == 0
-            plan = planner.plan(self.config, planner.Window(key.x * TILE, key.y * TILE, TILE, TILE), tile=TILE)
-            first = first or plan
-            n_h, n_w = max(n_h, plan.latent_height), max(n_w, plan.latent_width)
-            tiles.append(dataclasses.replace(plan.tiles[0], index=i))
-        plan = dataclasses.replace(first, latent_height=n_h, latent_width=n_w, tiles=tuple(tiles))
-        out: list[np.ndarray | None] = [None] * len(keys)
-        for tile, img in self.renderer.pixels(self._field(canvas), plan, len(tiles), groups=[tiles]):
-            out[tile.index] = np.array(img)  # a copy: img is a view of the batch
+            request = self.request.replace(x0=key.x * TILE, y0=key.y * TILE, width=TILE, height=TILE,
+                                           seed=canvas.seed, field=spec, tile=TILE, batch=1)
+            img = np.empty((TILE, TILE, 3), np.uint8)
+            pipeline.render_into(img, request, self.runner, field)
+            out.append(img)
         return out
 
 
