@@ -250,17 +250,18 @@ def test_the_cpp_command_line_carries_every_igan_render_option():
     must be added to igan.cpp and capi.CARRIED, never dropped silently."""
     import dataclasses
 
+    from igan.engine.cli import cpp as cpp_cli
     from igan.engine.native import capi
     from igan.engine.request import RenderRequest
 
     fields = {f.name for f in dataclasses.fields(RenderRequest)} - {"field", "expect"}  # set by igan itself
-    assert fields == capi.CARRIED | set(capi._UNSUPPORTED)
+    assert fields == capi.CARRIED | set(capi.UNSUPPORTED)
     source = (Path(capi.__file__).parent / "cpp" / "src" / "igan.cpp").read_text()
     assert not [name for name in capi.CARRIED if f'"{name}"' not in source]
-    options = capi.parse_command_line(["--latent-rng", "v1", "--quantize", "official"])
+    options = cpp_cli.parse_command_line(["--latent-rng", "v1", "--quantize", "official"])
     assert options["latent_rng"] == "v1" and options["quantize"] == "official"
     # the CPU path reaches igan.cpp as ModelOptions::cpu_path, however the command line spells it
-    assert capi.parse_command_line([])["cpu_path"] == "exact"
+    assert cpp_cli.parse_command_line([])["cpu_path"] == "exact"
     for spelling, path in ((["--bit-exact"], "reference"), (["--cpu-path", "reference"], "reference"),
                            (["--cpu-path", "fast-0.4"], "fast-0.4")):
-        assert capi.parse_command_line(spelling)["cpu_path"] == path
+        assert cpp_cli.parse_command_line(spelling)["cpu_path"] == path

@@ -29,7 +29,7 @@ def test_every_declared_option_reaches_every_entry_point(f):
     assert meta["help"], f"{f.name}: declared without help"
     assert f.name in _dests(render_cli.build_parser()), f"{f.name}: missing from igan-render's parser"
     RenderRequest.from_options({f.name: f.default})  # the Python API's keyword check knows it
-    if f.name not in capi._UNSUPPORTED:
+    if f.name not in capi.UNSUPPORTED:
         assert f.name in capi.CARRIED
         assert f'"{f.name}"' in CPP.read_text(), f"{f.name}: igan.cpp (igan::CommandLine) does not carry it"
     assert (f.name in PIXEL_FIELDS) == meta["pixels"]

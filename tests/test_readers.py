@@ -225,8 +225,9 @@ def test_ome_is_only_for_tiff(tmp_path, out, capsys):
 
 
 def test_the_cpp_command_line_carries_ome():
+    from igan.engine.cli import cpp as cpp_cli
     from igan.engine.native import capi
 
     assert "ome" in capi.CARRIED
-    assert capi.parse_command_line(["--ome", "--out", "x.tif"])["ome"] is True
-    assert capi.parse_command_line(["--out", "x.tif"])["ome"] is False
+    assert cpp_cli.parse_command_line(["--ome", "--out", "x.tif"])["ome"] is True
+    assert cpp_cli.parse_command_line(["--out", "x.tif"])["ome"] is False

@@ -1,6 +1,7 @@
 """The Python side of the C++ API (engine/native/cpp/include/igan/igan.hpp).
 
-libigan_cpp embeds the interpreter and calls only this module, so the C++ API and
+libigan_cpp embeds the interpreter and calls this module (and, for igan::parse_command_line,
+igan-render's parser in engine/cli/cpp.py), so the C++ API and
 igan-render share every step that decides pixels and bytes: the model loader, the planner's
 tile choice, the renderer and the sinks. Arguments arrive already typed by pybind11; the
 checks that matter (window, seed, paths) happen in the engine, whose exceptions reach C++
@@ -12,16 +13,15 @@ import numpy as np
 import torch
 
 from .. import pipeline, sources
-from ..cli import render as cli
 from ..errors import RequestError
 from ..provenance import DEFAULT_CPU_PATH
 from ..request import RenderRequest, declared
 
 # igan-render options the C++ API has no field for: one model, one process.
-_UNSUPPORTED = ("gpus", "workers", "random_weights")
+UNSUPPORTED = ("gpus", "workers", "random_weights")
 # The RenderRequest fields igan::CommandLine carries (igan.cpp's parse_command_line reads each
 # by name; tests/test_declaration.py checks that it does): every declared option but those.
-CARRIED = frozenset(f.name for f in declared()) - set(_UNSUPPORTED)
+CARRIED = frozenset(f.name for f in declared()) - set(UNSUPPORTED)
 # Those an in-memory render takes (render_into): all but the outputs and the work directory.
 _IN_MEMORY = frozenset(f.name for f in declared() if f.metadata["group"] not in ("outputs", "work"))
 
@@ -58,15 +58,3 @@ class Session:
         their RenderRequest names (those not given keep igan-render's defaults; an unknown
         name is refused)."""
         pipeline.run(RenderRequest.from_options({**options, **self.options}), model=self.model)
-
-
-def parse_command_line(argv: list[str]) -> dict:
-    """igan-render's arguments -> their values by RenderRequest name, y0 resolved (argparse
-    prints the usage and raises SystemExit on bad input or --help)."""
-    request = cli.parse_args(argv)
-    for name in _UNSUPPORTED:
-        if getattr(request, name):
-            raise RequestError(f"--{name.replace('_', '-')} is not available through the C++ API (one model, "
-                               f"one process); use igan-render for it")
-    request = request.replace(y0=request.top)
-    return {name: getattr(request, name) for name in CARRIED}

@@ -77,6 +77,8 @@ auto with_engine(F&& f) {
 }
 
 py::module_ capi() { return py::module_::import("igan.engine.native.capi"); }
+// igan-render's parser, for parse_command_line (a console script's module, above capi's layer)
+py::module_ command_line() { return py::module_::import("igan.engine.cli.cpp"); }
 
 }  // namespace
 
@@ -121,7 +123,7 @@ std::string venv() {
 
 CommandLine parse_command_line(const std::vector<std::string>& args) {
   return with_engine([&] {
-    py::dict a = capi().attr("parse_command_line")(args);
+    py::dict a = command_line().attr("parse_command_line")(args);
     auto str = [&](const char* k) { return a[k].is_none() ? std::string() : a[k].cast<std::string>(); };
     auto num = [&](const char* k) { return a[k].is_none() ? std::int64_t{0} : a[k].cast<std::int64_t>(); };
     CommandLine cl;
