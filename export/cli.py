@@ -9,7 +9,7 @@ import os
 import sys
 import time
 
-from igan.engine.cli import guarded
+from igan.engine.cli import command, guarded
 from igan.engine.paths import refuse_unsafe_paths
 from igan.engine.provenance import igan_version
 
@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with command("igan-export"):  # igan's log on stderr; errors name options as flags
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     checkpoint_option = "--checkpoint"

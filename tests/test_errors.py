@@ -159,3 +159,19 @@ def test_option_spelling():
     with cli_option_names():
         assert errors.option("style_blur") == "--style-blur"
     assert errors.option("style_blur") == "style_blur"
+
+
+@pytest.mark.parametrize("main, argv", [
+    ("igan.export.cli", ["--checkpoint", "builtin:landscapes-v2", "--config", "InfinityGAN", "--packed", "{d}/m.packed"]),
+    ("igan.trainer.eval.cli", ["swd", "--checkpoint", "builtin:landscapes-v2", "--config", "InfinityGAN", "--real",
+                               "scenes:sky", "--count", "2"]),
+])
+def test_every_console_script_names_options_as_flags(main, argv, tmp_path, capsys):
+    """igan-export, igan-train and igan-eval run inside cli.command as igan-render does: an
+    error the library raises names the option the user typed (--config), not its field."""
+    import importlib
+
+    module = importlib.import_module(main)
+    code = module.main([a.replace("{d}", str(tmp_path)) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 1 and "error: --config is for official checkpoints" in err, err

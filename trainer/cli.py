@@ -10,7 +10,7 @@ import math
 import os
 import sys
 
-from igan.engine.cli import guarded
+from igan.engine.cli import command, guarded
 from igan.engine.config import PRESETS, from_name
 from igan.engine.errors import IganError
 from igan.engine.paths import is_within, refuse_unsafe_paths
@@ -153,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with command("igan-train"):  # igan's log on stderr; errors name options as flags
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # before torch loads and the model is built: the preset, the data folder, the run folder

@@ -10,7 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from igan.engine.cli import guarded
+from igan.engine.cli import command, guarded
 from igan.engine.values import positive, size_bytes
 from igan.engine.paths import refuse_unsafe_paths
 from igan.engine.provenance import igan_version
@@ -117,6 +117,11 @@ def _swd_parser(sub, raw) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with command("igan-eval"):  # igan's log on stderr; errors name options as flags
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "swd":
