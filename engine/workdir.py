@@ -12,7 +12,8 @@ from pathlib import Path
 
 from . import sinks
 from .errors import option
-from .store import (FINISHED, MARKER, STORE_VERSION, Lease, StoreError, StoreExists, TileStore, finished_removals,
+from .lease import Lease
+from .store import (FINISHED, MARKER, STORE_VERSION, StoreError, StoreExists, TileStore, finished_removals,
                     is_work_dir, sweep_stale, work_dir_for)
 
 log = logging.getLogger(__name__)

@@ -114,7 +114,7 @@ LAYERS = [
     ("requests, executors and applications", ["igan.engine.request", "igan.engine.executor", "igan.engine.identity",
                                               "igan.engine.workdir", "igan.engine.assembly", "igan.engine.apps",
                                               "igan.trainer"]),
-    ("storage, rendering and model sources", ["igan.engine.store", "igan.engine.sinks", "igan.engine.paths",
+    ("storage, rendering and model sources", ["igan.engine.store", "igan.engine.lease", "igan.engine.sinks", "igan.engine.paths",
                                               "igan.engine.renderer", "igan.engine.sources", "igan.export"]),
     ("runners, the model and the canvas", ["igan.engine.runner", "igan.engine.exactcpu", "igan.engine.fastcpu",
                                            "igan.engine.determinism",

@@ -504,10 +504,10 @@ def test_a_new_owner_that_has_not_recorded_itself_yet(tmp_path, monkeypatch, wri
     import socket
     import threading
 
-    from igan.engine import store as store_mod
-    from igan.engine.store import Lease, StoreBusy
+    from igan.engine import lease as lease_mod
+    from igan.engine.lease import Lease, StoreBusy
 
-    monkeypatch.setattr(store_mod, "_OWNER_WAIT_S", 1.0)
+    monkeypatch.setattr(lease_mod, "_OWNER_WAIT_S", 1.0)
     root = tmp_path / ".x.png.igan-work"
     root.mkdir()
     dead = _dead_pid()
