@@ -10,12 +10,17 @@ a decision, never an accident:
 model of igan 0.1-0.3, and `--extra-args` adds options to every command that draws the canvas.
 With both, the earlier versions' bytes, which igan must still reproduce:
 
-- `--extra-args "--latent-rng v1 --no-metadata --bit-exact"`: igan 0.1's
+- `--extra-args "--latent-rng v1 --no-metadata --bit-exact"` (--bit-exact is --cpu-path reference): igan 0.1's
   (benchmarks/results/output-hashes-v1.json; 0.1's TIFF default, zstd, is the case tiff-zstd);
 - `--extra-args "--bit-exact --no-metadata"`: igan 0.2's pixels and files without their
   metadata (benchmarks/results/output-hashes-0.2.json; 0.2 computed everything on the
   bit-exact CPU path);
-- `--extra-args "--no-metadata"`: igan 0.3's (benchmarks/results/output-hashes-0.3.json).
+- `--extra-args "--cpu-path fast-0.4 --no-metadata"`: igan 0.3's
+  (benchmarks/results/output-hashes-0.3.json; 0.3 rendered on the path 0.5 calls fast-0.4).
+
+Without --checkpoint (the default model of 0.4 on), `--extra-args "--cpu-path fast-0.4
+--no-metadata"` gives igan 0.4's (benchmarks/results/output-hashes-0.4.json), and no extra
+arguments 0.5's, metadata included (benchmarks/results/output-hashes.json).
 
 Some of these bytes are per CPU unless MKL and oneDNN are held to their AVX2 branch (igan does
 by default, engine/cpu.py::PINS; README, "Reproducibility"), so a file also records the CPU its
