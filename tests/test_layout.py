@@ -110,7 +110,7 @@ LAYERS = [
     ("entry points", ["igan", "igan.engine.cli", "igan.export.cli", "igan.trainer.cli", "igan.trainer.eval.cli",
                       "igan.kernels.aot"]),
     ("APIs and services", ["igan.engine.api", "igan.engine.serve", "igan.engine.native.capi"]),
-    ("the pipeline", ["igan.engine.pipeline", "igan.engine.recipe"]),
+    ("the pipeline", ["igan.engine.pipeline", "igan.engine.recipe", "igan.engine.video"]),
     ("requests, executors and applications", ["igan.engine.request", "igan.engine.executor", "igan.engine.identity",
                                               "igan.engine.workdir", "igan.engine.assembly", "igan.engine.apps",
                                               "igan.trainer"]),

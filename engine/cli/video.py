@@ -1,0 +1,231 @@
+"""igan-video: a video of a camera travelling over the endless canvas.
+
+Only the command line lives here; `igan.engine.video.render_video` does the work. Nothing
+heavy is imported before the options are parsed, so `igan-video --help` answers at once.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import sys
+import textwrap
+
+from ..embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
+from ..errors import RequestError
+from ..provenance import igan_version
+from ..request import RenderRequest, declared
+from ..values import positive
+from . import command, guarded
+from .args import add_request_options
+
+CODEC_NAMES = ("h264", "h265", "av1", "vp9", "ffv1", "gif", "webp")
+
+EXAMPLES = """examples:
+  igan-video --size 1280x720 --seconds 10 --out fly.mp4
+  igan-video --size 640x360 --pan 3,-1 --frames 300 --seed 7 --codec vp9 --out fly.webm
+  igan-video --size 320x192 --wrap --period 1024 --pan 8,0 --codec webp --out loop.webp
+  igan-video --size 640x360 --styles 3,17,42 --seconds 20 --out changing.mp4
+  igan-video --size 512x256 --path 0,-128:2048,-128:2048,512 --pan 6,0 --codec ffv1 --out turn.mkv
+"""
+
+# The declared render options igan-video takes: the model, the canvas and how it is computed.
+# The window is --size/--start/--pan/--path, the output --out; tiling is igan-video's grid, and
+# there is no work directory, preview or TIFF option.
+NAMES = tuple(f.name for f in declared() if f.metadata["group"] in ("model", "canvas")
+              or f.name in ("seed", "precision", "backend", "cpu_path", "bit_exact", "device", "threads",
+                            "memory_budget", "batch", "quiet"))
+_HELP = {
+    "wrap": {"help": "a looping video: the canvas repeats horizontally every --period pixels, and the frame after "
+                     "the last is the first (needs --pan DX,0 with DX dividing the period; the frames default to "
+                     "period / DX)"},
+    "style_centers": {"help": "where each style sits, as fractions of the canvas the video covers (the box of every "
+                              "frame; for a loop, one period from --start by the frame height): 0,0 = its top-left, "
+                              "1,1 = its bottom-right (default: spread evenly along it at mid-height)"},
+    "style_map": {"help": "instead of centres: an image whose distinct colours say where each style goes, stretched "
+                          "over the canvas the video covers"},
+    "quiet": {"help": "no progress bar"},
+}
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WxH (two integers), got {text!r}") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"width and height must be positive, got {text!r}")
+    return w, h
+
+
+def _pair(text: str) -> tuple[int, int]:
+    try:
+        x, y = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected X,Y (two integers), got {text!r}") from None
+    return x, y
+
+
+def _points(text: str) -> tuple[tuple[int, int], ...]:
+    points = tuple(_pair(p) for p in text.split(":"))
+    if len(points) < 2:
+        raise argparse.ArgumentTypeError(f"expected at least two points X,Y:X,Y, got {text!r}")
+    return points
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="igan-video",
+        description="Write a video of a camera travelling over an InfinityGAN canvas: each frame a window of the "
+                    "canvas (the pixels igan-render computes for it), rendered once per new canvas tile.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES + "\n" + textwrap.fill(
+            "Negative values need '=': --pan=-4,0, --start=-100,-90. Sizes must be even for h264, h265, av1 and vp9 "
+            "(4:2:0 chroma): an odd size is refused, not padded. FFV1 is lossless: its decoded frames are "
+            f"igan-render's windows byte for byte. Without --checkpoint igan renders with the "
+            f"{EMBEDDED_DESCRIPTION}.", width=88))
+    p.add_argument("--version", action="version", version=f"%(prog)s {igan_version()}")
+    add_request_options(p, NAMES, overrides=_HELP)
+    cam = p.add_argument_group("the camera")
+    cam.add_argument("--size", type=_size, required=True, metavar="WxH", help="frame size in pixels, e.g. 1280x720")
+    cam.add_argument("--pan", type=_pair, default=(4, 0), metavar="DX,DY",
+                     help="camera motion in whole pixels per frame, any direction (default 4,0: rightwards); "
+                          "with --path only its length counts, the speed along the path")
+    cam.add_argument("--start", type=_pair, default=None, metavar="X,Y",
+                     help="canvas position of the first frame's top-left corner (default: 0 and -(H // 2), centred "
+                          "on the horizon as igan-render's window)")
+    cam.add_argument("--path", type=_points, default=None, metavar="X,Y:X,Y:...",
+                     help="a path with turns: straight segments through these canvas positions of the frame's "
+                          "top-left corner, at constant speed (|--pan| px per frame; positions rounded to whole "
+                          "pixels); the frames default to the whole path")
+    length = cam.add_mutually_exclusive_group()
+    length.add_argument("--frames", type=positive, default=None, metavar="N", help="frames (default: 10 s' worth)")
+    length.add_argument("--seconds", type=_seconds, default=None, metavar="S", help="length in seconds of video")
+    cam.add_argument("--fps", type=positive, default=30, help="frames per second (default 30)")
+    cam.add_argument("--period", type=positive, default=None, metavar="P",
+                     help="with --wrap: the period of the cyclic canvas in pixels (a multiple of the model's "
+                          "upscale: 8 for the embedded model)")
+    enc = p.add_argument_group("the video file")
+    enc.add_argument("--out", required=True, metavar="FILE",
+                     help="the video: .mp4 or .mkv (h264, h265, av1), .webm (vp9), .mkv (ffv1), .gif, .webp; a new "
+                          "file, written under a temporary name and renamed when complete")
+    enc.add_argument("--codec", default="h264", metavar="CODEC",
+                     help=f"{', '.join(CODEC_NAMES)} (default h264: yuv420p; ffv1: lossless RGB; gif and webp: "
+                          "animated images for short loops)")
+    enc.add_argument("--crf", type=int, default=18,
+                     help="constant rate factor of h264, h265, av1 and vp9 (default 18; lower is better)")
+    return p
+
+
+def parse_args(argv: list[str] | None = None):
+    """(RenderRequest of the canvas, CameraPath, options) of igan-video's command line; bad
+    input exits with status 2 naming the option."""
+    parser = build_parser()
+    argv = list(argv if argv is not None else sys.argv[1:])
+    args = parser.parse_args(argv)
+    from .. import video  # torch: after --help and the options' own checks
+    options = {n: getattr(args, n) for n in NAMES}
+    w, h = args.size
+    try:
+        request = RenderRequest(width=w, height=h, **options).validate()
+        video.check_codec(args.codec, args.out, args.size)
+        wrap = options["wrap"]
+        if args.period is not None and not wrap:
+            raise RequestError("--period is the period of a looping video: give --wrap too")
+        frames = args.frames if args.seconds is None else max(1, round(args.seconds * args.fps))
+        if wrap:
+            if args.period is None:
+                raise RequestError("--wrap makes a looping video: give --period P, the canvas's period in pixels")
+            if args.path is not None:
+                raise RequestError("--path and --wrap exclude each other: a loop pans straight (--pan DX,0)")
+            dx, dy = args.pan
+            if dy:
+                raise RequestError(f"--wrap loops horizontally: --pan must be DX,0, got {dx},{dy}")
+            need = video.loop_frames(args.period, dx)
+            if frames is not None and frames != need:
+                raise RequestError(f"a loop over --period {args.period} at --pan {dx},0 closes after {need} frames "
+                                   f"({need / args.fps:g} s at --fps {args.fps}), not {frames}: give --frames {need} "
+                                   "(or leave --frames/--seconds out)")
+            frames = need
+        start = args.start if args.start is not None else (0, -(h // 2))
+        if args.path is not None:
+            if args.start is not None:
+                raise RequestError("--path starts at its first point: not with --start")
+            speed = math.hypot(*args.pan)
+            if speed == 0:
+                raise RequestError("--pan 0,0 does not move along --path: give its speed, e.g. --pan 4,0")
+            path = video.polyline_path(args.size, args.path, speed, frames)
+        else:
+            frames = frames if frames is not None else 10 * args.fps
+            if args.pan == (0, 0) and frames > 1:
+                raise RequestError(f"--pan 0,0 over {frames} frames is a still image: give the camera a motion "
+                                   "(e.g. --pan 4,0), or use igan-render")
+            path = video.linear_path(args.size, start, args.pan, frames, args.period if wrap else None)
+    except (RequestError, ValueError) as e:
+        parser.error(str(e))
+    return request, path, args
+
+
+def recipe_command(request: RenderRequest, path, args) -> str:
+    """The igan-video command that renders these frames again: the canvas's pixel options
+    (request.command(), less igan-render's window) and the camera's."""
+    parts = shlex.split(request.command())[1:]
+    keep, skip = [], False
+    for token in parts:
+        if skip:
+            skip = False
+            continue
+        if token in ("--width", "--height", "--x0", "--y0"):
+            skip = True
+            continue
+        if token != "--wrap":
+            keep.append(token)
+    w, h = path.size
+    cam = ["--size", f"{w}x{h}", f"--pan={path.pan[0]},{path.pan[1]}" if path.points is None
+           else f"--pan={args.pan[0]},{args.pan[1]}"]
+    if path.points is None:
+        cam += [f"--start={path.start[0]},{path.start[1]}"]
+    else:
+        cam += ["--path=" + ":".join(f"{x},{y}" for x, y in path.points)]
+    cam += ["--frames", str(path.frames), "--fps", str(args.fps)]
+    if path.period is not None:
+        cam += ["--wrap", "--period", str(path.period)]
+    return shlex.join(["igan-video"] + keep + cam + ["--codec", args.codec, "--crf", str(args.crf)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    with command("igan-video"):
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    request, path, args = parse_args(argv)
+    from .. import video  # loads torch after the options are checked
+
+    def run() -> int:
+        video.check_output(args.out)
+        cmd = recipe_command(request, path, args)
+        info = {"size": list(path.size), "frames": path.frames, "fps": args.fps, "codec": args.codec,
+                "crf": args.crf if video.CODECS[args.codec].crf else None, "start": list(path.start),
+                "pan": list(args.pan), "path": None if path.points is None else [list(p) for p in path.points],
+                "period": path.period}
+        stats = video.render_video(request, path, args.out, codec=args.codec, fps=args.fps, crf=args.crf,
+                                   command=cmd, video=info, progress=not request.quiet)
+        print(f"igan-video: {stats.summary()} -> {args.out}")
+        return 0
+
+    return guarded("igan-video", run, interrupted="interrupted; no video was written")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,405 @@
+"""Videos of a camera travelling over the canvas (igan-video).
+
+A `CameraPath` says where each frame's window is; `render_video` renders the canvas in tiles
+of a fixed grid (each the in-memory render of `pipeline.render_into`, the bytes igan-render
+computes for that window), keeps only the tiles the current frame needs, cuts every frame
+from them and hands it to an encoder thread (PyAV) through a bounded queue, so the cost grows
+with the new pixels, rendering and encoding overlap and memory stays bounded whatever the
+length. The output is written under a temporary name beside it and renamed into place.
+"""
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import json
+import logging
+import math
+import os
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from . import pipeline, planner
+from .errors import PathError, RequestError, WriteError, option
+from .fusion import spec_from_options
+from .identity import request_identity
+from .provenance import igan_version
+from .renderer import peak_rss_bytes
+from .request import RenderRequest
+
+log = logging.getLogger(__name__)
+
+GRID = 256  # the canvas grid's tile side (pixels) along the directions the camera moves
+
+
+@dataclass(frozen=True)
+class Codec:
+    """A --codec: its FFmpeg encoder, the pixel format it encodes, the suffixes of --out, and
+    whether it takes --crf and needs even sizes (4:2:0 chroma)."""
+
+    encoder: str
+    pix_fmt: str
+    suffixes: tuple[str, ...]
+    crf: bool = False
+    even: bool = False
+
+
+CODECS = {
+    "h264": Codec("libx264", "yuv420p", (".mp4", ".mkv"), crf=True, even=True),
+    "h265": Codec("libx265", "yuv420p", (".mp4", ".mkv"), crf=True, even=True),
+    "av1": Codec("libsvtav1", "yuv420p", (".mp4", ".mkv"), crf=True, even=True),
+    "vp9": Codec("libvpx-vp9", "yuv420p", (".webm",), crf=True, even=True),
+    "ffv1": Codec("ffv1", "bgr0", (".mkv",)),  # lossless RGB (bgr0): igan-render's bytes
+    "gif": Codec("gif", "rgb8", (".gif",)),  # FFmpeg's fixed 3-3-2 palette: coarse colours
+    "webp": Codec("libwebp_anim", "yuv420p", (".webp",)),
+}
+CONTAINERS = {".mp4": "mp4", ".mkv": "matroska", ".webm": "webm", ".gif": "gif", ".webp": "webp"}
+
+
+def check_codec(codec: str, out: str, size: tuple[int, int]) -> Codec:
+    """The Codec of `codec` for writing `out` at `size` (W, H), or a RequestError naming the
+    option: an unknown codec, one the installed PyAV lacks, a suffix that does not fit it, an
+    odd size for a 4:2:0 codec."""
+    if codec not in CODECS:
+        raise RequestError(f"{option('codec')} {codec!r} is unknown; use one of {', '.join(CODECS)}")
+    c = CODECS[codec]
+    suffix = os.path.splitext(out)[1].lower()
+    if suffix not in c.suffixes:
+        raise RequestError(f"{option('out')} {out!r} does not fit {option('codec')} {codec}: give it a "
+                           f"{' or '.join(c.suffixes)} name (or choose another {option('codec')})")
+    w, h = size
+    if c.even and (w % 2 or h % 2):
+        raise RequestError(f"{option('size')} {w}x{h}: {option('codec')} {codec} encodes 4:2:0 chroma, which needs "
+                           f"an even width and height: use {option('size')} {w + w % 2}x{h + h % 2} (or "
+                           f"{max(2, w - w % 2)}x{max(2, h - h % 2)}), or {option('codec')} ffv1")
+    try:
+        import av
+    except ImportError:
+        raise RequestError(f"{option('codec')} {codec}: igan-video encodes through PyAV, which is not installed "
+                           "(pip install 'igan[video]')") from None
+    try:
+        av.codec.Codec(c.encoder, "w")
+    except Exception:  # PyAV raises UnknownCodecError (a ValueError) or FFmpegError
+        raise RequestError(f"{option('codec')} {codec}: the installed PyAV {av.__version__} has no {c.encoder} "
+                           f"encoder; choose another {option('codec')}") from None
+    return c
+
+
+# ---- the camera's path ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CameraPath:
+    """Where frame k's window (x, y, width, height) lies on the canvas: on a straight line
+    (`start` + k * `pan`) or along `points` (straight segments at `speed` pixels per frame,
+    each position rounded to the nearest pixel, halves up); `period`: the cyclic canvas of a
+    loop (frame `frames` would be frame 0)."""
+
+    size: tuple[int, int]
+    frames: int
+    start: tuple[int, int]
+    pan: tuple[int, int]
+    points: tuple[tuple[int, int], ...] | None = None
+    speed: float | None = None
+    period: int | None = None
+
+    def position(self, k: int) -> tuple[int, int]:
+        if self.points is None:
+            return self.start[0] + k * self.pan[0], self.start[1] + k * self.pan[1]
+        s = k * self.speed
+        ends = self._ends()
+        i = min(bisect.bisect_right(ends, s) - 1, len(self.points) - 2)
+        (ax, ay), (bx, by) = self.points[i], self.points[i + 1]
+        length = ends[i + 1] - ends[i]
+        t = 0.0 if length == 0 else min(1.0, (s - ends[i]) / length)
+        return math.floor(ax + (bx - ax) * t + 0.5), math.floor(ay + (by - ay) * t + 0.5)
+
+    def _ends(self) -> list[float]:
+        ends = [0.0]
+        for (ax, ay), (bx, by) in zip(self.points, self.points[1:]):
+            ends.append(ends[-1] + math.hypot(bx - ax, by - ay))
+        return ends
+
+    @property
+    def length(self) -> float:
+        """The length of `points` in pixels."""
+        return self._ends()[-1]
+
+    def extent(self) -> planner.Window:
+        """The canvas the video covers, where --style-centers' fractions and --style-map lie:
+        for a loop, one period from the start by the frame height; else the box of every
+        frame (found by walking the path: straight segments, so their ends bound it)."""
+        w, h = self.size
+        if self.period is not None:
+            return planner.Window(self.start[0], self.start[1], self.period, h)
+        if self.points is None:
+            corners = [self.position(0), self.position(self.frames - 1)]
+        else:
+            corners = [self.position(k) for k in range(self.frames)] if self.frames < 100_000 else list(self.points)
+        xs, ys = [c[0] for c in corners], [c[1] for c in corners]
+        return planner.Window(min(xs), min(ys), max(xs) - min(xs) + w, max(ys) - min(ys) + h)
+
+    def grid(self) -> tuple[int, int, int, int]:
+        """(tile width, tile height, origin x, origin y) of the canvas grid the frames are cut
+        from: GRID pixels along each direction the camera moves; across a still direction one
+        tile exactly the frame's extent (a horizontal pan renders only the frame's rows)."""
+        w, h = self.size
+        moves_x = self.points is not None or self.pan[0] != 0
+        moves_y = self.points is not None or self.pan[1] != 0
+        tw, ox = (GRID, 0) if moves_x else (w, self.start[0])
+        th, oy = (GRID, 0) if moves_y else (h, self.start[1])
+        return tw, th, ox, oy
+
+
+def linear_path(size, start, pan, frames, period=None) -> CameraPath:
+    return CameraPath(tuple(size), frames, tuple(start), tuple(pan), period=period)
+
+
+def polyline_path(size, points, speed: float, frames: int | None) -> CameraPath:
+    """Along `points` at `speed` px/frame; `frames` None: to the end of the path."""
+    path = CameraPath(tuple(size), 1, tuple(points[0]), (0, 0), tuple(map(tuple, points)), float(speed))
+    whole = math.floor(path.length / speed + 1e-9) + 1
+    if frames is not None and frames > whole:
+        raise RequestError(f"{option('path')} is {path.length:.1f} px long: at {speed:g} px per frame it has "
+                           f"{whole} frames, fewer than the {frames} asked for ({option('frames')}/"
+                           f"{option('seconds')}): give fewer, or a longer {option('path')}")
+    return dataclasses.replace(path, frames=whole if frames is None else frames)
+
+
+def loop_frames(period: int, dx: int) -> int:
+    """The frames of a loop over `period` at `dx` px/frame, or a RequestError saying why none."""
+    if dx == 0 or period % abs(dx):
+        raise RequestError(f"a loop over {option('period')} {period} cannot close with {option('pan')} {dx},0: the "
+                           f"horizontal pan must divide the period (e.g. {option('pan')} "
+                           f"{_divisor_near(period, abs(dx) or 4)},0)")
+    return period // abs(dx)
+
+
+def _divisor_near(n: int, d: int) -> int:
+    return min((k for k in range(1, n + 1) if n % k == 0), key=lambda k: (abs(k - d), k))
+
+
+# ---- the tiles ------------------------------------------------------------------------------------
+class TileBand:
+    """The tiles of the canvas grid that the current frame needs, each rendered once (the
+    window igan-render computes for it) and dropped once the camera has passed it."""
+
+    def __init__(self, render_tile, grid: tuple[int, int, int, int]):
+        self.render_tile = render_tile  # (x, y, w, h) -> uint8 [h, w, 3]
+        self.tw, self.th, self.ox, self.oy = grid
+        self.tiles: dict[tuple[int, int], np.ndarray] = {}
+        self.rendered = 0  # tiles
+        self.new_pixels = 0
+
+    def frame(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        gx0, gx1 = (x - self.ox) // self.tw, (x + w - 1 - self.ox) // self.tw
+        gy0, gy1 = (y - self.oy) // self.th, (y + h - 1 - self.oy) // self.th
+        need = {(gx, gy) for gx in range(gx0, gx1 + 1) for gy in range(gy0, gy1 + 1)}
+        for key in [k for k in self.tiles if k not in need]:  # passed
+            del self.tiles[key]
+        out = np.empty((h, w, 3), np.uint8)
+        for gx, gy in sorted(need):
+            tile = self.tiles.get((gx, gy))
+            tx, ty = self.ox + gx * self.tw, self.oy + gy * self.th
+            if tile is None:
+                tile = self.tiles[gx, gy] = self.render_tile(tx, ty, self.tw, self.th)
+                self.rendered += 1
+                self.new_pixels += self.tw * self.th
+            x0, x1 = max(x, tx), min(x + w, tx + self.tw)
+            y0, y1 = max(y, ty), min(y + h, ty + self.th)
+            out[y0 - y:y1 - y, x0 - x:x1 - x] = tile[y0 - ty:y1 - ty, x0 - tx:x1 - tx]
+        return out
+
+
+# ---- the video ------------------------------------------------------------------------------------
+@dataclass
+class VideoStats:
+    frames: int
+    fps: int
+    seconds: float  # wall time
+    new_pixels: int
+    tiles: int
+    peak_rss: int
+
+    @property
+    def video_seconds(self) -> float:
+        return self.frames / self.fps
+
+    def summary(self) -> str:
+        real = self.video_seconds / self.seconds if self.seconds else float("inf")
+        return (f"{self.frames} frames, {self.video_seconds:.2f} s of video at {self.fps} fps, in {self.seconds:.1f} s "
+                f"({real:.2f}x real time, {self.frames / self.seconds:.1f} frames/s), "
+                f"{self.new_pixels / 1e6 / self.seconds:.2f} MP/s of new pixels ({self.tiles} tiles), "
+                f"peak RSS {self.peak_rss / 2**30:.2f} GiB")
+
+
+def check_output(out: str) -> None:
+    """--out is a new file in a writable folder (igan-video never overwrites)."""
+    from .paths import check_writable
+
+    if os.path.lexists(out):
+        raise PathError(f"{option('out')} {out!r} already exists; igan-video does not overwrite a video: remove it or "
+                        f"choose another {option('out')}")
+    check_writable(option("out"), out)
+
+
+def canvas_spec(request: RenderRequest, path: CameraPath, cfg):
+    """The canvas of the video (fusion.FieldSpec, or None for the plain canvas): --styles with
+    centres as fractions of the path's extent (CameraPath.extent), --style-map stretched over
+    it, a loop's period."""
+    if path.period is not None and path.period % cfg.upscale:
+        raise RequestError(f"{option('period')} must be a multiple of {cfg.upscale} for model config "
+                           f"{cfg.name!r}, got {path.period}")
+    if request.styles is None and path.period is None:
+        return None
+    return spec_from_options(cfg, path.extent(), request.seed, styles=request.styles,
+                             centers=request.style_centers, style_map=request.style_map, blur=request.style_blur,
+                             wrap=path.period is not None)
+
+
+def _to_frame(av, image: np.ndarray):
+    return av.VideoFrame.from_ndarray(image, format="rgb24")
+
+
+def render_video(request: RenderRequest, path: CameraPath, out: str, *, codec: str = "h264", fps: int = 30,
+                 crf: int | None = None, command: str | None = None, video: dict | None = None,
+                 progress: bool = True, model=None) -> VideoStats:
+    """Render the frames of `path` over the canvas of `request` (its model, seed, styles,
+    trunc, generator, quantizer, device, backend, precision; not its window) and encode them
+    with `codec` into `out`, written atomically. `command`, `video`: the recipe recorded in
+    the container's metadata."""
+    import av
+    import torch
+
+    from . import sources
+
+    c = check_codec(codec, out, path.size)
+    check_output(out)
+    if request.threads:
+        torch.set_num_threads(request.threads)
+    model = pipeline.load_model(request) if model is None else model
+    device = request.device if request.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    runner = sources.make_runner(request.backend, model, device, request.precision, request.cpu_path)
+    cfg = model.config
+    spec = canvas_spec(request, path, cfg)
+    base = request.replace(styles=None, style_centers=None, style_map=None, style_blur=None, wrap=False,
+                           field=spec, out="igan.png", stats_json=None, preview=None)
+    field = spec.build(cfg, request.seed, request.latent_rng) if spec is not None else None
+    if field is None:
+        from .latent import LatentField
+
+        field = LatentField(cfg, request.seed, rng=request.latent_rng)
+
+    def render_tile(x, y, w, h):
+        img = np.empty((h, w, 3), np.uint8)
+        pipeline.render_into(img, base.replace(x0=x, y0=y, width=w, height=h), runner, field)
+        return img
+
+    w, h = path.size
+    tw, th, _, _ = grid = path.grid()
+    tile_request = base.replace(x0=0, y0=0, width=tw, height=th)
+    _, plan = pipeline.plan_request(tile_request, cfg, runner.device)
+    identity = {k: v for k, v in request_identity(tile_request, plan, model, spec).items()
+                if k not in ("window", "width", "height", "tile_height", "tile_width")}
+    if isinstance(identity.get("config"), str) and identity["config"].startswith("{"):
+        identity["config"] = json.loads(identity["config"])
+    recipe = json.dumps({"igan": igan_version(), "command": command, "video": video or {}, "request": identity},
+                        sort_keys=True, separators=(",", ":"))
+
+    final = Path(out)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    band = TileBand(render_tile, grid)
+    frames: queue.Queue = queue.Queue(maxsize=8)
+    failed: list[BaseException] = []
+    start = time.perf_counter()
+
+    def encode(container, stream):
+        done = False
+        try:
+            while (image := frames.get()) is not None:
+                for packet in stream.encode(_to_frame(av, image)):
+                    container.mux(packet)
+            done = True
+            for packet in stream.encode(None):
+                container.mux(packet)
+        except BaseException as e:  # reported by the rendering thread
+            failed.append(e)
+            while not done and frames.get() is not None:  # let the producer finish its puts
+                pass
+
+    bar = None
+    try:
+        muxer = CONTAINERS[final.suffix.lower()]
+        container = av.open(str(tmp), "w", format=muxer,
+                            options={"mp4": {"movflags": "use_metadata_tags"}, "gif": {"loop": "0"},
+                                     "webp": {"loop": "0"}}.get(muxer, {}))
+        try:
+            container.metadata["comment"] = command or ""
+            container.metadata["igan"] = recipe
+            stream = container.add_stream(c.encoder, rate=Fraction(fps))
+            stream.width, stream.height, stream.pix_fmt = w, h, c.pix_fmt
+            options = {}
+            if c.crf and crf is not None:
+                options["crf"] = str(crf)
+            if c.encoder == "libvpx-vp9":
+                options |= {"b": "0", "row-mt": "1"}
+            if c.encoder == "libx265":
+                options["x265-params"] = "log-level=error"
+            stream.codec_context.options = options
+            encoder = threading.Thread(target=encode, args=(container, stream), name="igan-video-encoder",
+                                       daemon=True)
+            encoder.start()
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=path.frames, unit="frame", file=sys.stderr, desc="igan-video", dynamic_ncols=True)
+            try:
+                for k in range(path.frames):
+                    if failed:
+                        break
+                    x, y = path.position(k)
+                    frames.put(band.frame(x, y, w, h))
+                    if bar is not None:
+                        bar.update(1)
+                        rate = bar.format_dict.get("rate") or 0
+                        bar.set_postfix_str(f"{rate / fps:.2f}x real time", refresh=False)
+            finally:
+                frames.put(None)
+                encoder.join()
+            if failed:
+                raise WriteError(f"{option('out')} {out!r}: encoding failed: {failed[0]}") from failed[0]
+        finally:
+            container.close()
+        os.replace(tmp, final)
+    except BaseException:
+        with _quiet_oserror():
+            os.unlink(tmp)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    return VideoStats(path.frames, fps, time.perf_counter() - start, band.new_pixels, band.rendered,
+                      peak_rss_bytes())
+
+
+class _quiet_oserror:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        return kind is not None and issubclass(kind, OSError)
+
+
+def read_recipe(path: str | os.PathLike) -> dict | None:
+    """The recipe igan-video recorded in a video's container metadata ("igan": JSON of the
+    version, the igan-video command, the camera and the canvas's request), or None. Matroska
+    spells the keys in capitals, MP4 as written."""
+    import av
+
+    with av.open(os.fspath(path)) as container:
+        meta = {k.lower(): v for k, v in container.metadata.items()}
+    return json.loads(meta["igan"]) if "igan" in meta else None

@@ -1,0 +1,272 @@
+"""igan-video: frames decoded from FFV1 are igan-render's windows byte for byte (pans in any
+direction, a loop over a cyclic canvas, styles spread along the path, a path with turns); the
+lossy codecs decode at the right size and count; bad input is refused before anything starts,
+naming the option; the output appears whole or not at all."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+av = pytest.importorskip("av", reason="igan-video needs PyAV (pip install 'igan[video]')")
+
+import igan  # noqa: E402
+from igan.engine import video  # noqa: E402
+from igan.engine.cli.video import main  # noqa: E402
+
+W, H = 64, 48
+BASE = ["--size", f"{W}x{H}", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return igan.load(device="cpu")
+
+
+def decode(path) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def make(tmp_path, name, *argv) -> list[np.ndarray]:
+    out = tmp_path / name
+    assert main([*BASE, *argv, "--out", str(out)]) == 0
+    assert out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    return decode(out)
+
+
+def check_windows(model, frames, positions, alone=True, **options):
+    """Each frame is igan-render's window at its position: all of them cut from one window
+    covering them (the windows of one canvas join: test_api), the first and the last also
+    rendered on their own (`alone`)."""
+    xs, ys = [x for x, _ in positions], [y for _, y in positions]
+    x0, y0 = min(xs), min(ys)
+    whole = model.render(max(xs) - x0 + W, max(ys) - y0 + H, x0=x0, y0=y0, array=True, **options)
+    assert len(frames) == len(positions)
+    for k, ((x, y), frame) in enumerate(zip(positions, frames)):
+        assert frame.shape == (H, W, 3) and np.array_equal(frame, whole[y - y0:y - y0 + H, x - x0:x - x0 + W]), \
+            f"frame {k} at {x},{y}"
+    for k in (0, len(frames) - 1) if alone else ():
+        x, y = positions[k]
+        assert np.array_equal(frames[k], model.render(W, H, x0=x, y0=y, array=True, **options)), f"frame {k}"
+
+
+@pytest.mark.parametrize("pan,start", [((5, 0), (-50, -30)), ((3, -2), (7, -24)), ((-4, 3), (0, -40))],
+                         ids=["right", "diagonal-up", "left-down"])
+def test_ffv1_frames_are_igan_render_windows(tmp_path, model, pan, start):
+    frames = make(tmp_path, "pan.mkv", "--codec", "ffv1", "--seed", "3", f"--pan={pan[0]},{pan[1]}",
+                  f"--start={start[0]},{start[1]}", "--frames", "8")
+    check_windows(model, frames, [(start[0] + k * pan[0], start[1] + k * pan[1]) for k in range(8)], seed=3)
+
+
+def test_the_default_start_is_igan_render_s_window(tmp_path, model):
+    frames = make(tmp_path, "default.mkv", "--codec", "ffv1", "--frames", "3")
+    for k, frame in enumerate(frames):  # --pan 4,0, x from 0, y centred on the horizon
+        assert np.array_equal(frame, model.render(W, H, x0=4 * k, array=True)), f"frame {k}"
+
+
+def test_a_loop_closes_on_its_first_frame(tmp_path, model):
+    period, dx = 128, 16
+    frames = make(tmp_path, "loop.mkv", "--codec", "ffv1", "--seed", "2", "--wrap", "--period", str(period),
+                  f"--pan={dx},0")
+    assert len(frames) == period // dx  # the frames default to one period
+    panorama = model.render(period, H, seed=2, x0=0, wrap=True, array=True)  # igan-render --wrap --width 128
+    cyclic = np.concatenate([panorama, panorama], 1)
+    for k, frame in enumerate(frames):
+        x = (k * dx) % period
+        assert np.array_equal(frame, cyclic[:, x:x + W]), f"frame {k}"
+    after_last = cyclic[:, (len(frames) * dx) % period:][:, :W]  # frame N of the cyclic canvas
+    assert np.array_equal(after_last, frames[0])
+    # the last frame continues into the first: its columns shifted by the pan are frame 0's
+    assert np.array_equal(frames[-1][:, dx:], frames[0][:, :W - dx])
+
+
+def test_styles_spread_along_the_path(tmp_path, model):
+    # centres are fractions of the canvas the video covers: frames 0..7 at 8 px per frame from
+    # x 0 cover x 0..120 and y -24..24, so 0.25,0.5 and 0.75,0.5 are canvas pixels (30, 0), (90, 0)
+    frames = make(tmp_path, "styles.mkv", "--codec", "ffv1", "--styles", "3,17", "--style-centers",
+                  "0.25,0.5:0.75,0.5", "--pan", "8,0", "--frames", "8")
+    for k in (0, 3, 7):
+        x0 = 8 * k
+        centres = ((30 - x0) / W, 0.5), ((90 - x0) / W, 0.5)  # the same points as fractions of this window
+        want = model.render(W, H, x0=x0, styles=(3, 17), style_centers=centres, array=True)
+        assert np.array_equal(frames[k], want), f"frame {k}"
+    # igan-render's window over the whole path, with the centres as fractions of it
+    check_windows(model, frames, [(8 * k, -24) for k in range(8)], alone=False, styles=(3, 17),
+                  style_centers=((0.25, 0.5), (0.75, 0.5)))
+    assert not np.array_equal(frames[0], model.render(W, H, x0=0, array=True))  # the styles changed the canvas
+
+
+def test_a_path_with_turns(tmp_path, model):
+    frames = make(tmp_path, "turn.mkv", "--codec", "ffv1", "--path", "0,-24:20,-24:20,-4", "--pan", "5,0")
+    assert len(frames) == 9  # 40 px at 5 px per frame
+    path = video.polyline_path((W, H), ((0, -24), (20, -24), (20, -4)), 5.0, None)
+    positions = [path.position(k) for k in range(9)]
+    assert positions == [(0, -24), (5, -24), (10, -24), (15, -24), (20, -24), (20, -19), (20, -14), (20, -9),
+                         (20, -4)]
+    check_windows(model, frames, positions)
+
+
+def test_diagonal_path_positions_round_to_whole_pixels():
+    path = video.polyline_path((8, 8), ((0, 0), (10, 10)), 3.0, None)
+    assert path.frames == 5 and path.position(1) == (2, 2) and path.position(4) == (8, 8)
+
+
+def test_h264_decodes_at_its_size_and_count_with_the_recipe(tmp_path):
+    out = tmp_path / "fly.mp4"
+    assert main([*BASE, "--frames", "10", "--seed", "4", "--out", str(out)]) == 0
+    frames = decode(out)
+    assert len(frames) == 10 and all(f.shape == (H, W, 3) for f in frames)
+    with av.open(str(out)) as container:
+        assert container.streams.video[0].codec_context.name in ("h264", "libx264")
+    recipe = video.read_recipe(out)
+    assert recipe["command"].startswith("igan-video ") and "--seed 4" in recipe["command"]
+    assert recipe["video"]["frames"] == 10 and recipe["request"]["seed"] == 4
+
+
+def test_ffv1_records_the_recipe(tmp_path):
+    out = tmp_path / "r.mkv"
+    assert main([*BASE, "--frames", "2", "--codec", "ffv1", "--out", str(out)]) == 0
+    recipe = video.read_recipe(out)
+    assert recipe["video"]["codec"] == "ffv1" and recipe["request"]["model"]
+
+
+@pytest.mark.parametrize("codec,name", [("vp9", "a.webm"), ("gif", "a.gif")])
+def test_other_codecs_decode(tmp_path, codec, name):
+    frames = make(tmp_path, name, "--codec", codec, "--frames", "4", "--pan", "8,0")
+    assert len(frames) == 4 and frames[0].shape == (H, W, 3)
+
+
+def test_an_animated_webp_loops(tmp_path):
+    from PIL import Image  # FFmpeg decodes no animated WebP; Pillow does
+
+    out = tmp_path / "a.webp"
+    assert main([*BASE, "--codec", "webp", "--frames", "4", "--pan", "8,0", "--out", str(out)]) == 0
+    with Image.open(out) as im:
+        assert (im.format, im.size, im.n_frames, im.info.get("loop")) == ("WEBP", (W, H), 4, 0)
+
+
+@pytest.mark.parametrize("argv,named", [
+    (["--size", "0x48"], "--size"),
+    (["--size", "64x-2"], "--size"),
+    (["--size", "65x48"], "--size 66x48"),
+    (["--pan", "0,0", "--seconds", "2"], "--pan"),
+    (["--pan", "0,0", "--frames", "5"], "--pan"),
+    (["--codec", "mpeg1"], "--codec"),
+    (["--codec", "vp9"], "--out"),  # a .mp4 is not WebM
+    (["--out", "x.avi"], "--out"),
+    (["--wrap", "--period", "128", "--pan", "24,0"], "--period"),  # 24 does not divide 128
+    (["--wrap", "--period", "128", "--pan", "16,0", "--frames", "5"], "--frames 8"),
+    (["--wrap", "--pan", "16,0"], "--period"),
+    (["--period", "128"], "--wrap"),
+    (["--wrap", "--period", "128", "--pan", "16,2"], "--pan"),
+    (["--frames", "0"], "--frames"),
+    (["--fps", "0"], "--fps"),
+    (["--path", "0,0"], "--path"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_bad_input_is_refused_naming_the_option(tmp_path, capsys, monkeypatch, argv, named):
+    monkeypatch.chdir(tmp_path)
+    defaults = {"--size": f"{W}x{H}", "--out": "v.mp4"}
+    full = list(argv) + [x for k, v in defaults.items() if k not in argv for x in (k, v)]
+    with pytest.raises(SystemExit) as done:
+        main(["--device", "cpu", "--quiet", *full])
+    assert done.value.code == 2
+    assert named in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_loop_that_cannot_close_says_which_frames_would(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main([*BASE, "--wrap", "--period", "128", "--pan", "16,0", "--seconds", "1", "--out", str(tmp_path / "l.mp4")])
+    err = capsys.readouterr().err
+    assert "closes after 8 frames" in err and "--frames 8" in err
+
+
+def test_a_period_not_a_multiple_of_the_upscale_is_refused(tmp_path, capsys):
+    assert main([*BASE, "--wrap", "--period", "100", "--pan", "4,0", "--out", str(tmp_path / "l.mkv"),
+                 "--codec", "ffv1"]) == 1
+    assert "--period" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
+
+
+def test_a_codec_missing_from_pyav_is_refused(tmp_path, capsys, monkeypatch):
+    real = av.codec.Codec
+
+    def codec(name, mode="r"):
+        if name == "libx265":
+            raise av.codec.codec.UnknownCodecError(name) if hasattr(av.codec.codec, "UnknownCodecError") \
+                else ValueError(name)
+        return real(name, mode)
+
+    monkeypatch.setattr(av.codec, "Codec", codec)
+    with pytest.raises(SystemExit) as done:
+        main([*BASE, "--codec", "h265", "--out", str(tmp_path / "x.mp4")])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert "--codec h265" in err and "libx265" in err and list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_output_is_refused(tmp_path, capsys):
+    out = tmp_path / "v.mp4"
+    out.write_bytes(b"keep")
+    assert main([*BASE, "--frames", "2", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "--out" in err and "already exists" in err and out.read_bytes() == b"keep"
+
+
+def test_a_failing_encode_leaves_no_file(tmp_path, capsys, monkeypatch):
+    calls = []
+    real = video._to_frame
+
+    def failing(av_, image):
+        calls.append(1)
+        if len(calls) > 3:
+            raise RuntimeError("disk full (test)")
+        return real(av_, image)
+
+    monkeypatch.setattr(video, "_to_frame", failing)
+    out = tmp_path / "v.mkv"
+    assert main([*BASE, "--frames", "8", "--codec", "ffv1", "--out", str(out)]) == 1
+    assert "disk full" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupt_leaves_no_file(tmp_path, capsys, monkeypatch):
+    real = video.TileBand.frame
+    calls = []
+
+    def interrupted(self, *a):
+        calls.append(1)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return real(self, *a)
+
+    monkeypatch.setattr(video.TileBand, "frame", interrupted)
+    out = tmp_path / "v.mp4"
+    assert main([*BASE, "--frames", "8", "--out", str(out)]) == 130
+    assert "no video was written" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
+
+
+def test_memory_holds_only_the_tiles_of_the_current_frame():
+    rendered = []
+
+    def tile(x, y, w, h):
+        rendered.append((x, y))
+        return np.zeros((h, w, 3), np.uint8)
+
+    band = video.TileBand(tile, (32, 48, 0, -24))
+    for k in range(40):
+        band.frame(4 * k, -24, W, H)
+        assert len(band.tiles) <= W // 32 + 1
+    assert len(rendered) == len(set(rendered)) == band.rendered  # each tile once
+    assert band.new_pixels == band.rendered * 32 * 48
+
+
+def test_help_does_not_load_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom igan.engine.cli.video import main\n"
+            "for flag in ('--help', '--version'):\n"
+            "    try:\n        main([flag])\n    except SystemExit as e:\n        assert e.code == 0\n"
+            "print('HEAVY', [n for n in ('torch', 'numpy', 'av') if n in sys.modules], file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "HEAVY []" in done.stderr, done.stderr
