@@ -145,12 +145,16 @@ class CameraPath:
 
     def grid(self) -> tuple[int, int, int, int]:
         """(tile width, tile height, origin x, origin y) of the canvas grid the frames are cut
-        from: GRID pixels along each direction the camera moves; across a still direction one
-        tile exactly the frame's extent (a horizontal pan renders only the frame's rows)."""
+        from: GRID pixels along each direction the camera moves (for a loop, the largest
+        divisor of the period up to GRID, so the tiles repeat with it); across a still
+        direction one tile exactly the frame's extent (a horizontal pan renders only the
+        frame's rows)."""
         w, h = self.size
         moves_x = self.points is not None or self.pan[0] != 0
         moves_y = self.points is not None or self.pan[1] != 0
         tw, ox = (GRID, 0) if moves_x else (w, self.start[0])
+        if self.period is not None:
+            tw, ox = max(d for d in range(1, min(GRID, self.period) + 1) if self.period % d == 0), self.start[0]
         th, oy = (GRID, 0) if moves_y else (h, self.start[1])
         return tw, th, ox, oy
 
@@ -188,9 +192,14 @@ class TileBand:
     """The tiles of the canvas grid that the current frame needs, each rendered once (the
     window igan-render computes for it) and dropped once the camera has passed it."""
 
-    def __init__(self, render_tile, grid: tuple[int, int, int, int]):
+    def __init__(self, render_tile, grid: tuple[int, int, int, int], period: int | None = None):
+        """`period`: a cyclic canvas whose period is a multiple of the tile width: tiles a
+        period apart are one tile, and those of the first frame are kept for the frames that
+        close the loop (so a loop renders each pixel of its period once)."""
         self.render_tile = render_tile  # (x, y, w, h) -> uint8 [h, w, 3]
         self.tw, self.th, self.ox, self.oy = grid
+        self.cycle = period // self.tw if period is not None and period % self.tw == 0 else None
+        self.keep: set[tuple[int, int]] | None = None if self.cycle is None else set()
         self.tiles: dict[tuple[int, int], np.ndarray] = {}
         self.rendered = 0  # tiles
         self.new_pixels = 0
@@ -198,21 +207,29 @@ class TileBand:
     def frame(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         gx0, gx1 = (x - self.ox) // self.tw, (x + w - 1 - self.ox) // self.tw
         gy0, gy1 = (y - self.oy) // self.th, (y + h - 1 - self.oy) // self.th
-        need = {(gx, gy) for gx in range(gx0, gx1 + 1) for gy in range(gy0, gy1 + 1)}
-        for key in [k for k in self.tiles if k not in need]:  # passed
+        cells = [(gx, gy) for gx in range(gx0, gx1 + 1) for gy in range(gy0, gy1 + 1)]
+        need = {self._key(gx, gy) for gx, gy in cells}
+        if self.keep is not None and not self.keep:
+            self.keep = set(need)  # the first frame's: the loop's last frames come back to them
+        for key in [k for k in self.tiles if k not in need and not (self.keep and k in self.keep)]:  # passed
             del self.tiles[key]
         out = np.empty((h, w, 3), np.uint8)
-        for gx, gy in sorted(need):
-            tile = self.tiles.get((gx, gy))
+        for gx, gy in cells:
+            key = self._key(gx, gy)
+            tile = self.tiles.get(key)
             tx, ty = self.ox + gx * self.tw, self.oy + gy * self.th
             if tile is None:
-                tile = self.tiles[gx, gy] = self.render_tile(tx, ty, self.tw, self.th)
+                kx = key[0]  # the canonical cell: its bytes are those of every cell a period apart
+                tile = self.tiles[key] = self.render_tile(self.ox + kx * self.tw, ty, self.tw, self.th)
                 self.rendered += 1
                 self.new_pixels += self.tw * self.th
             x0, x1 = max(x, tx), min(x + w, tx + self.tw)
             y0, y1 = max(y, ty), min(y + h, ty + self.th)
             out[y0 - y:y1 - y, x0 - x:x1 - x] = tile[y0 - ty:y1 - ty, x0 - tx:x1 - tx]
         return out
+
+    def _key(self, gx: int, gy: int) -> tuple[int, int]:
+        return (gx % self.cycle, gy) if self.cycle else (gx, gy)
 
 
 # ---- the video ------------------------------------------------------------------------------------
@@ -312,7 +329,7 @@ def render_video(request: RenderRequest, path: CameraPath, out: str, *, codec: s
 
     final = Path(out)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    band = TileBand(render_tile, grid)
+    band = TileBand(render_tile, grid, path.period)
     frames: queue.Queue = queue.Queue(maxsize=8)
     failed: list[BaseException] = []
     start = time.perf_counter()

@@ -270,3 +270,18 @@ def test_help_does_not_load_torch():
             "print('HEAVY', [n for n in ('torch', 'numpy', 'av') if n in sys.modules], file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "HEAVY []" in done.stderr, done.stderr
+
+
+def test_a_loop_renders_each_tile_of_its_period_once():
+    rendered = []
+
+    def tile(x, y, w, h):
+        rendered.append((x, y, w, h))
+        return np.zeros((h, w, 3), np.uint8)
+
+    path = video.linear_path((W, H), (-16, -24), (16, 0), 24, period=384)
+    band = video.TileBand(tile, path.grid(), path.period)
+    assert path.grid()[0] == 192  # the largest divisor of the period up to 256
+    for k in range(path.frames):
+        band.frame(*path.position(k), W, H)
+    assert sorted(rendered) == [(-16, -24, 192, 48), (176, -24, 192, 48)]  # the period, once
