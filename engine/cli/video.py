@@ -45,6 +45,8 @@ _HELP = {
     "style_map": {"help": "instead of centres: an image whose distinct colours say where each style goes, stretched "
                           "over the canvas the video covers"},
     "quiet": {"help": "no progress bar"},
+    "threads": {"help": "CPU threads for torch (default: half the CPUs; the encoder's threads use the rest, and "
+                        "torch on every core stalls behind them)"},
 }
 
 
