@@ -285,3 +285,16 @@ def test_a_loop_renders_each_tile_of_its_period_once():
     for k in range(path.frames):
         band.frame(*path.position(k), W, H)
     assert sorted(rendered) == [(-16, -24, 384, 48)]  # the period, once
+
+
+def test_the_recorded_command_renders_the_same_frames(tmp_path):
+    import shlex
+
+    first = tmp_path / "a.mkv"
+    assert main([*BASE, "--codec", "ffv1", "--frames", "4", "--seed", "6", "--pan=-3,2", "--out", str(first)]) == 0
+    command = shlex.split(video.read_recipe(first)["command"])
+    assert command[0] == "igan-video"
+    again = tmp_path / "b.mkv"
+    assert main([*command[1:], "--device", "cpu", "--quiet", "--out", str(again)]) == 0
+    a, b = decode(first), decode(again)
+    assert len(a) == 4 and all(np.array_equal(x, y) for x, y in zip(a, b))
