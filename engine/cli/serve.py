@@ -107,6 +107,9 @@ def _serve(args, cache: str) -> int:
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((args.host, args.port))
+        # listening before the URL is printed: a client that connects the moment it reads the
+        # URL waits in the backlog until uvicorn accepts, instead of being refused
+        sock.listen(2048)
     except (IganError, ValueError, OSError, RuntimeError) as e:
         print(f"igan-serve: error: {e}", file=sys.stderr)
         return 1
