@@ -56,7 +56,7 @@ CODECS = {
     "av1": Codec("libsvtav1", "yuv420p", (".mp4", ".mkv"), crf=True, even=True),
     "vp9": Codec("libvpx-vp9", "yuv420p", (".webm",), crf=True, even=True),
     "ffv1": Codec("ffv1", "bgr0", (".mkv",)),  # lossless RGB (bgr0): igan-render's bytes
-    "gif": Codec("gif", "rgb8", (".gif",)),  # FFmpeg's fixed 3-3-2 palette: coarse colours
+    "gif": Codec("gif", "pal8", (".gif",)),  # 256 colours: the first frame's palette (median cut)
     "webp": Codec("libwebp_anim", "yuv420p", (".webp",)),
 }
 CONTAINERS = {".mp4": "mp4", ".mkv": "matroska", ".webm": "webm", ".gif": "gif", ".webp": "webp"}
@@ -278,8 +278,26 @@ def canvas_spec(request: RenderRequest, path: CameraPath, cfg):
                              wrap=path.period is not None)
 
 
-def _to_frame(av, image: np.ndarray):
-    return av.VideoFrame.from_ndarray(image, format="rgb24")
+def _to_frame(av, image: np.ndarray, palette=None):
+    """A frame for the encoder: RGB (the stream converts it to its pixel format), or with
+    `palette` (a PIL "P" image) the image in those colours, as pal8 for GIF."""
+    if palette is None:
+        return av.VideoFrame.from_ndarray(image, format="rgb24")
+    from PIL import Image
+
+    indices = np.asarray(Image.fromarray(image).quantize(palette=palette, dither=Image.Dither.NONE))
+    rgb = np.zeros((256, 3), np.uint8)
+    colours = np.frombuffer(bytes(palette.getpalette()[:768]), np.uint8).reshape(-1, 3)
+    rgb[:len(colours)] = colours
+    argb = np.concatenate([np.full((256, 1), 255, np.uint8), rgb], 1)
+    return av.VideoFrame.from_ndarray((indices, argb), format="pal8")
+
+
+def gif_palette(image: np.ndarray):
+    """The 256 colours of a GIF: the first frame's, by median cut (deterministic)."""
+    from PIL import Image
+
+    return Image.fromarray(image).quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
 
 
 def render_video(request: RenderRequest, path: CameraPath, out: str, *, codec: str = "h264", fps: int = 30,
@@ -352,10 +370,12 @@ def _render_video(av, torch, c, request, path, out, *, codec, fps, crf, command,
     start = time.perf_counter()
 
     def encode(container, stream):
-        done = False
+        done, palette = False, None
         try:
             while (image := frames.get()) is not None:
-                for packet in stream.encode(_to_frame(av, image)):
+                if c.pix_fmt == "pal8" and palette is None:
+                    palette = gif_palette(image)
+                for packet in stream.encode(_to_frame(av, image, palette)):
                     container.mux(packet)
             done = True
             for packet in stream.encode(None):

@@ -136,6 +136,12 @@ def test_other_codecs_decode(tmp_path, codec, name):
     assert len(frames) == 4 and frames[0].shape == (H, W, 3)
 
 
+def test_a_gif_keeps_the_colours_of_its_first_frame(tmp_path, model):
+    frames = make(tmp_path, "a.gif", "--codec", "gif", "--frames", "3", "--pan", "8,0")
+    want = model.render(W, H, x0=0, array=True).astype(int)
+    assert np.abs(frames[0].astype(int) - want).mean() < 4  # 256 colours of its own, not a fixed 3-3-2 palette
+
+
 def test_an_animated_webp_loops(tmp_path):
     from PIL import Image  # FFmpeg decodes no animated WebP; Pillow does
 
@@ -216,11 +222,11 @@ def test_a_failing_encode_leaves_no_file(tmp_path, capsys, monkeypatch):
     calls = []
     real = video._to_frame
 
-    def failing(av_, image):
+    def failing(av_, image, palette=None):
         calls.append(1)
         if len(calls) > 3:
             raise RuntimeError("disk full (test)")
-        return real(av_, image)
+        return real(av_, image, palette)
 
     monkeypatch.setattr(video, "_to_frame", failing)
     out = tmp_path / "v.mkv"
