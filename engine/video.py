@@ -19,6 +19,7 @@ import queue
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -159,6 +160,17 @@ class CameraPath:
         return tw, th, ox, oy
 
 
+    def lookahead(self) -> int:
+        """How many frames ahead the next tiles are rendered: the frames the camera takes to
+        cross one tile along its motion."""
+        tw, th, _, _ = self.grid()
+        if self.points is not None:
+            return max(1, math.ceil(min(tw, th) / self.speed))
+        dx, dy = map(abs, self.pan)
+        crossing = [t / d for t, d in ((tw, dx), (th, dy)) if d]
+        return max(1, math.ceil(min(crossing))) if crossing else 1
+
+
 def linear_path(size, start, pan, frames, period=None) -> CameraPath:
     return CameraPath(tuple(size), frames, tuple(start), tuple(pan), period=period)
 
@@ -190,9 +202,11 @@ def _divisor_near(n: int, d: int) -> int:
 # ---- the tiles ------------------------------------------------------------------------------------
 class TileBand:
     """The tiles of the canvas grid that the current frame needs, each rendered once (the
-    window igan-render computes for it) and dropped once the camera has passed it."""
+    window igan-render computes for it) and dropped once the camera has passed it; with an
+    `executor` (one thread), the tiles of a frame further along the path are rendered while
+    the frames before it are cut and encoded."""
 
-    def __init__(self, render_tile, grid: tuple[int, int, int, int], period: int | None = None):
+    def __init__(self, render_tile, grid: tuple[int, int, int, int], period: int | None = None, executor=None):
         """`period`: a cyclic canvas whose period is a multiple of the tile width: tiles a
         period apart are one tile, and those of the first frame are kept for the frames that
         close the loop (so a loop renders each pixel of its period once)."""
@@ -200,29 +214,53 @@ class TileBand:
         self.tw, self.th, self.ox, self.oy = grid
         self.cycle = period // self.tw if period is not None and period % self.tw == 0 else None
         self.keep: set[tuple[int, int]] | None = None if self.cycle is None else set()
-        self.tiles: dict[tuple[int, int], np.ndarray] = {}
+        self.executor = executor
+        self.tiles: dict[tuple[int, int], object] = {}  # key -> uint8 [th, tw, 3], or its Future
         self.rendered = 0  # tiles
         self.new_pixels = 0
 
-    def frame(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+    def _cells(self, x: int, y: int, w: int, h: int) -> list[tuple[int, int]]:
         gx0, gx1 = (x - self.ox) // self.tw, (x + w - 1 - self.ox) // self.tw
         gy0, gy1 = (y - self.oy) // self.th, (y + h - 1 - self.oy) // self.th
-        cells = [(gx, gy) for gx in range(gx0, gx1 + 1) for gy in range(gy0, gy1 + 1)]
+        return [(gx, gy) for gx in range(gx0, gx1 + 1) for gy in range(gy0, gy1 + 1)]
+
+    def _render(self, key: tuple[int, int]) -> np.ndarray:
+        kx, ky = key  # the canonical cell: its bytes are those of every cell a period apart
+        tile = self.render_tile(self.ox + kx * self.tw, self.oy + ky * self.th, self.tw, self.th)
+        self.rendered += 1
+        self.new_pixels += self.tw * self.th
+        return tile
+
+    def _ask(self, keys) -> None:
+        for key in keys:
+            if key not in self.tiles:
+                self.tiles[key] = self.executor.submit(self._render, key) if self.executor else None
+
+    def frame(self, x: int, y: int, w: int, h: int, ahead: tuple[int, int] | None = None) -> np.ndarray:
+        """The frame whose window is (x, y, w, h); `ahead`: the top-left corner of a later
+        frame whose tiles are rendered next (kept until then)."""
+        cells = self._cells(x, y, w, h)
         need = {self._key(gx, gy) for gx, gy in cells}
+        later = {self._key(gx, gy) for gx, gy in self._cells(*ahead, w, h)} if ahead is not None else set()
         if self.keep is not None and not self.keep:
             self.keep = set(need)  # the first frame's: the loop's last frames come back to them
-        for key in [k for k in self.tiles if k not in need and not (self.keep and k in self.keep)]:  # passed
-            del self.tiles[key]
+        for key in [k for k in self.tiles if k not in need and k not in later
+                    and not (self.keep and k in self.keep)]:  # passed
+            tile = self.tiles.pop(key)
+            if tile is not None and not isinstance(tile, np.ndarray):
+                tile.cancel()
+        self._ask(sorted(need))
+        self._ask(sorted(later - need))
         out = np.empty((h, w, 3), np.uint8)
         for gx, gy in cells:
             key = self._key(gx, gy)
-            tile = self.tiles.get(key)
-            tx, ty = self.ox + gx * self.tw, self.oy + gy * self.th
+            tile = self.tiles[key]
             if tile is None:
-                kx = key[0]  # the canonical cell: its bytes are those of every cell a period apart
-                tile = self.tiles[key] = self.render_tile(self.ox + kx * self.tw, ty, self.tw, self.th)
-                self.rendered += 1
-                self.new_pixels += self.tw * self.th
+                tile = self._render(key)
+            elif not isinstance(tile, np.ndarray):
+                tile = tile.result()
+            self.tiles[key] = tile
+            tx, ty = self.ox + gx * self.tw, self.oy + gy * self.th
             x0, x1 = max(x, tx), min(x + w, tx + self.tw)
             y0, y1 = max(y, ty), min(y + h, ty + self.th)
             out[y0 - y:y1 - y, x0 - x:x1 - x] = tile[y0 - ty:y1 - ty, x0 - tx:x1 - tx]
@@ -364,7 +402,9 @@ def _render_video(av, torch, c, request, path, out, *, codec, fps, crf, command,
 
     final = Path(out)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    band = TileBand(render_tile, grid, path.period)
+    renderer = ThreadPoolExecutor(1, thread_name_prefix="igan-video-tiles")
+    band = TileBand(render_tile, grid, path.period, renderer)
+    ahead = path.lookahead()
     frames: queue.Queue = queue.Queue(maxsize=8)
     failed: list[BaseException] = []
     start = time.perf_counter()
@@ -416,12 +456,13 @@ def _render_video(av, torch, c, request, path, out, *, codec, fps, crf, command,
                     if failed:
                         break
                     x, y = path.position(k)
-                    frames.put(band.frame(x, y, w, h))
+                    frames.put(band.frame(x, y, w, h, ahead=path.position(min(k + ahead, path.frames - 1))))
                     if bar is not None:
                         bar.update(1)
                         rate = bar.format_dict.get("rate") or 0
                         bar.set_postfix_str(f"{rate / fps:.2f}x real time", refresh=False)
             finally:
+                renderer.shutdown(wait=True, cancel_futures=True)
                 frames.put(None)
                 encoder.join()
             if failed:

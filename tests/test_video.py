@@ -239,11 +239,11 @@ def test_an_interrupt_leaves_no_file(tmp_path, capsys, monkeypatch):
     real = video.TileBand.frame
     calls = []
 
-    def interrupted(self, *a):
+    def interrupted(self, *a, **kw):
         calls.append(1)
         if len(calls) > 2:
             raise KeyboardInterrupt
-        return real(self, *a)
+        return real(self, *a, **kw)
 
     monkeypatch.setattr(video.TileBand, "frame", interrupted)
     out = tmp_path / "v.mp4"
@@ -304,3 +304,26 @@ def test_the_recorded_command_renders_the_same_frames(tmp_path):
     assert main([*command[1:], "--device", "cpu", "--quiet", "--out", str(again)]) == 0
     a, b = decode(first), decode(again)
     assert len(a) == 4 and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_the_next_tiles_render_while_frames_are_cut():
+    from concurrent.futures import ThreadPoolExecutor
+
+    rendered = []
+
+    def tile(x, y, w, h):
+        rendered.append((x, y))
+        return np.full((h, w, 3), (x // 32) % 251, np.uint8)
+
+    path = video.linear_path((W, H), (0, -24), (4, 0), 40)
+    assert path.lookahead() == 128  # a 512 px tile at 4 px per frame
+    with ThreadPoolExecutor(1) as pool:
+        band = video.TileBand(tile, (32, 48, 0, -24), None, pool)
+        for k in range(40):
+            frame = band.frame(4 * k, -24, W, H, ahead=(4 * min(k + 8, 39), -24))
+            assert frame[0, 0, 0] == ((4 * k) // 32) % 251
+            assert len(band.tiles) <= 2 * (W // 32 + 1)
+            if k == 0:
+                pool.submit(lambda: None).result()  # the worker has rendered what frame 0 asked for
+                assert (64, -24) in rendered  # frame 8's tile, before the camera needs it
+    assert len(rendered) == len(set(rendered)) == band.rendered
