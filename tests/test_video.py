@@ -327,3 +327,14 @@ def test_the_next_tiles_render_while_frames_are_cut():
                 pool.submit(lambda: None).result()  # the worker has rendered what frame 0 asked for
                 assert (64, -24) in rendered  # frame 8's tile, before the camera needs it
     assert len(rendered) == len(set(rendered)) == band.rendered
+
+
+def test_ffv1_takes_odd_sizes_and_seconds_count_frames(tmp_path, model):
+    out = tmp_path / "odd.mkv"
+    assert main(["--size", "63x47", "--device", "cpu", "--quiet", "--codec", "ffv1", "--seconds", "0.2", "--fps",
+                 "15", "--pan=2,1", "--out", str(out)]) == 0
+    frames = decode(out)
+    assert len(frames) == 3  # 0.2 s at 15 fps
+    for k, frame in enumerate(frames):
+        want = model.render(63, 47, x0=2 * k, y0=-23 + k, array=True)  # y from -(47 // 2)
+        assert np.array_equal(frame, want), f"frame {k}"
