@@ -4,6 +4,8 @@ lossy codecs decode at the right size and count; bad input is refused before any
 naming the option; the output appears whole or not at all."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -338,3 +340,45 @@ def test_ffv1_takes_odd_sizes_and_seconds_count_frames(tmp_path, model):
     for k, frame in enumerate(frames):
         want = model.render(63, 47, x0=2 * k, y0=-23 + k, array=True)  # y from -(47 // 2)
         assert np.array_equal(frame, want), f"frame {k}"
+
+
+def test_from_renders_a_video_again_with_overrides(tmp_path):
+    first = tmp_path / "a.mkv"
+    assert main([*BASE, "--codec", "ffv1", "--frames", "4", "--seed", "6", "--pan=-3,2", "--out", str(first)]) == 0
+    again = tmp_path / "b.mkv"
+    assert main(["--from", str(first), "--device", "cpu", "--quiet", "--out", str(again)]) == 0
+    a, b = decode(first), decode(again)
+    assert len(b) == 4 and all(np.array_equal(x, y) for x, y in zip(a, b))
+    short = tmp_path / "c.mkv"
+    assert main(["--from", str(first), "--frames", "2", "--device", "cpu", "--quiet", "--out", str(short)]) == 0
+    c = decode(short)
+    assert len(c) == 2 and all(np.array_equal(x, y) for x, y in zip(a, c))
+    lossy = tmp_path / "d.mp4"
+    assert main(["--from", str(first), "--codec", "h264", "--device", "cpu", "--quiet", "--out", str(lossy)]) == 0
+    assert len(decode(lossy)) == 4
+
+
+def test_from_takes_only_what_decides_the_frames(tmp_path):
+    crafted = tmp_path / "crafted.mkv"
+    with av.open(str(crafted), "w") as container:
+        command = "igan-video --size 64x48 --frames 2 --codec ffv1 --threads 99 --device cuda:7 --out /nowhere/x.mkv"
+        container.metadata["igan"] = json.dumps({"command": command})
+        stream = container.add_stream("ffv1", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "bgr0"
+        for packet in stream.encode(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    out = tmp_path / "x.mkv"
+    assert main(["--from", str(crafted), "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    frames = decode(out)
+    assert len(frames) == 2 and frames[0].shape == (48, 64, 3)
+
+
+def test_from_a_file_that_is_not_a_video_is_refused(tmp_path, capsys):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    with pytest.raises(SystemExit) as done:
+        main(["--from", str(bad), "--out", str(tmp_path / "x.mp4")])
+    assert done.value.code == 2 and "--from" in capsys.readouterr().err
+    assert not (tmp_path / "x.mp4").exists()

@@ -14,7 +14,7 @@ import textwrap
 from ..embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
 from ..errors import RequestError
 from ..provenance import igan_version
-from ..request import RenderRequest, declared
+from ..request import PIXEL_FIELDS, RenderRequest, declared
 from ..values import positive
 from . import command, guarded
 from .args import add_request_options
@@ -27,6 +27,7 @@ EXAMPLES = """examples:
   igan-video --size 320x192 --wrap --period 1024 --pan 8,0 --codec webp --out loop.webp
   igan-video --size 640x360 --styles 3,17,42 --seconds 20 --out changing.mp4
   igan-video --size 512x256 --path 0,-128:2048,-128:2048,512 --pan 6,0 --codec ffv1 --out turn.mkv
+  igan-video --from fly.mp4 --codec ffv1 --out fly-lossless.mkv
 """
 
 # The declared render options igan-video takes: the model, the canvas and how it is computed.
@@ -97,9 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
             f"igan-render's windows byte for byte. Without --checkpoint igan renders with the "
             f"{EMBEDDED_DESCRIPTION}.", width=88))
     p.add_argument("--version", action="version", version=f"%(prog)s {igan_version()}")
+    p.add_argument("--from", dest="from_video", default=None, metavar="VIDEO",
+                   help="render again the frames a video igan-video wrote records (its recipe: model, canvas, "
+                        "camera, codec); options given here override them, e.g. --frames or --codec ffv1. The output "
+                        "and how it is computed (device, threads) come only from this command line")
     add_request_options(p, NAMES, overrides=_HELP)
     cam = p.add_argument_group("the camera")
-    cam.add_argument("--size", type=_size, required=True, metavar="WxH", help="frame size in pixels, e.g. 1280x720")
+    cam.add_argument("--size", type=_size, default=None, metavar="WxH",
+                     help="frame size in pixels, e.g. 1280x720 (required, unless --from gives it)")
     cam.add_argument("--pan", type=_pair, default=(4, 0), metavar="DX,DY",
                      help="camera motion in whole pixels per frame, any direction (default 4,0: rightwards); "
                           "with --path only its length counts, the speed along the path")
@@ -136,6 +142,11 @@ def parse_args(argv: list[str] | None = None):
     argv = list(argv if argv is not None else sys.argv[1:])
     args = parser.parse_args(argv)
     from .. import video  # torch: after --help and the options' own checks
+
+    if args.from_video is not None:
+        _from_recipe(args, argv)
+    if args.size is None:
+        parser.error("the following arguments are required: --size (or --from VIDEO)")
     options = {n: getattr(args, n) for n in NAMES}
     w, h = args.size
     try:
@@ -176,6 +187,60 @@ def parse_args(argv: list[str] | None = None):
     except (RequestError, ValueError) as e:
         parser.error(str(e))
     return request, path, args
+
+
+# What a recipe (igan-video --from) may set: the options that decide the frames and the codec;
+# never the output, the device, the threads or the model's files' paths beyond those recorded.
+FROM_RECIPE = tuple(n for n in NAMES if n in PIXEL_FIELDS) + (
+    "size", "pan", "start", "path", "frames", "seconds", "fps", "period", "codec", "crf")
+_EXCLUSIVE = {"frames": "seconds", "seconds": "frames", "path": "start", "start": "path"}
+
+
+class _RecipeError(Exception):
+    pass
+
+
+def _from_recipe(args, argv: list[str]) -> None:
+    """Fill `args` from the recipe of --from VIDEO (video.read_recipe): its recorded igan-video
+    command, parsed as untrusted data by igan-video's own parser, contributes only FROM_RECIPE,
+    and only where this command line gives none; anything wrong is one line, exit status 2."""
+    from .. import video
+
+    label = f"--from {args.from_video!r}"
+    try:
+        try:
+            recipe = video.read_recipe(args.from_video)
+        except Exception as e:  # PyAV raises many kinds on a file that is not a video
+            raise _RecipeError(f"cannot read it as a video ({type(e).__name__}: {e})") from None
+        command = (recipe or {}).get("command")
+        if not isinstance(command, str):
+            raise _RecipeError("records no igan-video recipe")
+        tokens = shlex.split(command)
+        if not tokens or tokens[0] != "igan-video":
+            raise _RecipeError(f"its recipe is not an igan-video command: {command[:80]!r}")
+        strict = build_parser()
+
+        def refuse(message):
+            raise _RecipeError(f"its recipe does not parse: {message}")
+
+        strict.error = refuse
+        recorded = strict.parse_args(tokens[1:] + ["--out", "recipe"])
+    except (_RecipeError, ValueError) as e:
+        print(f"igan-video: error: {label}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    given = _given(argv)
+    for name in FROM_RECIPE:
+        if name in given or _EXCLUSIVE.get(name) in given:
+            continue
+        setattr(args, name, getattr(recorded, name))
+
+
+def _given(argv: list[str]) -> set[str]:
+    """The options typed on the command line (by dest), whatever their values."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
 
 
 def recipe_command(request: RenderRequest, path, args) -> str:
