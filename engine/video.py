@@ -376,6 +376,7 @@ def _render_video(av, torch, c, request, path, out, *, codec, fps, crf, command,
     runner = sources.make_runner(request.backend, model, device, request.precision, request.cpu_path)
     cfg = model.config
     spec = canvas_spec(request, path, cfg)
+    pipeline.check_expected(request, model, spec)  # --from: the model the video was made with
     base = request.replace(styles=None, style_centers=None, style_map=None, style_blur=None, wrap=False,
                            field=spec, out="igan.png", stats_json=None, preview=None)
     field = spec.build(cfg, request.seed, request.latent_rng) if spec is not None else None

@@ -382,3 +382,21 @@ def test_from_a_file_that_is_not_a_video_is_refused(tmp_path, capsys):
         main(["--from", str(bad), "--out", str(tmp_path / "x.mp4")])
     assert done.value.code == 2 and "--from" in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_from_checks_the_model_the_video_was_made_with(tmp_path, capsys):
+    first = tmp_path / "a.mkv"
+    assert main([*BASE, "--codec", "ffv1", "--frames", "2", "--out", str(first)]) == 0
+    recipe = video.read_recipe(first)
+    forged = tmp_path / "forged.mkv"
+    with av.open(str(forged), "w") as container:
+        container.metadata["igan"] = json.dumps(recipe | {"request": recipe["request"] | {"model": "0" * 64}})
+        stream = container.add_stream("ffv1", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "bgr0"
+        for packet in stream.encode(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    out = tmp_path / "x.mkv"
+    assert main(["--from", str(forged), "--device", "cpu", "--quiet", "--out", str(out)]) == 1
+    assert "--checkpoint" in capsys.readouterr().err and not out.exists()

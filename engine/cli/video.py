@@ -150,7 +150,7 @@ def parse_args(argv: list[str] | None = None):
     options = {n: getattr(args, n) for n in NAMES}
     w, h = args.size
     try:
-        request = RenderRequest(width=w, height=h, **options).validate()
+        request = RenderRequest(width=w, height=h, expect=getattr(args, "expect", ()), **options).validate()
         video.check_codec(args.codec, args.out, args.size)
         wrap = options["wrap"]
         if args.period is not None and not wrap:
@@ -229,6 +229,9 @@ def _from_recipe(args, argv: list[str]) -> None:
         print(f"igan-video: error: {label}: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     given = _given(argv)
+    request = recipe.get("request") if isinstance(recipe.get("request"), dict) else {}
+    if isinstance(request.get("model"), str) and not {"checkpoint", "config", "random_weights", "model"} & given:
+        args.expect = (("model", request["model"]),)  # checked once the model is loaded
     for name in FROM_RECIPE:
         if name in given or _EXCLUSIVE.get(name) in given:
             continue
