@@ -442,6 +442,8 @@ def _render_video(av, torch, c, request, path, out, *, codec, fps, crf, command,
                 options["crf"] = str(crf)
             if c.encoder == "libvpx-vp9":
                 options |= {"b": "0", "row-mt": "1"}
+            if c.encoder == "libsvtav1":
+                os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its configuration otherwise: errors only
             if c.encoder == "libx265":
                 options["x265-params"] = "log-level=error"
             stream.codec_context.options = options

@@ -132,7 +132,7 @@ def test_ffv1_records_the_recipe(tmp_path):
     assert recipe["video"]["codec"] == "ffv1" and recipe["request"]["model"]
 
 
-@pytest.mark.parametrize("codec,name", [("vp9", "a.webm"), ("gif", "a.gif")])
+@pytest.mark.parametrize("codec,name", [("vp9", "a.webm"), ("gif", "a.gif"), ("h265", "a.mp4"), ("av1", "a.mkv")])
 def test_other_codecs_decode(tmp_path, codec, name):
     frames = make(tmp_path, name, "--codec", codec, "--frames", "4", "--pan", "8,0")
     assert len(frames) == 4 and frames[0].shape == (H, W, 3)
