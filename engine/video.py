@@ -12,7 +12,6 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import json
-import logging
 import math
 import os
 import queue
@@ -34,9 +33,10 @@ from .provenance import igan_version
 from .renderer import peak_rss_bytes
 from .request import RenderRequest
 
-log = logging.getLogger(__name__)
 
-GRID = 512  # the canvas grid's tile side (pixels) along the directions the camera moves: the least-work tiles of the exact CPU path (planner.least_work_tiles) are about this wide
+# The canvas grid's tile side (pixels) along the directions the camera moves: about the width of
+# the exact CPU path's least-work tiles (planner.least_work_tiles).
+GRID = 512
 
 
 @dataclass(frozen=True)
