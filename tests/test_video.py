@@ -361,7 +361,8 @@ def test_from_renders_a_video_again_with_overrides(tmp_path):
 def test_from_takes_only_what_decides_the_frames(tmp_path):
     crafted = tmp_path / "crafted.mkv"
     with av.open(str(crafted), "w") as container:
-        command = "igan-video --size 64x48 --frames 2 --codec ffv1 --threads 99 --device cuda:7 --out /nowhere/x.mkv"
+        command = ("igan-video --size 64x48 --frames 2 --codec ffv1 --threads 99 --device cuda:7 --out /nowhere/x.mkv "
+                   "--checkpoint /etc/passwd")  # a recipe names no file: the model is the embedded one
         container.metadata["igan"] = json.dumps({"command": command})
         stream = container.add_stream("ffv1", rate=30)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "bgr0"
@@ -373,6 +374,23 @@ def test_from_takes_only_what_decides_the_frames(tmp_path):
     assert main(["--from", str(crafted), "--device", "cpu", "--quiet", "--out", str(out)]) == 0
     frames = decode(out)
     assert len(frames) == 2 and frames[0].shape == (48, 64, 3)
+
+
+def test_from_never_reads_a_style_map_the_recipe_names(tmp_path, capsys):
+    crafted = tmp_path / "crafted.mkv"
+    with av.open(str(crafted), "w") as container:
+        command = "igan-video --size 64x48 --frames 2 --codec ffv1 --styles 1,2 --style-map /dev/zero --out x.mkv"
+        container.metadata["igan"] = json.dumps({"command": command})
+        stream = container.add_stream("ffv1", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "bgr0"
+        for packet in stream.encode(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    out = tmp_path / "x.mkv"
+    with pytest.raises(SystemExit) as done:
+        main(["--from", str(crafted), "--device", "cpu", "--quiet", "--out", str(out)])
+    assert done.value.code == 2 and "give --style-map" in capsys.readouterr().err and not out.exists()
 
 
 def test_from_a_file_that_is_not_a_video_is_refused(tmp_path, capsys):

@@ -190,8 +190,11 @@ def parse_args(argv: list[str] | None = None):
 
 
 # What a recipe (igan-video --from) may set: the options that decide the frames and the codec;
-# never the output, the device, the threads or the model's files' paths beyond those recorded.
-FROM_RECIPE = tuple(n for n in NAMES if n in PIXEL_FIELDS) + (
+# never the output, the device, the threads, and never a file: the model (unless igan ships it,
+# builtin:NAME) and a style map come from the command line, checked against the recorded digests
+# as for images (engine/recipe.py).
+_FILES = ("checkpoint", "model", "style_map")
+FROM_RECIPE = tuple(n for n in NAMES if n in PIXEL_FIELDS and n not in _FILES) + (
     "size", "pan", "start", "path", "frames", "seconds", "fps", "period", "codec", "crf")
 _EXCLUSIVE = {"frames": "seconds", "seconds": "frames", "path": "start", "start": "path"}
 
@@ -236,6 +239,14 @@ def _from_recipe(args, argv: list[str]) -> None:
         if name in given or _EXCLUSIVE.get(name) in given:
             continue
         setattr(args, name, getattr(recorded, name))
+    shipped = recorded.checkpoint if isinstance(recorded.checkpoint, str) and recorded.checkpoint.startswith(
+        "builtin:") else None
+    if shipped is not None and not {"checkpoint", "model"} & given:
+        args.checkpoint = shipped  # a model igan ships: a name, not a file
+    if recorded.style_map is not None and "style_map" not in given:
+        print(f"igan-video: error: {label}: it was made with a style map: give --style-map the map it was made "
+              "with (a recipe names no file)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def _given(argv: list[str]) -> set[str]:
