@@ -250,19 +250,21 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, noise
         if lib is not None:
             lib.winograd_input(*_view(x), r0, r, tw, v.data_ptr(), threads)
         else:
-            _winograd_input_twin(xh, s_n, s_h, s_w, r0, r, tw, tb, v)
+            winograd_input_twin(xh, s_n, s_h, s_w, r0, r, tw, tb, v)
         m = torch.bmm(v.view(16, -1, c), u)
         if lib is not None:
             lib.winograd_output(m.data_ptr(), r0, r, tw, *_view(out), *_noise_args(noise, strength),
                                 bias.contiguous().data_ptr(), threads)
         else:
-            _winograd_output_twin(m.view(4, 4, n, r, tw, o), bias, out, r0, r, tmp)
+            winograd_output_twin(m.view(4, 4, n, r, tw, o), bias, out, r0, r, tmp)
     if lib is None:
         epilogue_(out, noise, strength, None)
     return out
 
 
-def _winograd_input_twin(xh, s_n, s_h, s_w, r0, r, tw, tb, v):
+def winograd_input_twin(xh, s_n, s_h, s_w, r0, r, tw, tb, v):
+    """V = B^T d B (torch) of the tiles of tile rows [r0, r0 + r) of xh [N, H, W, C] (strides
+    s_n, s_h, s_w; every tile's 4 rows and columns inside it) into v (16 planes), via tb."""
     n, c = xh.shape[0], xh.shape[3]
     d = xh.as_strided((n, r, tw, 4, 4, c), (s_n, 2 * s_h, 2 * s_w, s_h, s_w, 1), xh.storage_offset() + 2 * r0 * s_h)
     t = tb[:, :, :r]
@@ -279,8 +281,11 @@ def _winograd_input_twin(xh, s_n, s_h, s_w, r0, r, tw, tb, v):
     torch.sub(e1, e3, out=v[:, 3])
 
 
-def _winograd_output_twin(m, bias, out, r0, r, tmp):
-    m[1, 1].add_(bias)
+def winograd_output_twin(m, bias, out, r0, r, tmp):
+    """Y = A^T M A (torch) of a band's M [4, 4, N, r, tw, O] (bias, if any, into M[1][1]
+    first) into out's rows [2 r0, 2 (r0 + r)), via tmp."""
+    if bias is not None:
+        m[1, 1].add_(bias)
     s0 = m[0].add_(m[1]).add_(m[2])  # A^T along rows: m0 + m1 + m2, (-m3 + m1) - m2
     s1 = m[3].neg_().add_(m[1]).sub_(m[2])
     band = out[:, 2 * r0:2 * (r0 + r)]

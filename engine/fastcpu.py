@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops, walk
+from .exactcpu import winograd_input_twin, winograd_output_twin, winograd_weight
 
 CL = torch.channels_last
 
@@ -100,21 +101,14 @@ def onednn_convs():
 # CPU: 1.5-1.8x oneDNN's direct conv at 512 channels; slower than it at 64).
 WINOGRAD_MIN_CHANNELS = 128
 _WINOGRAD_BAND_BYTES = 32 << 20  # the transformed input of one band of tile rows
-_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
-
-
-def winograd_weight(w: torch.Tensor) -> torch.Tensor:
-    """[out, in, 3, 3] -> U = G w G^T as [16, in, out] (computed in float64, then w's dtype)."""
-    g = torch.tensor(_G, dtype=torch.float64)
-    u = torch.einsum("ia,ocab,jb->ijco", g, w.detach().double(), g)
-    return u.reshape(16, w.shape[1], w.shape[0]).to(w.dtype).contiguous()
 
 
 def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Valid 3x3 conv of x [N, in, H, W] (channels-last) with winograd_weight's u, plus
     bias: [N, out, H - 2, W - 2], channels-last. Input tiles d (4x4, stride 2) become
     V = B^T d B, then M = V U per tile position (one batched GEMM of 16), then the 2x2
-    outputs Y = A^T M A; done in bands of tile rows so the scratch stays bounded."""
+    outputs Y = A^T M A; done in bands of tile rows so the scratch stays bounded. The
+    transforms are the exact path's torch ones (exactcpu), on this path's bands."""
     n, c, h, w = x.shape
     o = u.shape[2]
     ho, wo = h - 2, w - 2
@@ -132,35 +126,10 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
     tmp = x.new_empty(n, rows, tw, o)
     for r0 in range(0, th, rows):
         r = min(rows, th - r0)
-        d = xh.as_strided((n, r, tw, 4, 4, c), (s_n, 2 * s_h, 2 * s_w, s_h, s_w, 1),
-                          xh.storage_offset() + 2 * r0 * s_h)
-        t, v = tb[:, :, :r], vb[:, :, :, :r]
-        d0, d1, d2, d3 = (d[:, :, :, k] for k in range(4))  # B^T along the tile's rows
-        torch.sub(d0, d2, out=t[0])
-        torch.add(d1, d2, out=t[1])
-        torch.sub(d2, d1, out=t[2])
-        torch.sub(d1, d3, out=t[3])
-        e0, e1, e2, e3 = (t[..., k, :] for k in range(4))  # and along its columns
-        torch.sub(e0, e2, out=v[:, 0])
-        torch.add(e1, e2, out=v[:, 1])
-        torch.sub(e2, e1, out=v[:, 2])
-        torch.sub(e1, e3, out=v[:, 3])
+        v = vb[:, :, :, :r]
+        winograd_input_twin(xh, s_n, s_h, s_w, r0, r, tw, tb, v)
         m = torch.bmm(v.reshape(16, -1, c), u).view(4, 4, n, r, tw, o)
-        if bias is not None:
-            m[1, 1].add_(bias)  # M[1][1] enters every output of the tile with weight +1
-        s0 = m[0].add_(m[1]).add_(m[2])  # A^T along rows: m0 + m1 + m2, m1 - m2 - m3
-        s1 = m[3].neg_().add_(m[1]).sub_(m[2])
-        band = out[:, 2 * r0:2 * (r0 + r)]
-        for phase, sk in ((0, s0), (1, s1)):
-            dst = band[:, phase::2]  # the last tile row of an odd output has no second row
-            k = dst.shape[1]
-            even, odd = dst[:, :, 0::2], dst[:, :, 1::2]
-            tk = tmp[:, :k]
-            torch.add(sk[0, :, :k], sk[1, :, :k], out=tk)
-            torch.add(tk, sk[2, :, :k], out=even)
-            torch.sub(sk[1, :, :k], sk[2, :, :k], out=tk)
-            q = odd.shape[2]  # the last tile column of an odd output has no second column
-            torch.sub(tk[:, :, :q], sk[3, :, :k, :q], out=odd)
+        winograd_output_twin(m, bias, out, r0, r, tmp)
     return out.permute(0, 3, 1, 2)
 
 
