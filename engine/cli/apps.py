@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import textwrap
@@ -18,7 +17,7 @@ from ..embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
 from ..errors import RequestError
 from ..provenance import igan_version
 from ..request import declared
-from ..values import positive
+from ..values import int_pair, positive, positive_float
 from . import command, guarded
 from .args import add_request_options
 
@@ -66,28 +65,10 @@ def _common(p: argparse.ArgumentParser, inverts: bool = True, renders: bool = Fa
     if inverts:
         p.add_argument("--steps", type=positive, default=3000,
                        help="optimisation steps when an image must be inverted (default 3000, as the official code)")
-        p.add_argument("--lr", type=_positive_float, default=0.1, help="base learning rate (default 0.1)")
+        p.add_argument("--lr", type=positive_float, default=0.1, help="base learning rate (default 0.1)")
         p.add_argument("--inv-seed", type=int, default=0, help="seed of the initial latents (default 0)")
         p.add_argument("--diff-aug", action="store_true",
                        help="DiffAugment (color, translation, cutout) before the image losses, as the official configs")
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text!r}")
-    return value
-
-
-def _point(text: str) -> tuple[int, int]:
-    try:
-        x, y = (int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected X,Y (two integers), got {text!r}") from None
-    return x, y
 
 
 def _check_out(parser, path: str, formats=OUT_FORMATS) -> None:
@@ -326,7 +307,7 @@ def outpaint_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="inversion record (.safetensors) or image file")
     p.add_argument("--width", type=positive, required=True, help="output width in pixels")
     p.add_argument("--height", type=positive, required=True, help="output height in pixels")
-    p.add_argument("--at", type=_point, default=None, metavar="X,Y",
+    p.add_argument("--at", type=int_pair, default=None, metavar="X,Y",
                    help="output pixel of the image's top-left corner (default: centred)")
     p.add_argument("--out", required=True, help="output image: .png, .tif/.tiff or .zarr")
     _common(p, renders=True)

@@ -15,7 +15,7 @@ from ..embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
 from ..errors import RequestError
 from ..provenance import igan_version
 from ..request import PIXEL_FIELDS, RenderRequest, declared
-from ..values import positive
+from ..values import int_pair, positive, positive_float
 from . import command, guarded
 from .args import add_request_options
 
@@ -61,29 +61,11 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def _pair(text: str) -> tuple[int, int]:
-    try:
-        x, y = (int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected X,Y (two integers), got {text!r}") from None
-    return x, y
-
-
 def _points(text: str) -> tuple[tuple[int, int], ...]:
-    points = tuple(_pair(p) for p in text.split(":"))
+    points = tuple(int_pair(p) for p in text.split(":"))
     if len(points) < 2:
         raise argparse.ArgumentTypeError(f"expected at least two points X,Y:X,Y, got {text!r}")
     return points
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,10 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     cam = p.add_argument_group("the camera")
     cam.add_argument("--size", type=_size, default=None, metavar="WxH",
                      help="frame size in pixels, e.g. 1280x720 (required, unless --from gives it)")
-    cam.add_argument("--pan", type=_pair, default=(4, 0), metavar="DX,DY",
+    cam.add_argument("--pan", type=int_pair, default=(4, 0), metavar="DX,DY",
                      help="camera motion in whole pixels per frame, any direction (default 4,0: rightwards); "
                           "with --path only its length counts, the speed along the path")
-    cam.add_argument("--start", type=_pair, default=None, metavar="X,Y",
+    cam.add_argument("--start", type=int_pair, default=None, metavar="X,Y",
                      help="canvas position of the first frame's top-left corner (default: 0 and -(H // 2), centred "
                           "on the horizon as igan-render's window)")
     cam.add_argument("--path", type=_points, default=None, metavar="X,Y:X,Y:...",
@@ -118,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "pixels); the frames default to the whole path")
     length = cam.add_mutually_exclusive_group()
     length.add_argument("--frames", type=positive, default=None, metavar="N", help="frames (default: 10 s' worth)")
-    length.add_argument("--seconds", type=_seconds, default=None, metavar="S", help="length in seconds of video")
+    length.add_argument("--seconds", type=positive_float, default=None, metavar="S", help="length in seconds of video")
     cam.add_argument("--fps", type=positive, default=30, help="frames per second (default 30)")
     cam.add_argument("--period", type=positive, default=None, metavar="P",
                      help="with --wrap: the period of the cyclic canvas in pixels (a multiple of the model's "
