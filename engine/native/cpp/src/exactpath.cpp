@@ -85,39 +85,6 @@ void full_tile(const float* const* g, const float* __restrict bias, const float*
 
 }  // namespace
 
-void blur_epilogue(const Nhwc& src, const Nhwc& dst, const Epilogue& e, int threads) {
-  const std::int64_t c = src.c, w = src.w;
-  parallel(dst.n * dst.h, threads, [&](std::int64_t b, std::int64_t end) {
-    std::vector<float> rows(static_cast<std::size_t>(w * c));
-    for (std::int64_t t = b; t < end; ++t) {
-      const std::int64_t i = t / dst.h, y = t % dst.h;
-      const float* s0 = src.at(i, y, 0);
-      const float* s1 = src.at(i, y + 1, 0);
-      const float* s2 = src.at(i, y + 2, 0);
-      float* __restrict r = rows.data();
-      for (std::int64_t x = 0; x < w; ++x) {
-        const float *a = s0 + x * src.sw, *m = s1 + x * src.sw, *z = s2 + x * src.sw;
-        float* rr = r + x * c;
-        for (std::int64_t k = 0; k < c; ++k) {
-          float v = a[k] + z[k];
-          rr[k] = v + 2.0f * m[k];
-        }
-      }
-      float* out = dst.at(i, y, 0);
-      for (std::int64_t x = 0; x < dst.w; ++x) {
-        const float *a = r + x * c, *m = r + (x + 1) * c, *z = r + (x + 2) * c;
-        float* o = out + x * dst.sw;
-        for (std::int64_t k = 0; k < c; ++k) {
-          float v = a[k] + z[k];
-          v = v + 2.0f * m[k];
-          o[k] = v * 0.25f;
-        }
-      }
-      finish_row(out, dst.w, c, dst.sw, e, i, y);
-    }
-  });
-}
-
 void blur_epilogue_phases(const Nhwc phase[2][2], std::int64_t H, std::int64_t W, const Nhwc& dst, const Epilogue& e,
                           int threads) {
   const std::int64_t c = dst.c;

@@ -27,12 +27,9 @@ struct Epilogue {
   const float* bias;
 };
 
-// dst = epilogue(blur3(src)): src [n, H, W, c] -> dst [n, H - 2, W - 2, c], where
-// blur3 = ((r[x] + r[x + 2]) + 2 r[x + 1]) * 0.25 over rows r = (s[y] + s[y + 2]) + 2 s[y + 1].
-void blur_epilogue(const Nhwc& src, const Nhwc& dst, const Epilogue& e, int threads);
-
-// The same, src given as its four polyphase parts: src[Y][X] = phase[Y % 2][X % 2][Y / 2][X / 2]
-// (the upsampling conv's outputs before they are interleaved); src is H x W.
+// dst = epilogue(blur3(src)), src given as its four polyphase parts (the upsampling conv's
+// outputs before they are interleaved): src[Y][X] = phase[Y % 2][X % 2][Y / 2][X / 2], src is
+// H x W; blur3 = ((r[x] + r[x + 2]) + 2 r[x + 1]) * 0.25 over rows r = (s[y] + s[y + 2]) + 2 s[y + 1].
 void blur_epilogue_phases(const Nhwc phase[2][2], std::int64_t H, std::int64_t W, const Nhwc& dst, const Epilogue& e,
                           int threads);
 

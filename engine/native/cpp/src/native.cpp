@@ -80,16 +80,6 @@ PYBIND11_MODULE(_native, m) {
   m.def("filter_rows", &filter_rows, py::arg("cur"), py::arg("prev"), py::arg("bpp") = 3,
         "PNG-filter scanlines cur [h, bytes] (prev: the scanline above) -> [h, 1 + bytes]");
   m.def(
-      "blur_epilogue",
-      [](std::uintptr_t src, const Dims& ss, const Dims& sst, std::uintptr_t dst, const Dims& ds, const Dims& dst_st,
-         std::uintptr_t noise, const Dims& nst, float strength, std::uintptr_t bias, int threads) {
-        auto s = nhwc(src, ss, sst), d = nhwc(dst, ds, dst_st);
-        if (d.n != s.n || d.h != s.h - 2 || d.w != s.w - 2 || d.c != s.c) throw py::value_error("blur: shapes");
-        py::gil_scoped_release nogil;
-        igan::native::blur_epilogue(s, d, epi(noise, nst, strength, bias), threads);
-      },
-      "dst = epilogue(blur3(src)) (exactcpu.blur_epilogue)");
-  m.def(
       "blur_epilogue_phases",
       [](const std::vector<std::uintptr_t>& ptrs, const std::vector<Dims>& shapes, const std::vector<Dims>& strides,
          std::int64_t H, std::int64_t W, std::uintptr_t dst, const Dims& ds, const Dims& dst_st, std::uintptr_t noise,
