@@ -358,18 +358,23 @@ def test_from_renders_a_video_again_with_overrides(tmp_path):
     assert len(decode(lossy)) == 4
 
 
-def test_from_takes_only_what_decides_the_frames(tmp_path):
-    crafted = tmp_path / "crafted.mkv"
-    with av.open(str(crafted), "w") as container:
-        command = ("igan-video --size 64x48 --frames 2 --codec ffv1 --threads 99 --device cuda:7 --out /nowhere/x.mkv "
-                   "--checkpoint /etc/passwd")  # a recipe names no file: the model is the embedded one
-        container.metadata["igan"] = json.dumps({"command": command})
+def _crafted(path, recipe: dict) -> None:
+    """A one-frame 64x48 FFV1 video at `path` whose container carries `recipe` as igan's metadata."""
+    with av.open(str(path), "w") as container:
+        container.metadata["igan"] = json.dumps(recipe)
         stream = container.add_stream("ffv1", rate=30)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "bgr0"
         for packet in stream.encode(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")):
             container.mux(packet)
         for packet in stream.encode(None):
             container.mux(packet)
+
+
+def test_from_takes_only_what_decides_the_frames(tmp_path):
+    crafted = tmp_path / "crafted.mkv"
+    command = ("igan-video --size 64x48 --frames 2 --codec ffv1 --threads 99 --device cuda:7 --out /nowhere/x.mkv "
+               "--checkpoint /etc/passwd")  # a recipe names no file: the model is the embedded one
+    _crafted(crafted, {"command": command})
     out = tmp_path / "x.mkv"
     assert main(["--from", str(crafted), "--device", "cpu", "--quiet", "--out", str(out)]) == 0
     frames = decode(out)
@@ -378,15 +383,8 @@ def test_from_takes_only_what_decides_the_frames(tmp_path):
 
 def test_from_never_reads_a_style_map_the_recipe_names(tmp_path, capsys):
     crafted = tmp_path / "crafted.mkv"
-    with av.open(str(crafted), "w") as container:
-        command = "igan-video --size 64x48 --frames 2 --codec ffv1 --styles 1,2 --style-map /dev/zero --out x.mkv"
-        container.metadata["igan"] = json.dumps({"command": command})
-        stream = container.add_stream("ffv1", rate=30)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "bgr0"
-        for packet in stream.encode(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")):
-            container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
+    _crafted(crafted, {"command": "igan-video --size 64x48 --frames 2 --codec ffv1 --styles 1,2 --style-map /dev/zero "
+                                  "--out x.mkv"})
     out = tmp_path / "x.mkv"
     with pytest.raises(SystemExit) as done:
         main(["--from", str(crafted), "--device", "cpu", "--quiet", "--out", str(out)])
@@ -407,14 +405,7 @@ def test_from_checks_the_model_the_video_was_made_with(tmp_path, capsys):
     assert main([*BASE, "--codec", "ffv1", "--frames", "2", "--out", str(first)]) == 0
     recipe = video.read_recipe(first)
     forged = tmp_path / "forged.mkv"
-    with av.open(str(forged), "w") as container:
-        container.metadata["igan"] = json.dumps(recipe | {"request": recipe["request"] | {"model": "0" * 64}})
-        stream = container.add_stream("ffv1", rate=30)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "bgr0"
-        for packet in stream.encode(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")):
-            container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
+    _crafted(forged, recipe | {"request": recipe["request"] | {"model": "0" * 64}})
     out = tmp_path / "x.mkv"
     assert main(["--from", str(forged), "--device", "cpu", "--quiet", "--out", str(out)]) == 1
     assert "--checkpoint" in capsys.readouterr().err and not out.exists()
