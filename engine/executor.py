@@ -24,6 +24,7 @@ import torch
 
 from . import sources
 from .assembly import Assembler, Progress, batches, render_groups, stats
+from .errors import option
 from .identity import model_source
 from .latent import LatentField
 from .planner import Plan
@@ -303,62 +304,168 @@ def distributed_env() -> tuple[int, int, int] | None:
     return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def _render_key(render: Render) -> str:
+    """The store's name for this render: its identity and its output."""
+    import hashlib
+    import json
+
+    text = json.dumps({"identity": render.identity, "out": os.path.abspath(render.out)}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class _Stopped(RuntimeError):
+    """torchrun stopped this rank (SIGTERM: another rank failed, or the job was stopped)."""
+
+
 def run_torchrun(render: Render, runner) -> RenderStats | None:
-    """This process is one rank: render its share of the tiles; rank 0 sets up the store,
-    then assembles the output after everyone is done. Returns stats on rank 0."""
-    import torch.distributed as dist
+    """This process is one rank. The ranks coordinate through torchrun's store, never through
+    collectives (distributed.py): rank 0 takes the work directory (resuming it by itself when
+    an earlier attempt of this torchrun job took it: a restart after a lost rank), every rank
+    claims tile batches from a shared counter, so a faster rank takes more, and rank 0
+    assembles the bands as the manifest shows them finished while it renders too. A .zarr
+    output is the work directory's tile array, written by every rank, renamed into place.
+    Returns stats on rank 0."""
+    import signal
+    import threading
+
+    from . import distributed
 
     request, plan, out = render.request, render.plan, render.out
     rank, world, _ = distributed_env()
-    dist.init_process_group(backend="nccl" if runner.device.type == "cuda" else "gloo")
+    timeout = distributed.rank_timeout()
     renderer, field = build(render, runner)
-    store = sink = None
+    ranks = distributed.Ranks(distributed.connect(rank, timeout), rank, world, _render_key(render), timeout)
+    restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    root = work_dir_for(out)
+
+    def stopped(signum, frame):
+        raise _Stopped(f"rank {rank} was stopped (signal {signum}: torchrun stops every rank when one fails); the "
+                       f"finished tiles stay in {str(root)!r}: torchrun restarts the ranks if it has restarts left "
+                       f"(--max-restarts), else run the same command with {option('resume')} to finish the render")
+
+    handling = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stopped) if handling else None
+    store = sink = bar = None
     start = time.perf_counter()
+    todo = []
     try:
-        state = torch.zeros(1)  # rank 0's outcome: 0 go, 1 failed, 2 already finished
         if rank == 0:
+            ranks.gather()
             try:
-                store = open_store(render.identity, out, resume=request.resume, restart=request.restart,
-                                   keep_work=request.keep_work)
-                if store is None:
-                    state += 2
+                owned = ranks.flag("owner")
+                if ranks.flag("finished"):
+                    log.info(f"{str(out)!r} was finished by an earlier attempt of this torchrun job")
                 else:
+                    if owned and not request.resume:
+                        log.info(f"torchrun restarted the ranks (TORCHELASTIC_RESTART_COUNT={restarted}): resuming "
+                                 f"the render in {str(root)!r}")
+                    store = open_store(render.identity, out, resume=request.resume or owned,
+                                       restart=request.restart and not owned, keep_work=request.keep_work)
+                if store is not None:
                     sink = open_output(out, plan, render.sink, store)
-            except BaseException:
-                state += 1
+                    done = verified_done(store, plan)
+                    reader = store.follow()  # from here on only this attempt's tiles are new
+                    ranks.set_flag("owner", str(root))
+            except BaseException as e:
+                ranks.publish("failed", error=f"{type(e).__name__}: {e}")
                 raise
-            finally:
-                dist.broadcast(state, 0)
+            if store is None:
+                ranks.publish("finished")
+                return None
+            todo = [t for t in plan.tiles if t.index not in done]
+            ranks.publish("go", todo=[t.index for t in todo], tiles=len(plan.tiles))
         else:
-            dist.broadcast(state, 0)
-            if state.item() == 1:
-                raise RuntimeError("rank 0 could not open the output; see its error")
-            if state.item() == 0:
-                store = TileStore.open(work_dir_for(out), render.identity)
-        if store is None:
-            return None
-        done = verified_done(store, plan, quiet=rank != 0)
-        dist.barrier()  # every rank has read the same manifest before anyone adds to it
-        todo = [t for t in plan.tiles if t.index not in done]
-        mine = todo[rank::world]
-        store.writer(f"rank{rank}-{os.getpid()}")
-        bar = Progress(len(mine), 0, not request.quiet and rank == 0)
-        render_groups(renderer, field, plan, store, batches(mine, plan.batch), bar.update)
-        bar.close()
-        dist.barrier()
+            state, indices, error = ranks.join(len(plan.tiles))
+            if state == "failed":
+                raise RuntimeError(f"rank 0 could not open the output: {error}")
+            if state == "finished":
+                return None
+            store = TileStore.open(root, render.identity)
+            todo = [plan.tiles[i] for i in indices]
+        store.writer(f"rank{rank}-e{ranks.epoch}-{os.getpid()}")
+        groups = batches(todo, plan.batch)
+        flush = runner.device.type != "cuda"  # a GPU copies batch k while it computes k + 1; a CPU has no overlap
+        delay = (failpoint("rank-delay") or "-1:0").split(":")  # tests: "rank-delay:<rank>:<seconds a tile>"
+        delay = float(delay[1]) if delay[0] == str(rank) else 0.0
+
         if rank == 0:
-            assembler = Assembler(plan, store, sink, store.done())
+            seen = set(done)
+            bar = Progress(len(plan.tiles), len(done), not request.quiet)
+            assembler = Assembler(plan, store, sink, done)
             assembler.advance()
-            if not assembler.complete:
-                raise RuntimeError(f"tiles are missing from {str(store.root)!r} after every rank finished")
+
+            def assemble():
+                new = [plan.tiles[i] for i in sorted(reader.new() - seen)]
+                seen.update(t.index for t in new)
+                if new:
+                    assembler.tiles_done(new)
+                    bar.update(new)
+                return bool(new)
+        else:
+            def assemble():
+                return False
+
+        def claimed():
+            while True:
+                if flush:
+                    yield []  # store what is rendered before claiming more
+                assemble()
+                k = ranks.claim()
+                if k >= len(groups):
+                    return
+                yield groups[k]
+
+        def on_done(group):
+            if delay:
+                time.sleep(delay * len(group))
+            assemble()
+
+        try:
+            render_groups(renderer, field, plan, store, claimed(), on_done)
+        finally:
+            if rank != 0:
+                store.close()
+        ranks.leave()
+        if rank == 0:
+            checked = all_left = None
+            while not assembler.complete:
+                if assemble():
+                    continue
+                time.sleep(0.05)
+                now = time.monotonic()
+                if checked is not None and now - checked < 1.0:
+                    continue
+                checked = now
+                lost = ranks.silent()
+                if lost:
+                    who = ", ".join(f"rank {r} (silent for {s:.0f} s)" for r, s in lost)
+                    raise distributed.RankLost(
+                        f"{who} stopped answering with {sum(assembler.missing)} tile(s) missing; the "
+                        f"timeout is {timeout:g} s ({distributed.TIMEOUT_ENV})")
+                if ranks.still_working():
+                    all_left = None
+                elif all_left is None:
+                    all_left = now
+                elif now - all_left > 5.0:  # a grace for a filesystem slow to show the last lines
+                    raise RuntimeError(f"tiles are missing from {str(store.root)!r} after every rank finished "
+                                       f"(e.g. in row {assembler.next_row})")
+            counts = {}
+            for name, n in reader.counts.items():
+                who = name.split("-")[0]
+                counts[who] = counts.get(who, 0) + n
+            log.info("tiles rendered by each rank: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
             finish(store, sink, out, request.keep_work)
-        dist.barrier()
+            ranks.set_flag("finished")
     except BaseException:
         if rank == 0 and store is not None:
             abandon(store, sink, len(plan.tiles))
         raise
     finally:
-        dist.destroy_process_group()
+        ranks.close()
+        if bar is not None:
+            bar.close()
+        if handling:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     if rank == 0:
         return stats(plan, len(todo), time.perf_counter() - start, runner.peak_memory())
     return None

@@ -264,6 +264,13 @@ class TileStore:
                     finished.add(int(parts[1]))
         return finished
 
+    def follow(self) -> "ManifestReader":
+        """A reader of the tiles the manifest records from now on (see ManifestReader)."""
+        reader = ManifestReader(self.root / "manifest")
+        reader.new()  # what is recorded already
+        reader.counts.clear()
+        return reader
+
     def chunk_path(self, y: int, x: int) -> Path:
         """The file of the chunk holding image pixel (y, x) (the chunks are the tiles)."""
         th, tw = self.array.chunks[:2]
@@ -353,6 +360,38 @@ class TileStore:
         if gone is not None:
             _delete_removal(gone, during)
         self.release()
+
+
+class ManifestReader:
+    """Follows the manifest logs of a work directory while other processes append to them:
+    each `new()` returns the tiles recorded since the previous call, reading only what was
+    appended (a torchrun rank 0 polls it between its batches to assemble bands as the
+    other ranks finish them). A line is taken once its newline is there: a line being
+    written waits for the next call. `counts` holds how many lines each log has given."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.offsets: dict[str, int] = {}
+        self.counts: dict[str, int] = {}
+
+    def new(self) -> set[int]:
+        found = set()
+        for log in sorted(self.folder.glob("*.log")):
+            start = self.offsets.get(log.name, 0)
+            try:
+                with open(log, "rb") as f:
+                    f.seek(start)
+                    data = f.read()
+            except FileNotFoundError:
+                continue
+            end = data.rfind(b"\n") + 1
+            self.offsets[log.name] = start + end
+            for line in data[:end].split(b"\n"):
+                parts = line.split()
+                if len(parts) == 2 and parts[0] == b"tile" and parts[1].isdigit():
+                    found.add(int(parts[1]))
+                    self.counts[log.name] = self.counts.get(log.name, 0) + 1
+        return found
 
 
 def _delete_removal(folder: Path, during=None) -> None:
