@@ -1,5 +1,7 @@
 """igan-serve: tiles over HTTP, equal to igan-render's bytes; the pyramid; the caches;
-cancellation and overload; the path, coordinate and name checks; render jobs; --open.
+cancellation and overload; the path, coordinate and name checks; render jobs; --open; for
+more than one person: the token beyond loopback, --root-path, the job quota, ETag and 304,
+clients served in turn, stale requests dropped.
 
 The fast tests run the real app under uvicorn on a free local port with a synthetic tile
 source (deterministic, and blockable, so queueing and cancellation are exact); the slow ones
@@ -28,7 +30,8 @@ from PIL import Image
 from igan.engine.serve.app import create_app
 from igan.engine.serve.cache import DiskCache, MemoryLRU
 from igan.engine.serve.canvas import Canvas, CanvasError, _fraction
-from igan.engine.serve.jobs import JobQueue
+from igan.engine.serve.app import check_root_path
+from igan.engine.serve.jobs import JobQueue, JobsFull
 from igan.engine.serve.scheduler import Scheduler
 from igan.engine.serve.service import TileService
 from igan.engine.serve.tiles import MAX_COORD, TILE, TileError, TileKey, decode_png, encode_png, halve, tile_key
@@ -99,12 +102,13 @@ class ThreadServer:
 
 
 @contextlib.contextmanager
-def fake_server(cache: Path, *, batch=4, queue=64, memory=64 << 20, max_level=3, jobs=None):
+def fake_server(cache: Path, *, batch=4, queue=64, memory=64 << 20, max_level=3, jobs=None, token=None,
+                root_path=""):
     source = FakeSource()
     service = TileService(source, Scheduler(source.render, batch), MemoryLRU(memory), DiskCache(cache),
                           max_waiting=queue)
     app = create_app(service, info={"kind": "canvas", "model": "fake", "max_level": max_level, "seed": 0},
-                     jobs=jobs, model_identity={"fake": 1})
+                     jobs=jobs, model_identity={"fake": 1}, token=token, root_path=root_path)
     with ThreadServer(app) as server:
         server.source, server.service = source, service
         yield server
@@ -409,9 +413,9 @@ def test_style_centres_become_exact_fractions_of_the_window(rng):
         assert (-300 + fx * 1200, -128 + fy * 256) == (x, y)
 
 
-def _job_queue(out: Path) -> JobQueue:
+def _job_queue(out: Path, **quota) -> JobQueue:
     return JobQueue(out, {"checkpoint": None, "config": None, "model": None, "backend": "torch",
-                          "precision": "fp32"}, "cpu")
+                          "precision": "fp32"}, "cpu", **quota)
 
 
 def test_jobs_never_write_outside_the_output_folder_nor_replace_a_file(tmp_path):
@@ -485,11 +489,11 @@ class Serve:
         self.proc = subprocess.Popen([sys.executable, "-m", "igan.engine.cli.serve", "--port", "0", *map(str, args)],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
         line = self.proc.stdout.readline()
-        found = re.search(r"http://127\.0\.0\.1:\d+", line)
+        found = re.search(r"http://(127\.0\.0\.1|0\.0\.0\.0):(\d+)", line)
         if not found:
             self.proc.kill()
             raise AssertionError(f"igan-serve did not start: {line}{self.proc.stderr.read()}")
-        self.url = found.group(0)
+        self.url, self.line = f"http://127.0.0.1:{found.group(2)}", line
 
     def close(self) -> str:
         self.proc.send_signal(signal.SIGINT)
@@ -683,3 +687,261 @@ def test_a_cancelled_job_leaves_nothing_behind(served):
     time.sleep(1)
     assert httpx.get(f"{served.url}/api/jobs/{job['id']}/file").status_code == 404
     assert not any("cancelled" in p.name for p in (served.root / "out").iterdir())
+
+
+# ---- for more than one person ----------------------------------------------------------------
+TOKEN = "s3cret-token-for-the-test_0123"
+
+
+def test_with_a_token_every_request_must_carry_it(tmp_path):
+    with fake_server(tmp_path, token=TOKEN) as s:
+        c_path = "/tiles/0123456789abcdef/0/0/0.png"
+        for path in ("/", "/api/info", "/static/viewer.js", c_path, "/api/stats"):
+            r = httpx.get(s.url + path)
+            assert r.status_code == 401, (path, r.status_code)
+            assert "token" in r.json()["error"] and r.headers["www-authenticate"].startswith("Bearer")
+        for wrong in ({"params": {"token": TOKEN[:-1]}}, {"headers": {"authorization": "Bearer " + TOKEN + "x"}},
+                      {"cookies": {"igan_token": TOKEN}}, {"headers": {"authorization": TOKEN}}):
+            assert httpx.get(s.url + "/api/info", **wrong).status_code == 401, wrong
+        assert "wrong token" in httpx.get(s.url + "/api/info", params={"token": "x"}).json()["error"]
+        assert httpx.post(s.url + "/api/canvas", json={"seed": 1}).status_code == 401
+
+        # the printed address: the page sets the cookie and sends the browser to itself without the token
+        r = httpx.get(f"{s.url}/?token={TOKEN}&x=1")
+        assert r.status_code == 303 and r.headers["location"] == "/?x=1"
+        cookie = r.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+        name, value = cookie.split(";")[0].split("=", 1)
+        assert value == TOKEN
+        with httpx.Client(base_url=s.url, cookies={name: value}) as browser:
+            assert "igan-serve" in browser.get("/").text
+            c = browser.post("/api/canvas", json={"seed": 1}).json()["id"]
+            tile = browser.get(f"/tiles/{c}/0/0/0.png")
+            assert tile.status_code == 200 and np.array_equal(decode_png(tile.content), fake_pixels(1, 0, 0))
+        bearer = {"authorization": f"Bearer {TOKEN}"}
+        assert httpx.get(f"{s.url}/tiles/{c}/0/1/0.png", headers=bearer).status_code == 200
+        r = httpx.get(f"{s.url}/api/info?token={TOKEN}")  # the token on any URL: answered, and a cookie
+        assert r.status_code == 200 and r.json()["kind"] == "canvas" and name in r.headers["set-cookie"]
+        assert s.source.rendered == [(1, 0, 0), (1, 1, 0)]
+
+
+def test_without_a_token_no_credential_is_asked(tmp_path):
+    with fake_server(tmp_path) as s:
+        assert httpx.get(s.url + "/api/info").status_code == 200
+        assert "set-cookie" not in httpx.get(f"{s.url}/?token=anything").headers
+
+
+def test_root_path_prefixes_the_pages_urls(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "cache").mkdir()
+    with fake_server(tmp_path / "cache", root_path="/maps/igan", token=TOKEN, jobs=_job_queue(out)) as s:
+        r = httpx.get(f"{s.url}/maps/igan/?token={TOKEN}")  # the proxy passes the prefix on
+        assert r.status_code == 303 and r.headers["location"] == "/maps/igan/"
+        assert "Path=/maps/igan;" in r.headers["set-cookie"]
+        with httpx.Client(base_url=s.url, headers={"authorization": f"Bearer {TOKEN}"}) as client:
+            page = client.get("/maps/igan/").text
+            assert 'data-root="/maps/igan"' in page
+            assert '"/maps/igan/static/leaflet/leaflet.js"' in page and '"/static/' not in page
+            moved = client.get("/maps/igan")
+            assert moved.status_code == 307 and moved.headers["location"] == "/maps/igan/"
+            assert client.get("/maps/igan/api/info").json()["root_path"] == "/maps/igan"
+            assert client.get("/api/info").status_code == 200  # a proxy that strips the prefix
+            c = client.post("/maps/igan/api/canvas", json={"seed": 2}).json()["id"]
+            assert client.get(f"/maps/igan/tiles/{c}/0/0/0.png").status_code == 200
+            assert client.get("/maps/igan/static/viewer.js").status_code == 200
+    for good, normal in [("", ""), ("/", ""), ("/igan", "/igan"), ("/a/b.c/", "/a/b.c")]:
+        assert check_root_path(good) == normal
+    for bad in ["igan", "/a b", "/a/../b", "//x", "/a?b", '/a"b', "/<script>"]:
+        with pytest.raises(ValueError, match="(--root-path|root_path) must be") as e:
+            check_root_path(bad)
+        assert repr(bad) in str(e.value)
+
+
+def test_tiles_have_a_strong_etag_and_if_none_match_gets_304(tmp_path):
+    with fake_server(tmp_path) as s:
+        c = register(s.url, seed=3, period=768)
+        first = httpx.get(f"{s.url}/tiles/{c}/0/1/0.png")
+        etag = first.headers["etag"]
+        assert etag.startswith('"') and etag.endswith('"') and not etag.startswith("W/")
+        assert "immutable" in first.headers["cache-control"]
+        assert httpx.get(f"{s.url}/tiles/{c}/0/4/0.png").headers["etag"] == etag  # the same tile, a period on
+        other = httpx.get(f"{s.url}/tiles/{c}/0/2/0.png")
+        assert other.headers["etag"] != etag
+        rendered = list(s.source.rendered)
+        for header in (etag, f"W/{etag}", f'"nope", {etag}', "*"):
+            r = httpx.get(f"{s.url}/tiles/{c}/0/1/0.png", headers={"if-none-match": header})
+            assert r.status_code == 304 and r.content == b"", header
+            assert r.headers["etag"] == etag and "immutable" in r.headers["cache-control"]
+        s.service.memory = MemoryLRU(1 << 20)  # forgotten in memory: still answered without a render
+        r = httpx.get(f"{s.url}/tiles/{c}/0/1/0.png", headers={"if-none-match": etag})
+        assert r.status_code == 304
+        stale = httpx.get(f"{s.url}/tiles/{c}/0/1/0.png", headers={"if-none-match": other.headers["etag"]})
+        assert stale.status_code == 200 and stale.content == first.content
+        assert s.source.rendered == rendered and stats(s.url)["tiles"]["not_modified"] == 5
+        assert register(s.url, seed=4, period=768) != c
+        assert httpx.get(f"{s.url}/tiles/{register(s.url, seed=4, period=768)}/0/1/0.png").headers["etag"] != etag
+
+
+def test_the_scheduler_serves_clients_in_turn_newest_view_first():
+    gate, order = threading.Event(), []
+
+    def render(group, items):
+        assert gate.wait(30)
+        order.extend(items)
+        return items
+
+    sched = Scheduler(render, batch=1)
+    try:
+        hold = sched.submit("g", "held", client="z")
+        wait_for(lambda: sched.pending == 0, what="the worker to take the first")
+        futures = [sched.submit("g", f"a{i}", client="a") for i in range(5)]
+        futures += [sched.submit("g", f"b{i}", client="b", view=1) for i in range(2)]
+        futures += [sched.submit("g", "b-new", client="b", view=2), sched.submit("g", "c0", client="c")]
+        assert sched.pending_by_client() == {"a": 5, "b": 3, "c": 1}
+        gate.set()
+        hold.result(30)
+        for f in futures:
+            f.result(30)
+        assert order == ["held", "a0", "b-new", "c0", "a1", "b0", "a2", "b1", "a3", "a4"]
+    finally:
+        gate.set()
+        sched.close()
+    # a batch is one group, filled from the client whose turn it is, then from the others
+    gate.clear()
+    order.clear()
+    sched = Scheduler(render, batch=3)
+    try:
+        hold = sched.submit("g", "held", client="z")
+        wait_for(lambda: sched.pending == 0, what="the worker to take the first")
+        futures = [sched.submit(g, f"{c}{g}{i}", client=c) for c, g in (("a", "x"), ("b", "y"), ("c", "x"))
+                   for i in range(2)]
+        gate.set()
+        [f.result(30) for f in [hold, *futures]]
+        assert order == ["held", "ax0", "ax1", "cx0", "by0", "by1", "cx1"]
+    finally:
+        gate.set()
+        sched.close()
+
+
+def _hold_worker(s, client="holder"):
+    """A request that keeps the render worker busy until the gate opens."""
+    s.source.gate.clear()
+    c = register(s.url, seed=90)
+    held = _raw_get(s.url, f"/tiles/{c}/0/0/0.png?client={client}")
+    wait_for(s.source.busy.is_set, what="the first render")
+    return held
+
+
+def test_one_clients_zoom_out_does_not_starve_another_client(tmp_path):
+    for named in (True, False):
+        (tmp_path / str(named)).mkdir()
+        with fake_server(tmp_path / str(named), batch=1) as s:
+            held = _hold_worker(s)
+            a, b = register(s.url, seed=1), register(s.url, seed=2)
+            q = (lambda who: f"?client={who}") if named else (lambda who: "")
+            zoom_out = _raw_get(s.url, f"/tiles/{a}/-2/0/0.png{q('alice')}")  # 16 native tiles
+            wait_for(lambda: stats(s.url)["queued"] == 16, what="alice's 16 native tiles")
+            bob = [_raw_get(s.url, f"/tiles/{b}/0/{x}/5.png{q('bob')}") for x in (0, 1)]
+            wait_for(lambda: stats(s.url)["queued"] == 18, what="bob's 2 tiles")
+            assert stats(s.url)["queued_clients"] == (2 if named else 1)
+            s.source.gate.set()
+            assert [_status(r) for r in [held, zoom_out, *bob]] == [200] * 4
+            order = [seed for seed, _, _ in s.source.rendered]
+            assert len(order) == 19
+            if named:  # served in turn: bob's two tiles come second and fourth, not after alice's 16
+                assert [i for i, seed in enumerate(order) if seed == 2] == [2, 4], order
+            else:  # one address, one queue: first come, first served (what fairness is measured against)
+                assert [i for i, seed in enumerate(order) if seed == 2] == [17, 18], order
+
+
+def test_a_client_that_moves_on_drops_its_requests_for_the_old_view(tmp_path):
+    with fake_server(tmp_path, batch=1) as s:
+        held = _hold_worker(s)
+        c = register(s.url, seed=4)
+        old = [_raw_get(s.url, f"/tiles/{c}/-1/{x}/0.png?client=alice") for x in (0, 1)]  # 8 native tiles
+        other = _raw_get(s.url, f"/tiles/{c}/-1/0/0.png?client=bob")  # bob shows one of them too
+        wait_for(lambda: stats(s.url)["waiting"] == 4, what="four waiting requests")
+        assert stats(s.url)["queued"] == 8
+        new = _raw_get(s.url, f"/tiles/{c}/0/40/0.png?client=alice")  # alice zoomed in elsewhere
+        wait_for(lambda: stats(s.url)["tiles"]["stale"] == 2, what="alice's old requests to be dropped")
+        wait_for(lambda: stats(s.url)["queued"] == 5, what="the dropped tiles to leave the queue")
+        assert [_status(r) for r in old] == [499, 499]
+        s.source.gate.set()
+        assert _status(new) == 200 and _status(other) == 200 and _status(held) == 200
+        assert sorted(s.source.rendered) == sorted([(90, 0, 0), (4, 40, 0)] + [(4, x, y) for x in (0, 1) for y in (0, 1)])
+
+
+def test_render_jobs_have_a_quota_of_jobs_at_once_and_of_bytes(tmp_path):
+    canvas = Canvas(seed=1)
+    queue = _job_queue(tmp_path, max_jobs=2)
+    queue.submit(canvas, 0, 0, 64, 64)
+    queue.submit(canvas, 0, 0, 64, 64)
+    with pytest.raises(JobsFull, match=r"--max-jobs 2") as e:
+        queue.submit(canvas, 0, 0, 64, 64)
+    assert e.value.status == 429
+    queue = _job_queue(tmp_path, max_bytes=100_000)
+    first = queue.submit(canvas, 0, 0, 128, 128)  # 48 KiB uncompressed
+    with pytest.raises(JobsFull, match=r"200x100 png may write up to 58\.6 KiB; with the 48\.0 KiB of earlier jobs "
+                                       r"that passes this server's quota \(--jobs-size 97\.7 KiB\)") as e:
+        queue.submit(canvas, 0, 0, 200, 100)
+    assert e.value.status == 413
+    queue.cancel(first)  # a cancelled job gives its share back; a finished one counts its file
+    queue.submit(canvas, 0, 0, 200, 100, "tif")  # 58.6 KiB and its pyramid
+    with pytest.raises(JobsFull, match="--jobs-size"):
+        queue.submit(canvas, 0, 0, 100, 100)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "cache").mkdir()
+    with fake_server(tmp_path / "cache", jobs=_job_queue(tmp_path / "out", max_bytes=1 << 20)) as s:
+        c = register(s.url, seed=0)
+        r = httpx.post(f"{s.url}/api/jobs", json={"canvas": c, "x0": 0, "y0": 0, "width": 1024, "height": 1024})
+        assert r.status_code == 413 and "--jobs-size 1.0 MiB" in r.json()["error"]
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_cache_folder_is_created_and_the_token_is_required_beyond_loopback(tmp_path, monkeypatch, capsys):
+    from igan.engine.cli import serve as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_serve", lambda args, cache: seen.append((args, cache)) or 0)
+    cache = tmp_path / "new" / "tiles"
+    assert cli.main(["--cache", str(cache)]) == 0
+    assert cache.is_dir() and seen[-1][1] == str(cache) and seen[-1][0].token is None  # loopback: no token
+    assert cli.main(["--host", "0.0.0.0", "--root-path", "/igan/"]) == 0
+    args = seen[-1][0]
+    assert re.fullmatch(r"[A-Za-z0-9_-]{32}", args.token) and args.root_path == "/igan"
+    assert cli.address("0.0.0.0", 8000, args.root_path, args.token) == f"http://0.0.0.0:8000/igan/?token={args.token}"
+    assert cli.main(["--host", "::"]) == 0 and seen[-1][0].token != args.token  # a new one each start
+    assert cli.main(["--host", "127.0.0.1", "--token", TOKEN]) == 0 and seen[-1][0].token == TOKEN
+    (tmp_path / "file").write_text("x")
+    for argv, message in [(["--cache", str(tmp_path / "file")], "--cache '%s' exists and is not a folder"
+                            % (tmp_path / "file")),
+                          (["--token", "short"], "--token must be 16-256"),
+                          (["--token", "x" * 20 + "&y"], "with others"),
+                          (["--root-path", "../up"], "--root-path must be a URL path like /igan"),
+                          (["--max-jobs", "0"], "--max-jobs"), (["--jobs-size", "0"], "--jobs-size")]:
+        with pytest.raises(SystemExit):
+            cli.main(argv)
+        assert message in capsys.readouterr().err, argv
+    assert len(seen) == 4
+
+
+def test_served_beyond_loopback_the_printed_address_carries_the_token(tmp_path):
+    import zarr
+
+    arr = zarr.create_array(str(tmp_path / "small.zarr"), shape=(256, 512, 3), chunks=(256, 256, 3), dtype="uint8")
+    arr[:] = fake_pixels(0, 0, 0)[:, np.r_[0:256, 0:256]]
+    server = Serve("--open", tmp_path / "small.zarr", "--host", "0.0.0.0", "--root-path", "/igan", "--cache",
+                   tmp_path / "made-by-igan-serve")
+    try:
+        line = server.line
+        found = re.search(r"http://0\.0\.0\.0:(\d+)/igan/\?token=([A-Za-z0-9_-]{32})\s", line)
+        assert found, line
+        base, token = f"http://127.0.0.1:{found.group(1)}/igan", found.group(2)
+        assert httpx.get(f"{base}/api/info").status_code == 401
+        assert httpx.get(f"{base}/api/info", headers={"authorization": f"Bearer {token}"}).status_code == 200
+        r = httpx.get(f"{base}/?token={token}")
+        assert r.status_code == 303 and r.headers["location"] == "/igan/"
+        assert (tmp_path / "made-by-igan-serve").is_dir()
+    finally:
+        server.close()

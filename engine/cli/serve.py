@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import secrets
 import shutil
 import socket
 import sys
@@ -14,7 +16,7 @@ import tempfile
 import textwrap
 
 from ..embedded import DESCRIPTION as EMBEDDED_DESCRIPTION
-from ..errors import IganError
+from ..errors import IganError, RequestError
 from ..provenance import igan_version
 from ..serve import RENDER_OPTIONS
 from ..values import positive, size_bytes
@@ -26,7 +28,10 @@ EXAMPLES = """examples:
   igan-serve --checkpoint best_fid.pth.tar --seed 7 --cache tiles --output renders
   igan-serve --wrap 4096 --port 8080
   igan-serve --open pano.tif
+  igan-serve --host 0.0.0.0 --root-path /igan
 """
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+TOKEN = re.compile(r"[A-Za-z0-9_~.-]{16,256}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="open in 360-degree mode: the canvas repeats every PERIOD pixels (a multiple of 256; "
                         "default 4096)")
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this machine only)")
+                   help="address to listen on (default 127.0.0.1: this machine only; any other needs a token)")
+    p.add_argument("--token", default=None,
+                   help="the secret every request must carry (default: none on loopback; beyond it, a random one "
+                        "printed in the address); 16-256 letters, digits, '_', '~', '.', '-'")
+    p.add_argument("--root-path", default="", metavar="PATH",
+                   help="the prefix a reverse proxy serves igan-serve under, e.g. /igan (the page's URLs and the "
+                        "printed address carry it)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
     p.add_argument("--cache", default=None, metavar="DIR",
                    help="folder of rendered tiles, kept between runs (default: a temporary folder, removed at exit)")
@@ -55,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tiles per forward pass (default: 1 on CPU, 8 on a GPU)")
     p.add_argument("--queue", type=positive, default=64,
                    help="tile requests that may wait for rendering; more get HTTP 503 (default 64)")
+    p.add_argument("--max-jobs", type=positive, default=8, metavar="N",
+                   help="'render this view' jobs queued or running at once; more get HTTP 429 (default 8)")
+    p.add_argument("--jobs-size", type=size_bytes, default=16 << 30, metavar="SIZE",
+                   help="what all 'render this view' jobs of this server may write, counted at a job's uncompressed "
+                        "size until it is done; more get HTTP 413 (default 16GiB)")
     p.add_argument("--memory-cache", type=size_bytes, default=256 << 20, metavar="SIZE",
                    help="PNG tiles kept in memory (default 256MiB); the disk cache holds the rest")
     p.add_argument("--max-level", type=int, default=None, metavar="N",
@@ -76,9 +92,26 @@ def _main(argv: list[str] | None) -> int:
         parser.error("--open serves a file: not with --checkpoint, --model or --wrap")
     if args.open is not None and not os.path.exists(args.open):
         parser.error(f"--open {args.open!r} does not exist")
-    for flag, folder in (("--cache", args.cache), ("--output", args.output)):
-        if folder is not None and not os.path.isdir(folder):
-            parser.error(f"{flag} {folder!r} is not a folder")
+    if args.output is not None and not os.path.isdir(args.output):
+        parser.error(f"--output {args.output!r} is not a folder")
+    if args.cache is not None:
+        if os.path.lexists(args.cache) and not os.path.isdir(args.cache):
+            parser.error(f"--cache {args.cache!r} exists and is not a folder")
+        try:
+            os.makedirs(args.cache, exist_ok=True)  # the folder the user named, and only it
+        except OSError as e:
+            parser.error(f"--cache {args.cache!r} cannot be created: {e.strerror}")
+    if args.token is not None and not TOKEN.fullmatch(args.token):
+        parser.error(f"--token must be 16-256 letters, digits, '_', '~', '.' or '-', got {len(args.token)} "
+                     "character(s)" + ("" if re.fullmatch(r"[A-Za-z0-9_~.-]*", args.token) else " with others"))
+    from ..serve.app import check_root_path  # torch-free
+
+    try:
+        args.root_path = check_root_path(args.root_path)
+    except RequestError as e:
+        parser.error(str(e))
+    if args.token is None and args.host not in LOOPBACK:
+        args.token = secrets.token_urlsafe(24)
     if args.wrap is not None and args.wrap % 256:
         parser.error(f"--wrap must be a multiple of 256 pixels (whole tiles), got {args.wrap}")
     if args.max_level is not None and not 0 <= args.max_level <= 8:
@@ -93,6 +126,11 @@ def _main(argv: list[str] | None) -> int:
             shutil.rmtree(cache, ignore_errors=True)
 
 
+def address(host: str, port: int, root_path: str = "", token: str | None = None) -> str:
+    """The page's address as printed: the proxy's prefix, and the token a browser needs."""
+    return f"http://{host}:{port}{root_path}/" + (f"?token={token}" if token else "")
+
+
 def _serve(args, cache: str) -> int:
     import uvicorn  # after the options: these load torch and the model
 
@@ -100,7 +138,9 @@ def _serve(args, cache: str) -> int:
 
     options = ServeOptions(cache=cache, output=args.output, render={k: getattr(args, k) for k in RENDER_OPTIONS},
                            open=args.open, seed=args.seed, wrap=args.wrap, batch=args.batch, queue=args.queue,
-                           memory_cache=args.memory_cache, max_level=args.max_level, host=args.host)
+                           memory_cache=args.memory_cache, max_level=args.max_level, host=args.host,
+                           token=args.token, root_path=args.root_path, max_jobs=args.max_jobs,
+                           jobs_size=args.jobs_size)
     try:
         app, info = build(options)
         family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
@@ -116,10 +156,14 @@ def _serve(args, cache: str) -> int:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"igan-serve: {info['model']}", file=sys.stderr)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"igan-serve: warning: listening on {args.host}: anyone who can reach it can use this server",
+    url = address(shown, port, args.root_path, args.token)
+    if args.host not in LOOPBACK:
+        print(f"igan-serve: listening on {args.host}: whoever has the address with its token can use this server "
+              "(render jobs included); share it as a secret", file=sys.stderr)
+    print(f"igan-serve: {url}  (tiles cached in {cache}; Ctrl-C stops)", flush=True)
+    if host in ("0.0.0.0", "::"):
+        print(f"igan-serve: from other machines: {address(socket.gethostname(), port, args.root_path, args.token)}",
               file=sys.stderr)
-    print(f"igan-serve: http://{shown}:{port}/  (tiles cached in {cache}; Ctrl-C stops)", flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
     try:
         uvicorn.Server(config).run(sockets=[sock])

@@ -5,6 +5,10 @@ one igan-render writes) in the output folder, under a name the server chooses or
 stem the client gives (letters, digits, '-' and '_': no path). A job never replaces a file:
 a name that exists is refused. Progress is read from the render's work directory (its
 manifest logs: igan.engine.store); a cancelled job's work directory is removed.
+
+The quota: at most `max_jobs` jobs queued or running, and at most `max_bytes` written by this
+server's jobs in all (a job counts its file's size once done, and its uncompressed size, the
+most it can write, before), so a shared server's disk fills only as far as its owner allows.
 """
 from __future__ import annotations
 
@@ -45,7 +49,26 @@ class JobError(RequestError):
 
 
 class JobsFull(IganError):
-    """Too many jobs are queued (HTTP 503)."""
+    """The quota is reached: too many jobs at once, or too many bytes (HTTP 429 or 413)."""
+
+    def __init__(self, message: str, status: int = 429):
+        super().__init__(message)
+        self.status = status
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def estimated_bytes(width: int, height: int, fmt: str) -> int:
+    """The most a job's file can take: its RGB pixels uncompressed (a TIFF adds its pyramid,
+    a third more)."""
+    raw = 3 * width * height
+    return raw + raw // 3 if fmt == "tif" else raw
 
 
 @dataclass
@@ -56,6 +79,7 @@ class RenderJob:
     command: str  # the igan-render command line, as a user would type it
     width: int
     height: int
+    budget: int = 0  # bytes this job may write (estimated_bytes)
     state: str = "queued"  # queued, running, done, failed, cancelled
     error: str | None = None
     seconds: float | None = None
@@ -88,18 +112,31 @@ class RenderJob:
 class JobQueue:
     """Render jobs, run one after another by `run()` (a task on the server's loop)."""
 
-    def __init__(self, output_dir: str | Path, model_options: dict, device: str, *, max_jobs: int = 8):
+    def __init__(self, output_dir: str | Path, model_options: dict, device: str, *, max_jobs: int = 8,
+                 max_bytes: int = 16 << 30):
         """`model_options`: the RenderRequest fields of the model (checkpoint, config, model,
-        backend, precision, latent_rng, quantize, trunc), paths absolute."""
+        backend, precision, latent_rng, quantize, trunc), paths absolute. `max_jobs`, `max_bytes`:
+        the quota (--max-jobs, --jobs-size)."""
         self.output_dir = Path(output_dir).resolve()
         self.model_options = model_options
         self.device = device
         self.max_jobs = max_jobs
+        self.max_bytes = max_bytes
         self.jobs: dict[str, RenderJob] = {}
+        self._written = 0  # bytes of the files finished jobs wrote
         self._queue: asyncio.Queue[RenderJob] = asyncio.Queue()
 
     def active(self) -> list[RenderJob]:
         return [j for j in self.jobs.values() if j.state in ("queued", "running")]
+
+    def used_bytes(self) -> int:
+        """Bytes of the quota in use: finished files as they are, queued and running jobs at
+        their estimate."""
+        used = self._written
+        for j in self.jobs.values():
+            if j.state in ("queued", "running"):
+                used += j.budget
+        return used
 
     def submit(self, canvas: Canvas, x0: int, y0: int, width: int, height: int, fmt: str = "png",
                stem: str | None = None) -> RenderJob:
@@ -115,7 +152,14 @@ class JobQueue:
             raise JobError(f"{out.name!r} already exists in the output folder; igan-serve never replaces a file",
                            status=409)
         if len(self.active()) >= self.max_jobs:
-            raise JobsFull(f"{self.max_jobs} render jobs are already queued or running")
+            raise JobsFull(f"{len(self.active())} render jobs are already queued or running, the most this server "
+                           f"takes at once (--max-jobs {self.max_jobs}); try again when one has finished")
+        budget = estimated_bytes(width, height, fmt)
+        used = self.used_bytes()
+        if used + budget > self.max_bytes:
+            raise JobsFull(f"this {width}x{height} {fmt} may write up to {_size(budget)}; with the {_size(used)} of "
+                           f"earlier jobs that passes this server's quota (--jobs-size {_size(self.max_bytes)})",
+                           status=413)
         try:
             request = RenderRequest(out=out.name, quiet=True, **self.model_options,
                                     **canvas.render_options(x0, y0, width, height)).validate()
@@ -126,7 +170,7 @@ class JobQueue:
             del parts[parts.index("--out"):parts.index("--out") + 2]
         parts += ["--out", out.name]  # in the output folder, the job's working directory
         argv = [sys.executable, "-m", "igan.engine.cli.render", *parts, "--device", self.device, "--quiet"]
-        job = RenderJob(secrets.token_hex(8), out, argv, shlex.join(["igan-render", *parts]), width, height)
+        job = RenderJob(secrets.token_hex(8), out, argv, shlex.join(["igan-render", *parts]), width, height, budget)
         self.jobs[job.id] = job
         finished = [j for j in self.jobs.values() if j.state not in ("queued", "running")]
         for old in finished[:-_KEEP_FINISHED]:
@@ -162,6 +206,7 @@ class JobQueue:
             self._remove_work(job)
         elif job.process.returncode == 0 and job.out.is_file():
             job.state = "done"
+            self._written += job.out.stat().st_size
             log.info(f"job {job.id}: {job.out} in {job.seconds:.1f} s")
         else:
             job.state = "failed"

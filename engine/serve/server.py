@@ -21,7 +21,7 @@ DEFAULT_MAX_LEVEL = 3  # 1:8; one tile there is 64 native tiles (docs/serve.md, 
 
 @dataclass
 class ServeOptions:
-    cache: Path  # an existing folder
+    cache: Path  # a folder (created when missing)
     output: Path = Path(".")  # where render jobs write
     render: dict = field(default_factory=dict)  # RENDER_OPTIONS by name (checkpoint, backend, trunc, ...)
     open: str | None = None  # serve this .tif/.zarr instead of a model
@@ -32,6 +32,10 @@ class ServeOptions:
     memory_cache: int = 256 << 20  # bytes of PNG tiles kept in memory
     max_level: int | None = None
     host: str = "127.0.0.1"
+    token: str | None = None  # every request must carry it (the command line makes one beyond loopback)
+    root_path: str = ""  # a reverse proxy's prefix: '/igan'
+    max_jobs: int = 8  # render jobs queued or running at once
+    jobs_size: int = 16 << 30  # bytes all render jobs of this server may write
 
 
 def model_options(o: ServeOptions) -> dict:
@@ -79,9 +83,11 @@ def build(o: ServeOptions, *, generator=None):
     if o.open is not None:
         service.canvases[canvas_id] = FileCanvas(str(source.path))
     else:
-        jobs = JobQueue(o.output, model_options(o), str(source.runner.device))
+        jobs = JobQueue(o.output, model_options(o), str(source.runner.device), max_jobs=o.max_jobs,
+                        max_bytes=o.jobs_size)
     close = getattr(source, "close", None)
     app = create_app(service, info=info, jobs=jobs, host=o.host,
-                     model_identity=None if o.open is not None else identity, on_shutdown=close)
+                     model_identity=None if o.open is not None else identity, on_shutdown=close,
+                     token=o.token, root_path=o.root_path)
     app.state.service = service
     return app, info

@@ -4,11 +4,14 @@ their four children (each fetched the same way, so every level is cached).
 
 Runs on the server's event loop. Concurrent requests for one tile share one computation,
 which is cancelled when the last client waiting for it goes away. A request that must wait
-for rendering is admitted only while fewer than `max_waiting` do (else `Overloaded`).
+for rendering is admitted only while fewer than `max_waiting` do (else `Overloaded`). The
+native tiles a request needs are queued under the client that asked first and its view (the
+render queue serves clients in turn, each client's newest view first).
 """
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +20,11 @@ from ..errors import IganError
 from .cache import DiskCache, MemoryLRU
 from .scheduler import Scheduler
 from .tiles import TILE, TileError, TileKey, decode_png, encode_png, reduce_children
+
+
+# (client, view) of the request a computation runs for: set by `png`, inherited by the tasks
+# it starts (asyncio copies the context), read where native tiles are queued
+_CLIENT: contextvars.ContextVar[tuple] = contextvars.ContextVar("igan_serve_client", default=(None, 0))
 
 
 class Overloaded(IganError):
@@ -30,7 +38,9 @@ class ServiceStats:
     disk_hits: int = 0
     computed: int = 0  # tiles computed (rendered or reduced), every level
     rejected: int = 0  # 503s
-    cancelled: int = 0  # requests whose client left before the tile was ready
+    cancelled: int = 0  # requests whose client left (or moved on) before the tile was ready
+    stale: int = 0  # of those, requests dropped because their client moved on to another view
+    not_modified: int = 0  # 304s: the client's copy is current
 
 
 class _Flight:
@@ -73,8 +83,10 @@ class TileService:
         x = key.x if canvas is None else canvas.canonical_x(key.level, key.x)
         return key if x == key.x else TileKey(key.canvas, key.level, x, key.y)
 
-    async def png(self, key: TileKey) -> bytes:
-        """The PNG of tile `key` (a canonical key: see `canonical`)."""
+    async def png(self, key: TileKey, client=None, view: int = 0) -> bytes:
+        """The PNG of tile `key` (a canonical key: see `canonical`); what must be rendered for
+        it is queued under `client` and its `view` (see scheduler.py)."""
+        _CLIENT.set((client, view))  # this task's context, and the tasks it starts
         self.stats.requests += 1
         data = self.memory.get(key)
         if data is not None:
@@ -149,7 +161,8 @@ class TileService:
             canvas = self.canvases.get(key.canvas)
             if canvas is None:  # forgotten meanwhile (the server keeps the latest MAX_CANVASES)
                 raise TileError(f"no canvas {key.canvas!r} (POST /api/canvas registers one)")
-            pixels = await asyncio.wrap_future(self.scheduler.submit(canvas, key))
+            client, view = _CLIENT.get()
+            pixels = await asyncio.wrap_future(self.scheduler.submit(canvas, key, client, view))
         else:
             async with asyncio.TaskGroup() as group:  # a failed or cancelled child cancels the rest
                 children = [group.create_task(self._pixels(c)) for c in key.children()]
