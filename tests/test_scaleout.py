@@ -191,3 +191,194 @@ def test_gpus_beyond_the_machine_are_refused(capsys, tmp_path):
     n = torch.cuda.device_count() + 1
     assert main(["--gpus", str(n), "--out", str(tmp_path / "g.png"), "--quiet"]) != 0
     assert f"--gpus {n} asked for {n} GPUs but this machine has {n - 1}" in capsys.readouterr().err
+
+
+# ---- torchrun: ranks pull their work, a lost rank costs a restart (issue 30) -----------------------
+def _torchrun(out, *args, nproc=2, restarts=None, env=None):
+    """The torchrun command line of a render of ARGS into `out` by `nproc` ranks."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+    if restarts is not None:
+        cmd += ["--max-restarts", str(restarts)]
+    return cmd + ["-m", "igan.engine.cli.render", *ARGS, *map(str, args), "--out", str(out)]
+
+
+def _per_writer(out) -> dict[str, int]:
+    """Tiles each writer of `out`'s kept work directory recorded ("rank1-e1-PID" -> count)."""
+    logs = work_dir_for(out).glob("manifest/*.log")
+    return {p.stem: sum(1 for line in p.read_text().splitlines() if line.startswith("tile ")) for p in logs}
+
+
+def _kill_writer_after(proc, out, prefix: str, tiles: int) -> int | None:
+    """SIGKILL the process whose manifest log starts with `prefix` (its PID ends the log's
+    name) once it has recorded `tiles` tiles; its PID, or None if the run ended first."""
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline:
+        for log in work_dir_for(out).glob(f"manifest/{prefix}*.log"):
+            if log.read_text().count("\n") >= tiles:
+                pid = int(log.stem.rsplit("-", 1)[1])
+                os.kill(pid, signal.SIGKILL)
+                return pid
+        time.sleep(0.02)
+    return None
+
+
+@pytest.mark.slow
+def test_torchrun_a_slow_rank_takes_fewer_tiles(tmp_path, reference):
+    """Three ranks claim batches from torchrun's store; rank 2, slowed by 3 s a tile, takes
+    fewer than each of the others, and the file is the one-process file."""
+    out = tmp_path / "slow.tif"
+    env = dict(os.environ, IGAN_FAILPOINT="rank-delay:2:3")
+    done = subprocess.run(_torchrun(out, "--keep-work", nproc=3), capture_output=True, text=True, timeout=600,
+                          env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert out.read_bytes() == reference["tif"]
+    ranks = {}
+    for writer, n in _per_writer(out).items():
+        ranks[writer.split("-")[0]] = ranks.get(writer.split("-")[0], 0) + n
+    assert sum(ranks.values()) == 15 and set(ranks) <= {"rank0", "rank1", "rank2"}, ranks
+    assert ranks.get("rank2", 0) < min(ranks["rank0"], ranks["rank1"]), ranks
+    said = re.search(r"tiles rendered by each rank: (.*)", done.stderr).group(1)
+    assert said == ", ".join(f"{k} {v}" for k, v in sorted(ranks.items())), said
+
+
+@pytest.mark.slow
+def test_torchrun_a_killed_rank_costs_a_restart_not_the_render(tmp_path, reference):
+    """The issue's repro: rank 1 SIGKILLed mid-render under --max-restarts; the restarted
+    ranks resume the work directory by themselves and finish the one-process file."""
+    out = tmp_path / "tr.tif"
+    proc = subprocess.Popen(_torchrun(out, restarts=2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = _kill_writer_after(proc, out, "rank1-", 2)
+    _, err = proc.communicate(timeout=600)
+    if killed is None:
+        pytest.skip("the render finished before rank 1 could be killed")
+    assert proc.returncode == 0, err[-3000:]
+    assert "torchrun restarted the ranks" in err and "resuming the render" in err
+    assert out.read_bytes() == reference["tif"]
+    assert not work_dir_for(out).exists()
+
+
+@pytest.mark.slow
+def test_torchrun_rank_0_killed_without_restarts_then_resume(tmp_path, reference):
+    """Rank 0 (the work directory's owner) SIGKILLed and no restarts: the render fails with a
+    message that says --resume finishes it, and a torchrun rerun with --resume does."""
+    out = tmp_path / "r0.png"
+    proc = subprocess.Popen(_torchrun(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = _kill_writer_after(proc, out, "rank0-", 2)
+    _, err = proc.communicate(timeout=600)
+    if killed is None:
+        pytest.skip("the render finished before rank 0 could be killed")
+    assert proc.returncode != 0 and not out.exists()
+    assert "--resume to finish the render" in err, err[-3000:]
+    again = subprocess.run(_torchrun(out, "--resume"), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert out.read_bytes() == reference["png"]
+    assert not work_dir_for(out).exists()
+
+
+@pytest.mark.slow
+def test_torchrun_zarr_is_written_by_every_rank(tmp_path, reference):
+    """A .zarr output is the tile array every rank wrote its own chunks into, renamed into
+    place (nothing is assembled on rank 0)."""
+    out = tmp_path / "t.zarr"
+    done = subprocess.run(_torchrun(out, "--keep-work"),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    writers = _per_writer(out)
+    assert sorted(w.split("-")[0] for w in writers) == ["rank0", "rank1"] and all(writers.values()), writers
+    png = tmp_path / "ref.png"
+    png.write_bytes(reference["png"])
+    assert np.array_equal(zarr.open_array(str(out), mode="r")[:], np.asarray(Image.open(png)))
+
+
+@pytest.mark.slow
+def test_a_worker_killed_gives_its_tiles_back(tmp_path, reference):
+    """--workers: a worker SIGKILLed mid-render has its batches rendered by the other."""
+    out = tmp_path / "w.png"
+    proc = subprocess.Popen([sys.executable, "-m", "igan.engine.cli.render", *ARGS, "--workers", "2", "--out",
+                             str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = _kill_writer_after(proc, out, "worker1-", 1)
+    _, err = proc.communicate(timeout=600)
+    if killed is None:
+        pytest.skip("the render finished before worker 1 could be killed")
+    assert proc.returncode == 0, err
+    assert "go back in the queue" in err
+    assert out.read_bytes() == reference["png"]
+
+
+@pytest.fixture
+def tcp_store(monkeypatch):
+    """A store like torchrun's (hosted here), that distributed.connect finds as a rank does."""
+    import torch.distributed as dist
+
+    host = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(host.port))
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    return host
+
+
+def test_ranks_claim_each_batch_once_and_a_missing_rank_is_named(tcp_store):
+    """The protocol without torchrun: rank 0 waits for ranks that said hello with a beating
+    heartbeat, within the timeout, naming the one that never came; claims never repeat."""
+    from igan.engine import distributed
+
+    a0 = distributed.Ranks(distributed.connect(0, 5), 0, 3, "k", 1.5)
+    a1 = distributed.Ranks(distributed.connect(1, 5), 1, 3, "k", 1.5)
+    try:
+        with pytest.raises(distributed.RankLost, match=r"rank\(s\) 2 of 3 did not join the render within 1.5 s "
+                                                       r"\(IGAN_RANK_TIMEOUT\)"):
+            a0.gather()
+        a2 = distributed.Ranks(distributed.connect(2, 5), 2, 3, "k", 1.5)
+        a0.nonces = {0: a0.nonce}
+        a0.gather()
+        a0.publish("go", todo=[1, 4, 5], tiles=7)
+        assert a1.join(7) == ("go", [1, 4, 5], "") and a2.join(7) == ("go", [1, 4, 5], "")
+        claims = [r.claim() for r in (a0, a1, a2, a1, a0)]
+        assert sorted(claims) == list(range(5))
+        a2.close()  # rank 2's heartbeat stops before it leaves: rank 0 names it, after the timeout
+        a1.leave()
+        deadline = time.time() + 30
+        while not a0.silent() and time.time() < deadline:
+            time.sleep(0.2)
+        assert [r for r, _ in a0.silent()] == [2] and a0.still_working() == [2]
+    finally:
+        for r in (a0, a1):
+            r.close()
+
+
+def test_a_rank_waits_for_rank_0_within_the_timeout(tcp_store):
+    from igan.engine import distributed
+
+    a1 = distributed.Ranks(distributed.connect(1, 5), 1, 2, "k2", 0.5)
+    try:
+        with pytest.raises(distributed.RankLost, match=r"rank 1: rank 0 did not start the render within 0.5 s"):
+            a1.join(4)
+    finally:
+        a1.close()
+
+
+def test_a_hello_left_by_an_earlier_attempt_is_not_taken(tcp_store):
+    """A rank killed with the previous attempt left its hello; its heartbeat is dead, so rank 0
+    waits for the new process of that rank instead of starting without it."""
+    from igan.engine import distributed
+
+    old = distributed.Ranks(distributed.connect(1, 5), 1, 2, "k3", 1.0)
+    old.close()
+    time.sleep(1.0)
+    a0 = distributed.Ranks(distributed.connect(0, 5), 0, 2, "k3", 1.0)
+    try:
+        with pytest.raises(distributed.RankLost, match=r"rank\(s\) 1 of 2 did not join"):
+            a0.gather()
+    finally:
+        a0.close()
+
+
+def test_the_rank_timeout_must_be_a_positive_number(monkeypatch):
+    from igan.engine import distributed
+    from igan.engine.errors import RequestError
+
+    monkeypatch.setenv("IGAN_RANK_TIMEOUT", "soon")
+    with pytest.raises(RequestError, match="IGAN_RANK_TIMEOUT='soon' is not a positive number of seconds"):
+        distributed.rank_timeout()
+    monkeypatch.setenv("IGAN_RANK_TIMEOUT", "12.5")
+    assert distributed.rank_timeout() == 12.5
