@@ -5,13 +5,16 @@ of a fixed grid (each the in-memory render of `pipeline.render_into`, the bytes 
 computes for that window), keeps only the tiles the current frame needs, cuts every frame
 from them and hands it to an encoder thread (PyAV) through a bounded queue, so the cost grows
 with the new pixels, rendering and encoding overlap and memory stays bounded whatever the
-length. The output is written under a temporary name beside it and renamed into place.
+length. The frames are encoded in segments of SEGMENT_SECONDS kept in a work directory beside
+the output, so a killed run resumes (`--resume`) where it stopped, and joined into the output,
+which is renamed into place whole.
 """
 from __future__ import annotations
 
 import bisect
 import dataclasses
 import json
+import logging
 import math
 import os
 import queue
@@ -32,6 +35,8 @@ from .identity import request_identity
 from .provenance import igan_version
 from .renderer import peak_rss_bytes
 from .request import RenderRequest
+
+log = logging.getLogger(__name__)
 
 
 # The canvas grid's tile side (pixels) along the directions the camera moves: about the width of
@@ -270,6 +275,180 @@ class TileBand:
         return (gx % self.cycle, gy) if self.cycle else (gx, gy)
 
 
+# ---- the work directory: finished segments, for --resume ------------------------------------------
+# A video is encoded in segments of SEGMENT_SECONDS, each by an encoder of its own (so each starts
+# on a key frame and refers to no frame outside it: a closed GOP), written whole into the work
+# directory (.NAME.igan-work/segments/, the directory igan-render's renders use, with its marker,
+# lease and request) and joined into the output at the end by copying their packets. A run killed
+# at any moment keeps the segments it finished; `--resume` renders only the others, and the
+# join writes the file an uninterrupted run writes (same machine: the encoders' bytes may
+# depend on the CPU's thread count). GIF and WebP animations are short loops written in one
+# piece: a resumed one starts again.
+SEGMENT_SECONDS = 10
+SEGMENTS = "segments"
+
+
+def segment_frames(codec: str, fps: int, frames: int) -> int:
+    """Frames per segment: SEGMENT_SECONDS of video; the whole video for GIF and WebP."""
+    return frames if codec in ("gif", "webp") else max(1, SEGMENT_SECONDS * fps)
+
+
+class VideoWork:
+    """The work directory of one video (a TileStore without tiles: its marker, lease,
+    request.json, tmp/ and finished.json), holding the finished segments."""
+
+    def __init__(self, store, count: int):
+        self.store, self.count = store, count
+
+    @property
+    def root(self) -> Path:
+        return self.store.root
+
+    def segment(self, i: int) -> Path:
+        return self.root / SEGMENTS / f"{i:06d}.mp4"
+
+    def done(self) -> set[int]:
+        return {i for i in range(self.count) if self.segment(i).is_file()}
+
+    def commit(self, tmp: Path, i: int) -> None:
+        """Put a finished segment in place (flushed to disk first: the name vouches for it)."""
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self.segment(i))
+
+    def finish(self, tmp: Path, out: Path) -> None:
+        if os.path.lexists(out):
+            raise PathError(f"cannot move the finished video to {str(out)!r}: something was created there meanwhile; "
+                            f"its segments stay in {str(self.root)!r}")
+        os.replace(tmp, out)
+        _kill_point("video-after-output")
+        self.store.mark_finished(out)
+        self.store.remove()
+
+    def abandon(self) -> str | None:
+        """After a failure: the finished segments stay for --resume (a directory with none
+        goes); the message that says so, or None."""
+        done = len(self.done())
+        if done == 0:
+            self.store.remove()
+            return None
+        self.store.release()
+        return (f"{done} of {self.count} segments are finished and kept in {str(self.root)!r}; run the same command "
+                f"with {option('resume')} to continue")
+
+
+def open_work(out: Path, request: dict, count: int, *, resume: bool, restart: bool) -> VideoWork | None:
+    """The work directory of the video `request` (its recipe) into `out`, lease held: new,
+    resumed (the request checked) or restarted; None when `out` is that video, finished (a
+    --resume after a kill while its work directory was removed). Refuses a folder igan did not
+    create, one another live process holds (naming it), unfinished work without --resume or
+    --restart, and an existing `out`."""
+    from .lease import Lease
+    from .store import FINISHED, STORE_VERSION, TileStore, finished_removals, is_work_dir, sweep_stale, work_dir_for
+
+    root = work_dir_for(out)
+    if not os.path.lexists(root) and os.path.lexists(out):
+        if resume and (finished_removals(root, out, request) or _recipe_of(out) == request.get("recipe")):
+            sweep_stale(root)
+            return None
+        check_output(str(out))
+    sweep_stale(root)
+    while True:
+        if not os.path.lexists(root):
+            store = _create_work(root, request)
+            if store is not None:
+                return VideoWork(store, count)
+            continue  # another process created it this instant: look again (and name its owner)
+        if not root.is_dir() or root.is_symlink() or not is_work_dir(root):
+            raise PathError(f"{str(root)!r} is in the way of the work directory of {str(out)!r} but igan did not "
+                            f"create it: move it away or choose another {option('out')}")
+        lease = Lease.take(root)
+        if lease is None:
+            continue
+        held = TileStore(root, dict(request, store_version=STORE_VERSION), None, lease)
+        try:
+            finished = (root / FINISHED).is_file()
+            if restart or (finished and not out.exists()):
+                held.remove()
+                continue
+            if finished or (resume and out.exists() and _recipe_of(out) == request.get("recipe")):
+                if not resume:  # (killed between the output's rename and finished.json: its recipe says)
+                    check_output(str(out))
+                TileStore.check_request(root, request)
+                held.remove()
+                return None
+            work = VideoWork(held, count)
+            if not resume:
+                raise PathError(f"an unfinished video of {str(out)!r} is in {str(root)!r} ({len(work.done())} of "
+                                f"{count} segments done): add {option('resume')} to finish it, or "
+                                f"{option('restart')} to discard it")
+            TileStore.check_request(root, request)
+            if os.path.lexists(out):
+                check_output(str(out))
+            held.clear_tmp()
+            for stale in (root / SEGMENTS).glob(".*"):  # a segment a kill cut short
+                stale.unlink(missing_ok=True)
+            return work
+        except BaseException:
+            lease.release()
+            raise
+
+
+def _create_work(root: Path, request: dict):
+    """A new work directory built under a staging name and renamed into place, its lease
+    held; None if another process created one at the same moment."""
+    import errno
+    import secrets
+    import shutil
+
+    from .lease import Lease
+    from .store import MARKER, STORE_VERSION, TMP, TileStore, request_digest, write_atomic
+
+    stage = root.with_name(f"{root.name}.new-{os.getpid()}-{secrets.token_hex(4)}")
+    stage.mkdir()
+    held = None
+    try:
+        held = Lease.take(stage, create=True)
+        request = dict(request, store_version=STORE_VERSION)
+        for folder in (SEGMENTS, TMP):
+            (stage / folder).mkdir()
+        write_atomic(stage / MARKER, json.dumps({"igan": igan_version(), "store_version": STORE_VERSION,
+                                                  "request_sha256": request_digest(request)}, indent=1))
+        write_atomic(stage / "request.json", json.dumps(request, indent=1, sort_keys=True))
+        try:
+            os.rename(stage, root)
+        except OSError as e:
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                return None
+            raise
+        stage = None
+        held.root = root
+        store, held = TileStore(root, request, None, held), None
+        return store
+    finally:
+        if held is not None:
+            held.release()
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _recipe_of(path: Path):
+    try:
+        return read_recipe(path)
+    except Exception:  # noqa: BLE001  (not a video igan can read)
+        return None
+
+
+def _kill_point(stage: str) -> None:
+    """Tests only: IGAN_FAILPOINT=kill:<stage> SIGKILLs this process at `stage`."""
+    from .workdir import failpoint
+
+    if failpoint("kill") == stage:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 # ---- the video ------------------------------------------------------------------------------------
 @dataclass
 class VideoStats:
@@ -296,9 +475,13 @@ def check_output(out: str) -> None:
     """--out is a new file in a writable folder (igan-video never overwrites)."""
     from .paths import check_writable
 
+    from .store import work_dir_for
+
     if os.path.lexists(out):
+        hint = (f" (a run killed as it finished left {str(work_dir_for(out))!r}: {option('resume')} checks the video "
+                "and tidies up)" if os.path.lexists(work_dir_for(out)) else "")
         raise PathError(f"{option('out')} {out!r} already exists; igan-video does not overwrite a video: remove it or "
-                        f"choose another {option('out')}")
+                        f"choose another {option('out')}{hint}")
     check_writable(option("out"), out)
 
 
@@ -349,7 +532,8 @@ def render_video(request: RenderRequest, path: CameraPath, out: str, *, codec: s
     import torch
 
     c = check_codec(codec, out, path.size)
-    check_output(out)
+    if not request.resume:
+        check_output(out)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(request.threads or render_threads())
@@ -398,11 +582,21 @@ def _render_video(av, torch, c, request, path, out, *, codec, fps, crf, command,
                 if k not in ("window", "width", "height", "tile_height", "tile_width")}
     if isinstance(identity.get("config"), str) and identity["config"].startswith("{"):
         identity["config"] = json.loads(identity["config"])
-    recipe = json.dumps({"igan": igan_version(), "command": command, "video": video or {}, "request": identity},
-                        sort_keys=True, separators=(",", ":"))
+    recipe = {"igan": igan_version(), "command": command, "video": video or {}, "request": identity}
+    metadata = {"comment": command or "", "igan": json.dumps(recipe, sort_keys=True, separators=(",", ":"))}
 
     final = Path(out)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    per = segment_frames(codec, fps, path.frames)
+    count = -(-path.frames // per)
+    work = open_work(final, {"recipe": json.loads(metadata["igan"]), "segment_frames": per}, count,
+                     resume=request.resume, restart=request.restart)
+    if work is None:
+        return None
+    done = work.done()
+    todo = [i for i in range(count) if i not in done]
+    muxer = CONTAINERS[final.suffix.lower()]
+    joined = codec not in ("gif", "webp")  # else the one segment is the file
+    product = work.store.tmp / f"video{final.suffix.lower()}"
     renderer = ThreadPoolExecutor(1, thread_name_prefix="igan-video-tiles")
     band = TileBand(render_tile, grid, path.period, renderer)
     ahead = path.lookahead()
@@ -410,78 +604,160 @@ def _render_video(av, torch, c, request, path, out, *, codec, fps, crf, command,
     failed: list[BaseException] = []
     start = time.perf_counter()
 
-    def encode(container, stream):
-        done, palette = False, None
+    def open_segment(i):
+        if joined:
+            tmp = work.segment(i).with_name(f".{work.segment(i).name}.tmp-{os.getpid()}")
+            container = av.open(str(tmp), "w", format="mp4", options=dict(BITEXACT))
+        else:
+            tmp = product
+            container = _open_output(av, tmp, muxer, metadata)
+        return i, tmp, container, _add_stream(container, c, path.size, fps, crf)
+
+    def close_segment(segment, encoded: int):
+        """Flush and close a segment; into place only when it holds all its frames (the
+        producer may stop early: an interrupt, a failure)."""
+        i, tmp, container, stream = segment
+        for packet in stream.encode(None):
+            container.mux(packet)
+        container.close()
+        if joined and encoded == _frames(i, per, path.frames):
+            work.commit(tmp, i)
+
+    def encode():
+        segment, palette, encoded = None, None, 0
         try:
-            while (image := frames.get()) is not None:
+            while (item := frames.get()) is not None:
+                i, k, image = item
+                if segment is None or segment[0] != i:
+                    if segment is not None:
+                        close_segment(segment, encoded)
+                    segment, encoded = open_segment(i), 0
                 if c.pix_fmt == "pal8" and palette is None:
                     palette = gif_palette(image)
-                for packet in stream.encode(_to_frame(av, image, palette)):
-                    container.mux(packet)
-            done = True
-            for packet in stream.encode(None):
-                container.mux(packet)
+                frame = _to_frame(av, image, palette)
+                frame.pts = k - i * per
+                for packet in segment[3].encode(frame):
+                    segment[2].mux(packet)
+                encoded += 1
+            if segment is not None:
+                segment, last = None, segment
+                close_segment(last, encoded)
         except BaseException as e:  # reported by the rendering thread
             failed.append(e)
-            while not done and frames.get() is not None:  # let the producer finish its puts
+            if segment is not None:
+                with _quiet_oserror():
+                    segment[2].close()
+            while frames.get() is not None:  # let the producer finish its puts
                 pass
 
     bar = None
     try:
-        muxer = CONTAINERS[final.suffix.lower()]
-        container = av.open(str(tmp), "w", format=muxer,
-                            options={"mp4": {"movflags": "use_metadata_tags"}, "gif": {"loop": "0"},
-                                     "webp": {"loop": "0"}}.get(muxer, {}))
-        try:
-            container.metadata["comment"] = command or ""
-            container.metadata["igan"] = recipe
-            stream = container.add_stream(c.encoder, rate=Fraction(fps))
-            stream.width, stream.height, stream.pix_fmt = w, h, c.pix_fmt
-            options = {}
-            if c.crf and crf is not None:
-                options["crf"] = str(crf)
-            if c.encoder == "libvpx-vp9":
-                options |= {"b": "0", "row-mt": "1"}
-            if c.encoder == "libsvtav1":
-                os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its configuration otherwise: errors only
-            if c.encoder == "libx265":
-                options["x265-params"] = "log-level=error"
-            stream.codec_context.options = options
-            encoder = threading.Thread(target=encode, args=(container, stream), name="igan-video-encoder",
-                                       daemon=True)
-            encoder.start()
-            if progress:
-                from tqdm import tqdm
+        encoder = threading.Thread(target=encode, name="igan-video-encoder", daemon=True)
+        encoder.start()
+        if progress:
+            from tqdm import tqdm
 
-                bar = tqdm(total=path.frames, unit="frame", file=sys.stderr, desc="igan-video", dynamic_ncols=True)
-            try:
-                for k in range(path.frames):
+            bar = tqdm(total=path.frames, initial=path.frames - sum(_frames(i, per, path.frames) for i in todo),
+                       unit="frame", file=sys.stderr, desc="igan-video", dynamic_ncols=True)
+        try:
+            for i in todo:
+                for k in range(i * per, i * per + _frames(i, per, path.frames)):
                     if failed:
                         break
                     x, y = path.position(k)
-                    frames.put(band.frame(x, y, w, h, ahead=path.position(min(k + ahead, path.frames - 1))))
+                    frames.put((i, k, band.frame(x, y, w, h, ahead=path.position(min(k + ahead, path.frames - 1)))))
+                    _kill_point(f"video-frame:{k}")
                     if bar is not None:
                         bar.update(1)
                         rate = bar.format_dict.get("rate") or 0
                         bar.set_postfix_str(f"{rate / fps:.2f}x real time", refresh=False)
-            finally:
-                renderer.shutdown(wait=True, cancel_futures=True)
-                frames.put(None)
-                encoder.join()
-            if failed:
-                raise WriteError(f"{option('out')} {out!r}: encoding failed: {failed[0]}") from failed[0]
         finally:
-            container.close()
-        os.replace(tmp, final)
+            renderer.shutdown(wait=True, cancel_futures=True)
+            frames.put(None)
+            encoder.join()
+        if failed:
+            raise WriteError(f"{option('out')} {out!r}: encoding failed: {failed[0]}") from failed[0]
+        if joined:
+            _join(av, [work.segment(i) for i in range(count)], product, muxer, metadata, fps)
+        _kill_point("video-before-output")
+        work.finish(product, final)
     except BaseException:
-        with _quiet_oserror():
-            os.unlink(tmp)
+        kept = work.abandon() if work.store.lease is not None else None
+        if kept:
+            log.warning(kept)
         raise
     finally:
         if bar is not None:
             bar.close()
-    return VideoStats(path.frames, fps, time.perf_counter() - start, band.new_pixels, band.rendered,
-                      peak_rss_bytes())
+    return VideoStats(sum(_frames(i, per, path.frames) for i in todo), fps, time.perf_counter() - start,
+                      band.new_pixels, band.rendered, peak_rss_bytes())
+
+
+def _frames(i: int, per: int, total: int) -> int:
+    """The frames of segment `i`."""
+    return min(per, total - i * per)
+
+
+# Containers without what differs from run to run (matroska's random UIDs, the muxer's version).
+BITEXACT = {"fflags": "+bitexact"}
+
+
+def _open_output(av, path: Path, muxer: str, metadata: dict):
+    """The output container, with the recipe in its metadata."""
+    options = {"mp4": {"movflags": "use_metadata_tags"}, "gif": {"loop": "0"}, "webp": {"loop": "0"}}.get(muxer, {})
+    container = av.open(str(path), "w", format=muxer, options=options | BITEXACT)
+    for key, value in metadata.items():
+        container.metadata[key] = value
+    return container
+
+
+def _add_stream(container, c: Codec, size, fps: int, crf: int | None):
+    """The encoder's stream of `c` at `size` and `fps`."""
+    stream = container.add_stream(c.encoder, rate=Fraction(fps))
+    stream.width, stream.height = size
+    stream.pix_fmt = c.pix_fmt
+    options = {}
+    if c.crf and crf is not None:
+        options["crf"] = str(crf)
+    if c.encoder == "libvpx-vp9":
+        options |= {"b": "0", "row-mt": "1"}
+    if c.encoder == "libsvtav1":
+        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its configuration otherwise: errors only
+    if c.encoder == "libx265":
+        options["x265-params"] = "log-level=error"
+    stream.codec_context.options = options
+    return stream
+
+
+def _join(av, parts: list[Path], path: Path, muxer: str, metadata: dict, fps: int) -> None:
+    """Write the segments' packets one after the other into `path`, each segment's timestamps
+    (in frames) after the last one's: no frame is decoded or encoded again."""
+    tb = Fraction(1, fps)
+    container = _open_output(av, path, muxer, metadata)
+    try:
+        stream, offset = None, 0
+        for part in parts:
+            with av.open(str(part)) as source:
+                src = source.streams.video[0]
+                if stream is None:
+                    stream = container.add_stream_from_template(src, opaque=True)
+                    stream.time_base = tb
+                n = 0
+                for packet in source.demux(src):
+                    if packet.size == 0:
+                        continue
+                    pts, dts = (Fraction(v) * packet.time_base / tb for v in (packet.pts, packet.dts))
+                    if pts.denominator != 1 or dts.denominator != 1:
+                        raise WriteError(f"segment {str(part)!r} has a packet between frames (pts {packet.pts}, dts "
+                                         f"{packet.dts} in {packet.time_base}); --restart renders it again")
+                    packet.stream = stream
+                    packet.time_base = tb
+                    packet.pts, packet.dts, packet.duration = int(pts) + offset, int(dts) + offset, 1
+                    container.mux(packet)
+                    n += 1
+                offset += n
+    finally:
+        container.close()
 
 
 class _quiet_oserror:

@@ -409,3 +409,81 @@ def test_from_checks_the_model_the_video_was_made_with(tmp_path, capsys):
     out = tmp_path / "x.mkv"
     assert main(["--from", str(forged), "--device", "cpu", "--quiet", "--out", str(out)]) == 1
     assert "--checkpoint" in capsys.readouterr().err and not out.exists()
+
+
+# ---- resuming: segments in the work directory ------------------------------------------------------
+# 70 frames at 3 fps: segments of 30 frames (10 s), the last one of 10.
+LONG = ["--size", "128x64", "--fps", "3", "--frames", "70", "--pan", "8,0", "--device", "cpu", "--quiet"]
+
+
+def run_video(*argv, kill: str | None = None):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, IGAN_FAILPOINT=f"kill:{kill}") if kill else {
+        k: v for k, v in os.environ.items() if k != "IGAN_FAILPOINT"}
+    return subprocess.run([sys.executable, "-m", "igan.engine.cli.video", *argv], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("codec,suffix,stage,segments", [
+    ("h264", ".mp4", "video-frame:45", 1),  # mid-segment (the queue holds 8 frames: the first segment is whole): the first segment kept, the second rendered again
+    ("h264", ".mp4", "video-before-output", 3),  # after the join, before the rename
+    pytest.param("ffv1", ".mkv", "video-frame:5", 0, marks=pytest.mark.slow),  # before any segment is whole
+    pytest.param("vp9", ".webm", "video-frame:69", 2, marks=pytest.mark.slow),
+], ids=["h264-mid-segment", "h264-joined", "ffv1-first-segment", "vp9-last-frame"])
+def test_a_killed_video_resumes_into_the_file_an_uninterrupted_run_writes(tmp_path, codec, suffix, stage, segments):
+    whole, out = tmp_path / f"whole{suffix}", tmp_path / f"v{suffix}"
+    argv = [*LONG, "--codec", codec]
+    assert run_video(*argv, "--out", str(whole)).returncode == 0
+    killed = run_video(*argv, "--out", str(out), kill=stage)
+    assert killed.returncode == -9, killed.stderr
+    work = tmp_path / f".v{suffix}.igan-work"
+    assert not out.exists() and len(list((work / "segments").glob("0*.mp4"))) == segments
+    again = run_video(*argv, "--out", str(out))  # not without --resume: that would discard work
+    assert again.returncode != 0 and "--resume" in again.stderr and "--restart" in again.stderr
+    resumed = run_video(*argv, "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert out.read_bytes() == whole.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([whole.name, out.name])
+    assert len(decode(out)) == 70
+
+
+def test_a_video_killed_after_its_rename_is_finished(tmp_path):
+    out = tmp_path / "v.mp4"
+    argv = [*LONG, "--frames", "20", "--out", str(out)]
+    assert run_video(*argv, kill="video-after-output").returncode == -9
+    first = out.read_bytes()
+    refused = run_video(*argv)
+    assert refused.returncode != 0 and "--resume" in refused.stderr and out.read_bytes() == first
+    done = run_video(*argv, "--resume")
+    assert done.returncode == 0 and "nothing to do" in done.stdout, done.stderr
+    assert out.read_bytes() == first and [p.name for p in tmp_path.iterdir()] == ["v.mp4"]
+
+
+def test_resume_refuses_another_recipe_and_restart_discards(tmp_path):
+    out = tmp_path / "v.mp4"
+    argv = [*LONG, "--out", str(out)]
+    assert run_video(*argv, kill="video-frame:40").returncode == -9
+    other = run_video(*argv, "--crf", "30", "--resume")
+    assert other.returncode != 0 and "different render" in other.stderr and "crf" in other.stderr, other.stderr
+    assert not out.exists()
+    assert run_video(*argv, "--restart", "--crf", "30").returncode == 0
+    assert video.read_recipe(out)["video"]["crf"] == 30 and len(decode(out)) == 70
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(tmp_path):
+    from igan.engine.lease import Lease
+    from igan.engine.store import work_dir_for
+
+    out = tmp_path / "v.mp4"
+    argv = [*LONG, "--out", str(out)]
+    assert run_video(*argv, kill="video-frame:40").returncode == -9
+    lease = Lease.take(work_dir_for(out))  # this test process stands for a live first run
+    try:
+        second = run_video(*argv, "--resume")
+    finally:
+        lease.release()
+    assert second.returncode != 0 and f"PID {__import__('os').getpid()}" in second.stderr, second.stderr
+    assert not out.exists()

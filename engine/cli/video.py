@@ -35,7 +35,7 @@ EXAMPLES = """examples:
 # there is no work directory, preview or TIFF option.
 NAMES = tuple(f.name for f in declared() if f.metadata["group"] in ("model", "canvas")
               or f.name in ("seed", "precision", "backend", "cpu_path", "bit_exact", "device", "threads",
-                            "memory_budget", "batch", "quiet"))
+                            "memory_budget", "batch", "quiet", "resume", "restart"))
 _HELP = {
     "wrap": {"help": "a looping video: the canvas repeats horizontally every --period pixels, and the frame after "
                      "the last is the first (needs --pan DX,0 with DX dividing the period; the frames default to "
@@ -46,6 +46,9 @@ _HELP = {
     "style_map": {"help": "instead of centres: an image whose distinct colours say where each style goes, stretched "
                           "over the canvas the video covers"},
     "quiet": {"help": "no progress bar"},
+    "resume": {"help": "finish an interrupted video of the same recipe from its finished segments (10 s each, kept in "
+                       ".OUT.igan-work/): the file is the one an uninterrupted run writes"},
+    "restart": {"help": "discard the finished segments of an interrupted video and start again"},
     "threads": {"help": "CPU threads for torch (default: half the CPUs; the encoder's threads use the rest, and "
                         "torch on every core stalls behind them)"},
 }
@@ -276,7 +279,8 @@ def _main(argv: list[str] | None) -> int:
     from .. import video  # loads torch after the options are checked
 
     def run() -> int:
-        video.check_output(args.out)
+        if not request.resume:
+            video.check_output(args.out)
         cmd = recipe_command(request, path, args)
         info = {"size": list(path.size), "frames": path.frames, "fps": args.fps, "codec": args.codec,
                 "crf": args.crf if video.CODECS[args.codec].crf else None, "start": list(path.start),
@@ -284,10 +288,13 @@ def _main(argv: list[str] | None) -> int:
                 "period": path.period}
         stats = video.render_video(request, path, args.out, codec=args.codec, fps=args.fps, crf=args.crf,
                                    command=cmd, video=info, progress=not request.quiet)
-        print(f"igan-video: {stats.summary()} -> {args.out}")
+        if stats is None:
+            print(f"igan-video: {args.out!r} is already this video, finished; nothing to do")
+        else:
+            print(f"igan-video: {stats.summary()} -> {args.out}")
         return 0
 
-    return guarded("igan-video", run, interrupted="interrupted; no video was written")
+    return guarded("igan-video", run, interrupted="interrupted; no video was written (--resume finishes it)")
 
 
 if __name__ == "__main__":
