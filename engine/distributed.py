@@ -32,14 +32,14 @@ from datetime import timedelta
 
 import numpy as np
 
-from .errors import RequestError
+from .errors import IganError, RequestError
 
 TIMEOUT_ENV = "IGAN_RANK_TIMEOUT"
 _DEFAULT_TIMEOUT_S = 300.0
 _BEAT_S = 0.5
 
 
-class RankLost(RuntimeError):
+class RankLost(IganError):
     """A rank did not join, or stopped answering, within the timeout."""
 
 

@@ -7,8 +7,10 @@ work directory (workdir.py) and assembles through the same Assembler (assembly.p
 - processes: one worker process per device (`--gpus N`, or `--workers N` on CPU); this
   process hands out tile batches on demand, so a slower device takes fewer, assembles while
   they render, and gives the batches of a worker that dies to the others;
-- torchrun: ranks of torch.distributed split the tiles; rank 0 assembles after a barrier
-  (the work directory must be on a filesystem every node sees).
+- torchrun: ranks of torch.distributed claim tile batches from a counter in torchrun's store
+  (distributed.py; no collectives), so a faster rank takes more; rank 0 assembles as the
+  manifest shows bands finished, and a rank lost under `torchrun --max-restarts` costs a
+  restart that resumes the work directory (which must be on a filesystem every node sees).
 `execute` picks one. Workers and ranks rebuild the model, runner and canvas from the Render;
 none plans again.
 """
@@ -24,7 +26,7 @@ import torch
 
 from . import sources
 from .assembly import Assembler, Progress, batches, render_groups, stats
-from .errors import option
+from .errors import IganError, option
 from .identity import model_source
 from .latent import LatentField
 from .planner import Plan
@@ -313,7 +315,7 @@ def _render_key(render: Render) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-class _Stopped(RuntimeError):
+class _Stopped(IganError):
     """torchrun stopped this rank (SIGTERM: another rank failed, or the job was stopped)."""
 
 
