@@ -3,12 +3,16 @@
 // Canvas pixel (x, y) is Leaflet's LatLng(-y, x) in CRS.Simple, so zoom 0 shows native pixels
 // and zoom -L the 1:2^L level; /tiles/<canvas>/<zoom>/<x>/<y>.png is Leaflet's own XYZ URL.
 // The state (seed, position, zoom, styles, 360-degree period) lives in the URL's hash.
+// Every URL starts with the server's root path (a reverse proxy's prefix: <body data-root>).
+// Tile URLs name this page load (?client=...): the server serves its clients in turn.
 "use strict";
 
 (async function () {
   const TILE = 256;
+  const ROOT = document.body.dataset.root || "";
+  const CLIENT = Array.from(crypto.getRandomValues(new Uint8Array(12)), (b) => b.toString(16).padStart(2, "0")).join("");
   const $ = (id) => document.getElementById(id);
-  const info = await (await fetch("/api/info")).json();
+  const info = await (await fetch(`${ROOT}/api/info`)).json();
   const toLatLng = (x, y) => L.latLng(-y, x);
   const fromLatLng = (ll) => ({ x: ll.lng, y: -ll.lat });
 
@@ -27,7 +31,7 @@
     }
   }
   function writeHash() {
-    const c = fromLatLng(map.getCenter());
+    const c = exact;
     const h = [];  // numbers, '-', ':' and ',' only: nothing to escape
     if (info.kind === "canvas") h.push(`seed=${state.seed}`);
     h.push(`x=${Math.round(c.x)}`, `y=${Math.round(c.y)}`, `z=${map.getZoom()}`);
@@ -52,6 +56,31 @@
     map.setView(toLatLng(state.x, state.y), state.z, { animate: false });
   }
 
+  // ---- the exact centre ----------------------------------------------------------------------
+  // Leaflet puts tiles on whole screen pixels, so at 1:2^L it shows the centre rounded to 2^L
+  // canvas pixels, and zooming back in from there (around the rounded centre) drifted. `exact`
+  // is the centre as if nothing were rounded: zooming moves it so that the canvas point under
+  // the cursor (or the centre) stays put, and zooming back in returns to it. A pan, drag or
+  // flight sets it to the centre shown.
+  let exact = fromLatLng(map.getCenter());
+  let zoomTarget = null;
+  const clampZoom = (z) => Math.max(map.getMinZoom(), Math.min(map.getMaxZoom(), z));
+  function zoomTo(zoom, around, options) {
+    const z0 = map.getZoom(), z1 = clampZoom(zoom), half = map.getSize().divideBy(2);
+    const m = around ? around.subtract(half) : L.point(0, 0);
+    const k = Math.pow(2, -z0) - Math.pow(2, -z1);  // canvas px per screen px, before minus after
+    exact = { x: exact.x + m.x * k, y: exact.y + m.y * k };
+    zoomTarget = exact;
+    return L.Map.prototype.setView.call(map, toLatLng(exact.x, exact.y), z1, options);
+  }
+  map.setZoom = (zoom, options) => zoomTo(zoom, null, options);
+  map.setZoomAround = (where, zoom, options) =>
+    zoomTo(zoom, where instanceof L.Point ? where : map.latLngToContainerPoint(where), options);
+  map.on("moveend", () => {
+    if (zoomTarget) { exact = zoomTarget; zoomTarget = null; return; }
+    exact = fromLatLng(map.getCenter());
+  });
+
   let layer = null;
   let canvasId = info.kind === "file" ? info.canvas : null;
   const markers = L.layerGroup().addTo(map);
@@ -64,10 +93,11 @@
     if (info.kind === "file") {
       options.bounds = L.latLngBounds(toLatLng(0, info.height), toLatLng(info.width, 0));
     }
-    const next = L.tileLayer(`/tiles/${id}/{z}/{x}/{y}.png`, options);
+    const next = L.tileLayer(`${ROOT}/tiles/${id}/{z}/{x}/{y}.png?client=${CLIENT}`, options);
     next.on("tileerror", (e) => retry(next, e.tile));  // 503 (queue full) or a restarted server
-    next.on("loading", () => { document.body.dataset.tiles = "loading"; });
-    next.on("load", () => { document.body.dataset.tiles = "loaded"; });
+    next.on("loading", () => { document.body.dataset.tiles = "loading"; showLoading(); });
+    next.on("load", () => { document.body.dataset.tiles = "loaded"; showLoading(); });
+    next.on("tileloadstart tileload tileerror tileabort tileunload", showLoading);
     next.addTo(map);
     if (layer) map.removeLayer(layer);
     layer = next;
@@ -80,14 +110,14 @@
     setTimeout(async () => {
       if (owner !== layer || !tile.isConnected) return;
       if (n === 2 && info.kind === "canvas") await registerCanvas();  // the server may have restarted
-      tile.src = tile.src.split("?")[0] + "?retry=" + n;
+      tile.src = tile.src.split("&retry=")[0] + "&retry=" + n;
     }, 400 * n);
   }
 
   async function registerCanvas() {
     const body = { seed: state.seed, period: state.period || null };
     if (state.styles.length) { body.styles = state.styles; body.blur = state.blur; }
-    const r = await fetch("/api/canvas", {
+    const r = await fetch(`${ROOT}/api/canvas`, {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     });
     const answer = await r.json();
@@ -143,7 +173,13 @@
       state.blur = Math.min(4096, Math.max(1, parseInt($("blur").value, 10) || 127));
       if (state.styles.length) setCanvas();
     });
-    $("clear-styles").addEventListener("click", () => { state.styles = []; setCanvas(); });
+    $("clear-styles").addEventListener("click", () => {
+      state.styles = [];
+      $("fusion").checked = false;  // clearing the styles also leaves style fusion: the next click pans
+      $("fusion-controls").hidden = true;
+      document.body.classList.remove("fusion");
+      setCanvas();
+    });
     map.on("click", (e) => {
       if (!$("fusion").checked) return;
       const c = fromLatLng(e.latlng);
@@ -183,7 +219,7 @@
   }
 
   function showPosition() {
-    const c = fromLatLng(map.getCenter()), z = map.getZoom();
+    const c = exact, z = map.getZoom();
     const scale = z <= 0 ? `1:${Math.pow(2, -z)}` : `${Math.pow(2, z)}:1`;
     $("position").textContent = `centre (${Math.round(c.x)}, ${Math.round(c.y)}), scale ${scale}`;
     if (info.kind === "canvas") {
@@ -192,15 +228,104 @@
         `from (${w.x0}, ${w.y0})` + (state.period ? ", the whole 360° panorama" : "");
     }
   }
-  map.on("moveend zoomend", () => { showPosition(); writeHash(); });
+  map.on("moveend zoomend", () => { showPosition(); if (!flight) writeHash(); });
   showPosition();
+
+  // ---- what is loading -----------------------------------------------------------------------
+  // Tiles of the current zoom still on their way; at 1:2^L each may need 4^L native tiles,
+  // rendered at the server's measured rate (shared with everyone using it).
+  let rate = info.rate;
+  function pendingTiles() {
+    if (!layer || !layer._tiles) return 0;
+    const z = map.getZoom();
+    return Object.values(layer._tiles).filter((t) => !t.loaded && t.coords.z === Math.min(0, z)).length;
+  }
+  function showLoading() {
+    const n = pendingTiles(), box = $("loading");
+    box.hidden = n === 0;
+    document.body.dataset.pending = String(n);
+    if (!n) return;
+    const level = Math.max(0, -map.getZoom());
+    let text = `Loading ${n} tile${n === 1 ? "" : "s"}`;
+    if (level > 0) {
+      const native = n * Math.pow(4, level);
+      text += ` at 1:${Math.pow(2, level)}: up to ${native} native tiles`;
+      if (rate) text += `, about ${formatSeconds(native / rate)} at ${rate.toFixed(1)} tiles/s (less what is cached)`;
+    } else if (rate) {
+      text += `, about ${formatSeconds(n / rate)}`;
+    }
+    box.textContent = text;
+  }
+  function formatSeconds(s) {
+    return s < 90 ? `${Math.ceil(s)} s` : `${Math.round(s / 60)} min`;
+  }
+  setInterval(async () => {  // the rate grows more accurate as the server renders
+    if (!pendingTiles()) return;
+    try {
+      const st = await (await fetch(`${ROOT}/api/stats`)).json();
+      if (st.render.rendered && st.render.busy_seconds > 0) rate = st.render.rendered / st.render.busy_seconds;
+      showLoading();
+    } catch (err) { /* the next tick */ }
+  }, 2000);
+
+  // ---- fly: a constant-speed pan ------------------------------------------------------------
+  // requestAnimationFrame moves the view by whole screen pixels (the remainder is carried),
+  // so every frame shows the tiles as they are, on the pixel grid.
+  const DIRECTIONS = { e: [1, 0], w: [-1, 0], n: [0, -1], s: [0, 1], ne: [1, -1], nw: [-1, -1], se: [1, 1], sw: [-1, 1] };
+  let flight = null;
+  const flySpeed = () => Math.min(2000, Math.max(1, +$("fly-speed").value || 120));
+  function fly(on) {
+    if (on === undefined) on = !flight;
+    if (on && !flight) {
+      flight = { last: null, carry: [0, 0] };
+      requestAnimationFrame(flyFrame);
+    } else if (!on && flight) {
+      flight = null;
+      writeHash();
+    }
+    $("fly").textContent = flight ? "Stop flying (F)" : "Fly (F)";
+    $("fly").setAttribute("aria-pressed", String(!!flight));
+    document.body.dataset.flying = flight ? "1" : "";
+  }
+  function flyFrame(t) {
+    if (!flight) return;
+    if (flight.last !== null) {
+      const dt = Math.min(0.1, (t - flight.last) / 1000), d = DIRECTIONS[$("fly-dir").value] || DIRECTIONS.e;
+      const norm = Math.hypot(d[0], d[1]), v = flySpeed() * dt / norm;
+      flight.carry[0] += d[0] * v;
+      flight.carry[1] += d[1] * v;
+      const dx = Math.trunc(flight.carry[0]), dy = Math.trunc(flight.carry[1]);
+      if (dx || dy) {
+        flight.carry[0] -= dx;
+        flight.carry[1] -= dy;
+        map.panBy([dx, dy], { animate: false });
+      }
+    }
+    flight.last = t;
+    requestAnimationFrame(flyFrame);
+  }
+  function setSpeed(factor) {
+    $("fly-speed").value = Math.round(Math.min(2000, Math.max(1, flySpeed() * factor)));
+  }
+  $("fly").addEventListener("click", () => fly());
+  map.on("dragstart", () => fly(false));
+  document.addEventListener("keydown", (e) => {
+    if (e.altKey || e.ctrlKey || e.metaKey || /^(INPUT|SELECT|TEXTAREA)$/.test(e.target.tagName)) return;
+    if (e.key === "f" || e.key === "F") fly();
+    else if (e.key === "]") setSpeed(1.5);
+    else if (e.key === "[") setSpeed(1 / 1.5);
+    else if (e.key === "Escape") fly(false);
+    else if (e.key === "?") $("help").open = !$("help").open;
+    else return;
+    e.preventDefault();
+  });
 
   async function renderView() {
     const w = viewWindow();
     const body = { canvas: canvasId, format: $("format").value, ...w };
     $("job-link").hidden = true;
     $("job-state").textContent = "starting igan-render…";
-    const r = await fetch("/api/jobs", {
+    const r = await fetch(`${ROOT}/api/jobs`, {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     });
     const job = await r.json();
@@ -212,7 +337,7 @@
 
   async function follow(id) {
     for (;;) {
-      const job = await (await fetch(`/api/jobs/${id}`)).json();
+      const job = await (await fetch(`${ROOT}/api/jobs/${id}`)).json();
       $("job-progress").value = job.progress;
       const tiles = job.tiles_total ? ` ${job.tiles_done}/${job.tiles_total} tiles` : "";
       $("job-state").textContent = `${job.state}${tiles}: ${job.file}`;
@@ -232,6 +357,7 @@
   }
 
   // for scripts and tests: the map, and the canvas window on screen
-  window.igan = { map, info, state, viewWindow, canvasId: () => canvasId, toLatLng, fromLatLng };
+  window.igan = { map, info, state, viewWindow, canvasId: () => canvasId, toLatLng, fromLatLng, fly,
+                  flying: () => !!flight, exactCentre: () => ({ ...exact }), pendingTiles, client: CLIENT };
   document.body.dataset.ready = "1";
 })();
