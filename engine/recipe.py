@@ -1,4 +1,5 @@
-"""The recipe an igan image carries, read as untrusted data: what `igan-render --from` takes.
+"""The recipe an igan image or video carries, read as untrusted data: what `igan-render --from`
+and `igan-video --from` take.
 
 An image comes from anywhere (a download, a chat, a shared folder), so its recipe may decide
 the pixels and nothing else. `read(image)` parses the recorded request (the JSON that
@@ -91,13 +92,95 @@ def read(image: str) -> Recipe:
     if meta.get("command") is None and "field" in request and not _is_fusion(request["field"]):
         raise RecipeError("was made by an igan application (outpainting, inbetweening), not igan-render: run that "
                           "again")
-    not_pixels = {f.name for f in declared(pixels=False)}  # outputs, processes, the work directory
+    ignored = ["--" + k.replace("_", "-") for k in _check_fields(request)]
+    ignored += [flag for flag in _ignored(meta.get("command")) if flag not in ignored]
+    return _parse(image, request, tuple(ignored))
+
+
+def _check_fields(request: dict) -> list[str]:
+    """The recorded request's fields that are not pixels (outputs, processes, the work
+    directory: named to the user, never obeyed); RecipeError on a field igan does not know."""
+    not_pixels = {f.name for f in declared(pixels=False)}
     unknown = sorted(set(request) - set(_FIELDS) - not_pixels - {"tile_height", "tile_width"})
     if unknown:
         raise RecipeError(f"its request has unknown field(s) {_names(unknown)} (made by a newer igan?)")
-    ignored = ["--" + k.replace("_", "-") for k in sorted(set(request) & not_pixels)]
-    ignored += [flag for flag in _ignored(meta.get("command")) if flag not in ignored]
-    return _parse(image, request, tuple(ignored))
+    return sorted(set(request) & not_pixels)
+
+
+# ---- videos (igan-video --from) -------------------------------------------------------------------
+MAX_FRAMES = 10**8
+MAX_FPS = 1000
+MAX_POINTS = 4096
+
+
+@dataclass(frozen=True)
+class VideoRecipe:
+    """A video's recipe read through the schema: the canvas (`canvas`, a Recipe whose window
+    is the first frame's, or one period of a loop) and the camera (`camera`: size, frames,
+    fps, start, pan, path, period, codec, crf, each checked for its type and range)."""
+
+    canvas: Recipe
+    camera: dict
+
+
+def video_metadata(path) -> dict | None:
+    """The recipe igan-video recorded in a video's container metadata ("igan": JSON), or None.
+    Matroska spells the keys in capitals, MP4 as written. Raises what PyAV raises on a file
+    that is not a video."""
+    import av
+
+    with av.open(str(path)) as container:
+        meta = {k.lower(): v for k, v in container.metadata.items()}
+    return json.loads(meta["igan"]) if "igan" in meta else None
+
+
+def read_video(path, codecs) -> VideoRecipe:
+    """The recipe of a video igan-video wrote, through the same schema as an image's (its
+    request decides the canvas and names no file) and the camera's (`codecs`: the names
+    igan-video takes); RecipeError naming what is wrong. The recorded command is not read."""
+    try:
+        meta = video_metadata(path)
+    except OSError as e:
+        raise RecipeError(e.strerror or str(e)) from None
+    except Exception as e:  # noqa: BLE001  (any file may arrive here: PyAV raises many kinds)
+        raise RecipeError(f"is not a video igan can read ({type(e).__name__})") from None
+    if meta is None:
+        raise RecipeError("carries no igan-video recipe (made elsewhere)")
+    if not isinstance(meta, dict):
+        raise RecipeError(f"its recipe is a JSON {type(meta).__name__}, not an object")
+    if not isinstance(meta.get("video"), dict) or not isinstance(meta.get("request"), dict):
+        raise RecipeError("its recipe records no camera and canvas (not made by igan-video?)")
+    camera, request = _camera(meta["video"], codecs), meta["request"]
+    _check_fields(request)
+    if "window" in request:
+        raise RecipeError("its request has a window: a video's frames are its camera's")
+    w, h = camera["size"]
+    window = {"x0": camera["start"][0], "y0": camera["start"][1], "width": camera["period"] or w, "height": h}
+    return VideoRecipe(_parse(str(path), dict(request, window=window), ()), camera)
+
+
+def _camera(v: dict, codecs) -> dict:
+    unknown = sorted(set(v) - {"size", "frames", "fps", "codec", "crf", "start", "pan", "path", "period"})
+    if unknown:
+        raise RecipeError(f"its camera has unknown field(s) {_names(unknown)} (made by a newer igan?)")
+    cam = {"size": _pair(v, "size", 1, MAX_SIDE), "frames": _int(v, "frames", 1, MAX_FRAMES, "video."),
+           "fps": _int(v, "fps", 1, MAX_FPS, "video."), "codec": _choice(v, "codec", tuple(codecs)),
+           "start": _pair(v, "start", -MAX_OFFSET, MAX_OFFSET), "pan": _pair(v, "pan", -MAX_SIDE, MAX_SIDE),
+           "crf": None if v.get("crf") is None else _int(v, "crf", 0, 63, "video."),
+           "period": None if v.get("period") is None else _int(v, "period", 1, MAX_SIDE, "video."), "path": None}
+    if v.get("path") is not None:
+        points = _get(v, "path", list, "video.")
+        if not 2 <= len(points) <= MAX_POINTS:
+            raise RecipeError(f"its video.path must hold 2 to {MAX_POINTS} points, got {len(points)}")
+        cam["path"] = tuple(_pair({"point": p}, "point", -MAX_OFFSET, MAX_OFFSET) for p in points)
+    return cam
+
+
+def _pair(d: dict, key: str, lo: int, hi: int) -> tuple[int, int]:
+    v = _get(d, key, list, "video.")
+    if len(v) != 2:
+        raise RecipeError(f"its video.{key} must be a pair of integers, got {_short(v)}")
+    return tuple(_int({key: x}, key, lo, hi, "video.") for x in v)
 
 
 def _parse(image: str, r: dict, ignored: tuple[str, ...]) -> Recipe:
@@ -240,14 +323,16 @@ def _ignored(command) -> tuple[str, ...]:
     return tuple(flags)
 
 
-def options(recipe: Recipe, given: dict) -> dict:
+def options(recipe: Recipe, given: dict, window=None) -> dict:
     """RenderRequest options: the recipe's pixel fields under the user's command line (`given`:
-    the options typed there, by field name), the style centres placed in the final window, and
+    the options typed there, by field name), the style centres placed in the final window
+    (`window`: (x0, y0, width, height), by default the recipe's window under `given`), and
     `expect` for the pipeline to check. RecipeError where the user must name a file."""
     opts = dict(recipe.options)
     placed = {"styles", "style_centers", "style_map"} & set(given)  # the user places the styles anew
     if recipe.centers is not None and not placed:
-        window = tuple(given.get(k, opts[k]) for k in ("x0", "y0", "width", "height"))
+        if window is None:
+            window = tuple(given.get(k, opts[k]) for k in ("x0", "y0", "width", "height"))
         opts["style_centers"] = centers_as_fractions(recipe.centers, window)
     if recipe.label_map is not None and not placed:
         raise RecipeError("was rendered with a style map (its labels have sha256 "

@@ -769,11 +769,9 @@ class _quiet_oserror:
 
 
 def read_recipe(path: str | os.PathLike) -> dict | None:
-    """The recipe igan-video recorded in a video's container metadata ("igan": JSON of the
-    version, the igan-video command, the camera and the canvas's request), or None. Matroska
-    spells the keys in capitals, MP4 as written."""
-    import av
+    """The recipe igan-video recorded in a video's container metadata (the JSON of the
+    version, the igan-video command, the camera and the canvas's request), or None; as data:
+    `recipe.read_video` checks it before anything is rendered from it."""
+    from .recipe import video_metadata
 
-    with av.open(os.fspath(path)) as container:
-        meta = {k.lower(): v for k, v in container.metadata.items()}
-    return json.loads(meta["igan"]) if "igan" in meta else None
+    return video_metadata(path)

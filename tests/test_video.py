@@ -370,25 +370,67 @@ def _crafted(path, recipe: dict) -> None:
             container.mux(packet)
 
 
+def _recorded(tmp_path, *argv) -> dict:
+    """The recipe of a 2-frame FFV1 video made with `argv`."""
+    first = tmp_path / "first.mkv"
+    assert main([*BASE, "--codec", "ffv1", "--frames", "2", *argv, "--out", str(first)]) == 0
+    return video.read_recipe(first)
+
+
 def test_from_takes_only_what_decides_the_frames(tmp_path):
-    crafted = tmp_path / "crafted.mkv"
-    command = ("igan-video --size 64x48 --frames 2 --codec ffv1 --threads 99 --device cuda:7 --out /nowhere/x.mkv "
-               "--checkpoint /etc/passwd")  # a recipe names no file: the model is the embedded one
-    _crafted(crafted, {"command": command})
+    recipe = _recorded(tmp_path, "--seed", "5")
+    crafted = tmp_path / "crafted.mkv"  # where it would write, what it would start and read: never obeyed
+    _crafted(crafted, recipe | {
+        "command": "igan-video --threads 99 --device cuda:7 --out /nowhere/x.mkv --checkpoint /etc/passwd",
+        "request": recipe["request"] | {"out": "/nowhere/x.mkv", "device": "cuda:7", "threads": 99, "gpus": 8}})
     out = tmp_path / "x.mkv"
     assert main(["--from", str(crafted), "--device", "cpu", "--quiet", "--out", str(out)]) == 0
-    frames = decode(out)
-    assert len(frames) == 2 and frames[0].shape == (48, 64, 3)
+    assert [np.array_equal(a, b) for a, b in zip(decode(out), decode(tmp_path / "first.mkv"))] == [True, True]
+    assert not __import__("os").path.exists("/nowhere")
+
+
+@pytest.mark.parametrize("change,named", [
+    ({"video": {"frames": 10**9}}, "video.frames"),
+    ({"video": {"codec": "sh -c"}}, "codec"),
+    ({"video": {"size": [64, -48]}}, "video.size"),
+    ({"video": {"path": [[0, 0]]}}, "video.path"),
+    ({"video": {"exec": "rm -rf /"}}, "'exec'"),
+    ({"request": {"seed": -1}}, "seed"),
+    ({"request": {"window": {"x0": 0, "y0": 0, "width": 64, "height": 48}}}, "window"),
+    ({"request": {"model": "/etc/passwd"}}, "model"),
+], ids=["frames", "codec", "size", "path", "unknown", "seed", "window", "model"])
+def test_from_refuses_a_recipe_out_of_its_schema(tmp_path, capsys, change, named):
+    recipe = _recorded(tmp_path)
+    crafted = tmp_path / "crafted.mkv"
+    _crafted(crafted, {k: recipe[k] | change.get(k, {}) if isinstance(recipe[k], dict) else recipe[k] for k in recipe})
+    out = tmp_path / "x.mkv"
+    with pytest.raises(SystemExit) as done:
+        main(["--from", str(crafted), "--device", "cpu", "--quiet", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "--from" in err and named in err, err
+    assert not out.exists()
 
 
 def test_from_never_reads_a_style_map_the_recipe_names(tmp_path, capsys):
+    recipe = _recorded(tmp_path, "--styles", "1,2")
+    field = recipe["request"]["field"]
     crafted = tmp_path / "crafted.mkv"
-    _crafted(crafted, {"command": "igan-video --size 64x48 --frames 2 --codec ffv1 --styles 1,2 --style-map /dev/zero "
-                                  "--out x.mkv"})
+    _crafted(crafted, recipe | {"request": recipe["request"] | {"field": {
+        "styles": field["styles"], "blur": field["blur"], "label_map": {"sha256": "a" * 64, "path": "/dev/zero"}}}})
     out = tmp_path / "x.mkv"
     with pytest.raises(SystemExit) as done:
         main(["--from", str(crafted), "--device", "cpu", "--quiet", "--out", str(out)])
     assert done.value.code == 2 and "give --style-map" in capsys.readouterr().err and not out.exists()
+
+
+def test_from_keeps_the_styles_where_they_were_on_the_canvas(tmp_path):
+    first = tmp_path / "a.mkv"
+    assert main([*BASE, "--codec", "ffv1", "--frames", "6", "--pan", "6,0", "--styles", "3,17",
+                 "--out", str(first)]) == 0
+    short = tmp_path / "b.mkv"  # a shorter path: the styles' centres stay on the canvas, not in the frame
+    assert main(["--from", str(first), "--frames", "3", "--device", "cpu", "--quiet", "--out", str(short)]) == 0
+    a, b = decode(first), decode(short)
+    assert len(b) == 3 and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
 def test_from_a_file_that_is_not_a_video_is_refused(tmp_path, capsys):
@@ -407,8 +449,12 @@ def test_from_checks_the_model_the_video_was_made_with(tmp_path, capsys):
     forged = tmp_path / "forged.mkv"
     _crafted(forged, recipe | {"request": recipe["request"] | {"model": "0" * 64}})
     out = tmp_path / "x.mkv"
-    assert main(["--from", str(forged), "--device", "cpu", "--quiet", "--out", str(out)]) == 1
-    assert "--checkpoint" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(SystemExit) as done:  # a model igan does not ship: the user names the file
+        main(["--from", str(forged), "--device", "cpu", "--quiet", "--out", str(out)])
+    assert done.value.code == 2 and "--checkpoint" in capsys.readouterr().err and not out.exists()
+    argv = ["--from", str(forged), "--checkpoint", "builtin:landscapes-v1", "--device", "cpu", "--quiet"]
+    assert main([*argv, "--out", str(out)]) == 1  # not the model it records
+    assert "model" in capsys.readouterr().err and not out.exists()
 
 
 # ---- resuming: segments in the work directory ------------------------------------------------------
@@ -487,3 +533,16 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(tmp_pat
         lease.release()
     assert second.returncode != 0 and f"PID {__import__('os').getpid()}" in second.stderr, second.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["--wrap", "--period", "64", "--pan", "16,0", "--styles", "4,9"],
+    ["--path", "0,-24:40,-24:40,10", "--pan", "7,0", "--frames", "9"],
+], ids=["loop-with-styles", "path-with-turns"])
+def test_from_renders_loops_and_paths_again(tmp_path, argv):
+    first = tmp_path / "a.mkv"
+    assert main([*BASE, "--codec", "ffv1", *argv, "--out", str(first)]) == 0
+    again = tmp_path / "b.mkv"
+    assert main(["--from", str(first), "--device", "cpu", "--quiet", "--out", str(again)]) == 0
+    a, b = decode(first), decode(again)
+    assert len(a) == len(b) > 1 and all(np.array_equal(x, y) for x, y in zip(a, b))

@@ -128,14 +128,13 @@ def parse_args(argv: list[str] | None = None):
     args = parser.parse_args(argv)
     from .. import video  # torch: after --help and the options' own checks
 
-    if args.from_video is not None:
-        _from_recipe(args, argv)
+    given = _given(argv)
+    rec = _from_recipe(args, given) if args.from_video is not None else None
     if args.size is None:
         parser.error("the following arguments are required: --size (or --from VIDEO)")
     options = {n: getattr(args, n) for n in NAMES}
     w, h = args.size
     try:
-        request = RenderRequest(width=w, height=h, expect=getattr(args, "expect", ()), **options).validate()
         video.check_codec(args.codec, args.out, args.size)
         wrap = options["wrap"]
         if args.period is not None and not wrap:
@@ -157,7 +156,7 @@ def parse_args(argv: list[str] | None = None):
             frames = need
         start = args.start if args.start is not None else (0, -(h // 2))
         if args.path is not None:
-            if args.start is not None:
+            if args.start is not None and "start" in given:
                 raise RequestError("--path starts at its first point: not with --start")
             speed = math.hypot(*args.pan)
             if speed == 0:
@@ -169,69 +168,59 @@ def parse_args(argv: list[str] | None = None):
                 raise RequestError(f"--pan 0,0 over {frames} frames is a still image: give the camera a motion "
                                    "(e.g. --pan 4,0), or use igan-render")
             path = video.linear_path(args.size, start, args.pan, frames, args.period if wrap else None)
+        if rec is not None:
+            options = _recipe_options(rec, given, options, path)
+        request = RenderRequest(width=w, height=h, **options).validate()
     except (RequestError, ValueError) as e:
         parser.error(str(e))
     return request, path, args
 
 
-# What a recipe (igan-video --from) may set: the options that decide the frames and the codec;
-# never the output, the device, the threads, and never a file: the model (unless igan ships it,
-# builtin:NAME) and a style map come from the command line, checked against the recorded digests
-# as for images (engine/recipe.py).
-_FILES = ("checkpoint", "model", "style_map")
-FROM_RECIPE = tuple(n for n in NAMES if n in PIXEL_FIELDS and n not in _FILES) + (
-    "size", "pan", "start", "path", "frames", "seconds", "fps", "period", "codec", "crf")
-_EXCLUSIVE = {"frames": "seconds", "seconds": "frames", "path": "start", "start": "path"}
+# What a recipe's camera (igan-video --from) sets where this command line gives none; the
+# canvas comes from its request (engine/recipe.py: the same schema and rules as an image's).
+CAMERA = ("size", "frames", "fps", "start", "pan", "path", "period", "codec", "crf")
+_EXCLUSIVE = {"frames": "seconds", "path": "start", "start": "path"}
 
 
-class _RecipeError(Exception):
-    pass
+def _from_recipe(args, given: set[str]):
+    """The recipe of --from VIDEO (recipe.read_video: a strict schema over the recorded
+    request and camera, never the recorded command); its camera fills `args` where this
+    command line gives none. Anything wrong is one line, exit status 2."""
+    from .. import recipe
 
-
-def _from_recipe(args, argv: list[str]) -> None:
-    """Fill `args` from the recipe of --from VIDEO (video.read_recipe): its recorded igan-video
-    command, parsed as untrusted data by igan-video's own parser, contributes only FROM_RECIPE,
-    and only where this command line gives none; anything wrong is one line, exit status 2."""
-    from .. import video
-
-    label = f"--from {args.from_video!r}"
     try:
-        try:
-            recipe = video.read_recipe(args.from_video)
-        except Exception as e:  # PyAV raises many kinds on a file that is not a video
-            raise _RecipeError(f"cannot read it as a video ({type(e).__name__}: {e})") from None
-        command = (recipe or {}).get("command")
-        if not isinstance(command, str):
-            raise _RecipeError("records no igan-video recipe")
-        tokens = shlex.split(command)
-        if not tokens or tokens[0] != "igan-video":
-            raise _RecipeError(f"its recipe is not an igan-video command: {command[:80]!r}")
-        strict = build_parser()
+        rec = recipe.read_video(args.from_video, CODEC_NAMES)
+    except recipe.RecipeError as e:
+        _refuse(f"--from {args.from_video!r}: {e}")
+    for name in CAMERA:
+        if name not in given and _EXCLUSIVE.get(name) not in given:
+            setattr(args, name, rec.camera[name])
+    if rec.camera["crf"] is None and "crf" not in given:
+        args.crf = 18
+    if "wrap" not in given:
+        args.wrap = args.period is not None  # a loop: its canvas repeats every period
+    return rec
 
-        def refuse(message):
-            raise _RecipeError(f"its recipe does not parse: {message}")
 
-        strict.error = refuse
-        recorded = strict.parse_args(tokens[1:] + ["--out", "recipe"])
-    except (_RecipeError, ValueError) as e:
-        print(f"igan-video: error: {label}: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    given = _given(argv)
-    request = recipe.get("request") if isinstance(recipe.get("request"), dict) else {}
-    if isinstance(request.get("model"), str) and not {"checkpoint", "config", "random_weights", "model"} & given:
-        args.expect = (("model", request["model"]),)  # checked once the model is loaded
-    for name in FROM_RECIPE:
-        if name in given or _EXCLUSIVE.get(name) in given:
-            continue
-        setattr(args, name, getattr(recorded, name))
-    shipped = recorded.checkpoint if isinstance(recorded.checkpoint, str) and recorded.checkpoint.startswith(
-        "builtin:") else None
-    if shipped is not None and not {"checkpoint", "model"} & given:
-        args.checkpoint = shipped  # a model igan ships: a name, not a file
-    if recorded.style_map is not None and "style_map" not in given:
-        print(f"igan-video: error: {label}: it was made with a style map: give --style-map the map it was made "
-              "with (a recipe names no file)", file=sys.stderr)
-        raise SystemExit(2)
+def _recipe_options(rec, given: set[str], options: dict, path) -> dict:
+    """The canvas options of --from: the recipe's pixel fields under those typed here, its
+    style centres kept where they were on the canvas (fractions of this path's extent)."""
+    from .. import recipe
+
+    typed = {k: options[k] for k in given if k in PIXEL_FIELDS and k in options}
+    if options["bit_exact"] and "cpu_path" not in typed:  # --bit-exact overrides the recipe's path too
+        typed["cpu_path"] = "reference"
+    e = path.extent()
+    try:
+        pixels = recipe.options(rec.canvas, typed, window=(e.x0, e.y0, e.width, e.height))
+    except recipe.RecipeError as err:
+        _refuse(f"--from {rec.canvas.image!r}: {err}")
+    return options | {k: v for k, v in pixels.items() if k in options or k == "expect"}
+
+
+def _refuse(message: str):
+    print(f"igan-video: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def _given(argv: list[str]) -> set[str]:
