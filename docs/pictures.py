@@ -2,7 +2,8 @@
 
     .venv/bin/python docs/pictures.py
 
-Each picture is the output of the console command printed beside it (PNG, metadata and all),
+Each picture is the output of the console command printed beside it (PNG, metadata and all;
+fly.webp: igan-video's animated WebP),
 except wrap-seam.png, which shows the 360-degree panorama rolled by half its width so that its
 seam sits in the middle, and wide-crop.png, the first 1024 columns of the 8192x512 render whose
 preview is wide-8192x512.png.
@@ -24,7 +25,7 @@ COMMON = ["--device", "cpu", "--quiet"]
 
 def run(script: str, *args: str) -> None:
     print("$", script, shlex.join(args), flush=True)
-    module = {"igan-render": "igan.engine.cli.render"}.get(script)
+    module = {"igan-render": "igan.engine.cli.render", "igan-video": "igan.engine.cli.video"}.get(script)
     if module:
         cmd = [sys.executable, "-m", module, *args, *COMMON]
     else:  # the applications' console scripts
@@ -43,6 +44,10 @@ def main() -> int:
         run("igan-render", "--width", "8192", "--height", "512", "--seed", "7", "--out", str(wide), "--preview",
             str(HERE / "wide-8192x512.png"), "--preview-size", "2048")
         Image.open(wide).crop((0, 0, 1024, 512)).save(HERE / "wide-crop.png", optimize=True)
+    fly = HERE / "fly.webp"  # a seamless loop: the camera crosses the 1024-px cyclic canvas once
+    fly.unlink(missing_ok=True)  # igan-video never overwrites
+    run("igan-video", "--size", "384x128", "--wrap", "--period", "1024", "--pan", "8,0", "--seed", "7", "--codec",
+        "webp", "--out", str(fly))
     run("igan-render", "--width", "1536", "--height", "256", "--styles", "3,17,42", "--style-blur", "255",
         "--out", str(HERE / "fusion.png"))
     run("igan-render", "--width", "1024", "--height", "256", "--wrap", "--seed", "5", "--out", str(HERE / "wrap.png"))
