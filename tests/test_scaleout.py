@@ -382,3 +382,30 @@ def test_the_rank_timeout_must_be_a_positive_number(monkeypatch):
         distributed.rank_timeout()
     monkeypatch.setenv("IGAN_RANK_TIMEOUT", "12.5")
     assert distributed.rank_timeout() == 12.5
+
+
+def _scaling_model():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "scaling_model.py"
+    spec = importlib.util.spec_from_file_location("scaling_model", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_scaling_model_names_what_stops_the_ranks():
+    """benchmarks/scaling_model.py: ranks that only compute divide the time; a slow writer,
+    a slow filesystem or too few batches for the ranks are named as the bottleneck."""
+    sm = _scaling_model()
+    free = sm.Figures("free", batch_s=1.0, tile=64, batch_tiles=1, writer_mps=float("inf"), put_s=0.0,
+                      store_rtt_s=0.0, fs_mbps=float("inf"), startup_s=0.0)
+    assert sm.simulate(free, 512, 512, 1).seconds == 64.0 and sm.simulate(free, 512, 512, 8).seconds == 8.0
+    assert sm.simulate(free, 512, 512, 8).batches_per_rank == [8] * 8
+    assert sm.bottleneck(free, 512, 512, 8) == "none (compute-bound)"
+    assert sm.bottleneck(sm.replace(free, writer_mps=0.01), 512, 512, 8).startswith("writer")
+    assert sm.bottleneck(sm.replace(free, fs_mbps=0.1), 512, 512, 8).startswith("filesystem")
+    assert sm.bottleneck(free, 512, 512, 48).startswith("tail")  # 64 batches on 48 ranks: two rounds
+    assert sm.bottleneck(sm.replace(free, cores=2), 512, 512, 3).startswith("cores")
