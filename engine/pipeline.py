@@ -62,7 +62,7 @@ def run(request: RenderRequest, model=None, *, checked: bool = False):
         request.check_outputs()
     if request.threads:
         torch.set_num_threads(request.threads)
-    devices = _devices(request, executor.distributed_env())
+    devices = devices_for(request, executor.distributed_env())
     model = load_model(request) if model is None else model
     # fails early: backend/device/precision
     runner = sources.make_runner(request.backend, model, devices[0], request.precision, request.cpu_path)
@@ -204,7 +204,7 @@ def _field_spec(request: RenderRequest, window, cfg):
                              style_map=request.style_map, blur=request.style_blur, wrap=request.wrap)
 
 
-def _devices(args: RenderRequest, dist) -> list[str]:
+def devices_for(args: RenderRequest, dist=None) -> list[str]:
     """The device of each worker (one entry: a single process)."""
     if dist is not None:
         rank, world, local = dist

@@ -208,8 +208,8 @@ def _divisor_near(n: int, d: int) -> int:
 class TileBand:
     """The tiles of the canvas grid that the current frame needs, each rendered once (the
     window igan-render computes for it) and dropped once the camera has passed it; with an
-    `executor` (one thread), the tiles of a frame further along the path are rendered while
-    the frames before it are cut and encoded."""
+    `executor` (a thread, or worker processes: --workers, --gpus), the tiles of frames further
+    along the path are rendered while the frames before them are cut and encoded."""
 
     def __init__(self, render_tile, grid: tuple[int, int, int, int], period: int | None = None, executor=None):
         """`period`: a cyclic canvas whose period is a multiple of the tile width: tiles a
@@ -229,24 +229,29 @@ class TileBand:
         gy0, gy1 = (y - self.oy) // self.th, (y + h - 1 - self.oy) // self.th
         return [(gx, gy) for gx in range(gx0, gx1 + 1) for gy in range(gy0, gy1 + 1)]
 
-    def _render(self, key: tuple[int, int]) -> np.ndarray:
+    def _origin(self, key: tuple[int, int]) -> tuple[int, int, int, int]:
         kx, ky = key  # the canonical cell: its bytes are those of every cell a period apart
-        tile = self.render_tile(self.ox + kx * self.tw, self.oy + ky * self.th, self.tw, self.th)
+        return self.ox + kx * self.tw, self.oy + ky * self.th, self.tw, self.th
+
+    def _count(self) -> None:
         self.rendered += 1
         self.new_pixels += self.tw * self.th
-        return tile
 
     def _ask(self, keys) -> None:
         for key in keys:
             if key not in self.tiles:
-                self.tiles[key] = self.executor.submit(self._render, key) if self.executor else None
+                if self.executor is None:
+                    self.tiles[key] = None  # rendered when the frame is cut
+                else:
+                    self.tiles[key] = self.executor.submit(self.render_tile, *self._origin(key))
 
-    def frame(self, x: int, y: int, w: int, h: int, ahead: tuple[int, int] | None = None) -> np.ndarray:
+    def frame(self, x: int, y: int, w: int, h: int, ahead=None) -> np.ndarray:
         """The frame whose window is (x, y, w, h); `ahead`: the top-left corner of a later
-        frame whose tiles are rendered next (kept until then)."""
+        frame, or a list of them, whose tiles are rendered next (kept until then)."""
         cells = self._cells(x, y, w, h)
         need = {self._key(gx, gy) for gx, gy in cells}
-        later = {self._key(gx, gy) for gx, gy in self._cells(*ahead, w, h)} if ahead is not None else set()
+        corners = [] if ahead is None else [ahead] if isinstance(ahead[0], int) else list(ahead)
+        later = [self._key(gx, gy) for corner in corners for gx, gy in sorted(self._cells(*corner, w, h))]
         if self.keep is not None and not self.keep:
             self.keep = set(need)  # the first frame's: the loop's last frames come back to them
         for key in [k for k in self.tiles if k not in need and k not in later
@@ -255,15 +260,17 @@ class TileBand:
             if tile is not None and not isinstance(tile, np.ndarray):
                 tile.cancel()
         self._ask(sorted(need))
-        self._ask(sorted(later - need))
+        self._ask(k for k in dict.fromkeys(later) if k not in need)  # nearest first
         out = np.empty((h, w, 3), np.uint8)
         for gx, gy in cells:
             key = self._key(gx, gy)
             tile = self.tiles[key]
             if tile is None:
-                tile = self._render(key)
+                tile = self.render_tile(*self._origin(key))
+                self._count()
             elif not isinstance(tile, np.ndarray):
                 tile = tile.result()
+                self._count()
             self.tiles[key] = tile
             tx, ty = self.ox + gx * self.tw, self.oy + gy * self.th
             x0, x1 = max(x, tx), min(x + w, tx + self.tw)
@@ -553,26 +560,16 @@ def render_threads() -> int:
 
 
 def _render_video(av, torch, c, request, path, out, *, codec, fps, crf, command, video, progress, model):
-    from . import sources
-
     model = pipeline.load_model(request) if model is None else model
-    device = request.device if request.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    runner = sources.make_runner(request.backend, model, device, request.precision, request.cpu_path)
     cfg = model.config
     spec = canvas_spec(request, path, cfg)
     pipeline.check_expected(request, model, spec)  # --from: the model the video was made with
     base = request.replace(styles=None, style_centers=None, style_map=None, style_blur=None, wrap=False,
-                           field=spec, out="igan.png", stats_json=None, preview=None)
-    field = spec.build(cfg, request.seed, request.latent_rng) if spec is not None else None
-    if field is None:
-        from .latent import LatentField
-
-        field = LatentField(cfg, request.seed, rng=request.latent_rng)
-
-    def render_tile(x, y, w, h):
-        img = np.empty((h, w, 3), np.uint8)
-        pipeline.render_into(img, base.replace(x0=x, y0=y, width=w, height=h), runner, field)
-        return img
+                           field=spec, out="igan.png", stats_json=None, preview=None, expect=())
+    devices = pipeline.devices_for(request) if request.workers or request.gpus else None
+    device = devices[0] if devices else (
+        request.device if request.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    render_tile, runner = tile_renderer(base, model, device)
 
     w, h = path.size
     tw, th, _, _ = grid = path.grid()
@@ -597,9 +594,13 @@ def _render_video(av, torch, c, request, path, out, *, codec, fps, crf, command,
     muxer = CONTAINERS[final.suffix.lower()]
     joined = codec not in ("gif", "webp")  # else the one segment is the file
     product = work.store.tmp / f"video{final.suffix.lower()}"
-    renderer = ThreadPoolExecutor(1, thread_name_prefix="igan-video-tiles")
-    band = TileBand(render_tile, grid, path.period, renderer)
-    ahead = path.lookahead()
+    if devices:  # tiles rendered by worker processes, one per device; this process cuts and encodes
+        renderer = _worker_pool(base, devices, request.threads)
+        band = TileBand(_worker_tile, grid, path.period, renderer)
+    else:
+        renderer = ThreadPoolExecutor(1, thread_name_prefix="igan-video-tiles")
+        band = TileBand(render_tile, grid, path.period, renderer)
+    lookahead, workers = path.lookahead(), len(devices or [device])
     frames: queue.Queue = queue.Queue(maxsize=8)
     failed: list[BaseException] = []
     start = time.perf_counter()
@@ -665,7 +666,8 @@ def _render_video(av, torch, c, request, path, out, *, codec, fps, crf, command,
                     if failed:
                         break
                     x, y = path.position(k)
-                    frames.put((i, k, band.frame(x, y, w, h, ahead=path.position(min(k + ahead, path.frames - 1)))))
+                    ahead = [path.position(min(k + j * lookahead, path.frames - 1)) for j in range(1, workers + 1)]
+                    frames.put((i, k, band.frame(x, y, w, h, ahead=ahead)))
                     _kill_point(f"video-frame:{k}")
                     if bar is not None:
                         bar.update(1)
@@ -691,6 +693,67 @@ def _render_video(av, torch, c, request, path, out, *, codec, fps, crf, command,
             bar.close()
     return VideoStats(sum(_frames(i, per, path.frames) for i in todo), fps, time.perf_counter() - start,
                       band.new_pixels, band.rendered, peak_rss_bytes())
+
+
+def tile_renderer(base: RenderRequest, model, device: str):
+    """(render_tile, runner): render_tile(x, y, w, h) is the uint8 [h, w, 3] window igan-render
+    computes there, on the canvas of `base` (its FieldSpec in base.field), by `model` on `device`."""
+    from . import sources
+
+    runner = sources.make_runner(base.backend, model, device, base.precision, base.cpu_path)
+    spec = base.field
+    field = spec.build(model.config, base.seed, base.latent_rng) if spec is not None else None
+    if field is None:
+        from .latent import LatentField
+
+        field = LatentField(model.config, base.seed, rng=base.latent_rng)
+
+    def render_tile(x, y, w, h):
+        img = np.empty((h, w, 3), np.uint8)
+        pipeline.render_into(img, base.replace(x0=x, y0=y, width=w, height=h), runner, field)
+        return img
+
+    return render_tile, runner
+
+
+# ---- worker processes (--workers N on the CPU, --gpus N) ------------------------------------------
+_WORKER: dict = {}  # in a worker process: its render_tile
+
+
+def _worker_pool(base: RenderRequest, devices: list[str], threads: int | None):
+    """A pool of len(devices) spawned processes, each loading the model onto its own device
+    and rendering the tiles it is handed (TileBand submits _worker_tile)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .request import cpu_count
+
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that runs torch's threads
+    queue_ = ctx.Queue()
+    for d in devices:
+        queue_.put(d)
+    cpu = [d for d in devices if d == "cpu"]
+    per = threads or (max(1, render_threads() // len(cpu)) if cpu else 1)
+    if cpu and threads is None and len(cpu) > cpu_count():
+        per = 1
+    return ProcessPoolExecutor(len(devices), mp_context=ctx, initializer=_start_worker,
+                               initargs=(base, queue_, per, os.getpid()))
+
+
+def _start_worker(base: RenderRequest, devices, threads: int, parent: int) -> None:
+    import torch
+
+    from . import determinism  # noqa: F401  (MKL's reproducible mode, before any GEMM)
+    from .executor import _die_with_parent
+
+    _die_with_parent(parent)
+    torch.set_num_threads(threads)
+    device = devices.get()
+    _WORKER["render"] = tile_renderer(base, pipeline.load_model(base), device)[0]
+
+
+def _worker_tile(x: int, y: int, w: int, h: int) -> np.ndarray:
+    return _WORKER["render"](x, y, w, h)
 
 
 def _frames(i: int, per: int, total: int) -> int:

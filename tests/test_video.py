@@ -546,3 +546,23 @@ def test_from_renders_loops_and_paths_again(tmp_path, argv):
     assert main(["--from", str(first), "--device", "cpu", "--quiet", "--out", str(again)]) == 0
     a, b = decode(first), decode(again)
     assert len(a) == len(b) > 1 and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.slow
+def test_worker_processes_render_the_same_video(tmp_path):
+    argv = ["--size", "96x64", "--frames", "40", "--pan=9,-2", "--codec", "ffv1", "--device", "cpu", "--quiet"]
+    one, two = tmp_path / "one.mkv", tmp_path / "two.mkv"
+    assert run_video(*argv, "--out", str(one)).returncode == 0
+    done = run_video(*argv, "--workers", "2", "--out", str(two))
+    assert done.returncode == 0, done.stderr
+    assert one.read_bytes() == two.read_bytes()
+
+
+def test_gpus_beyond_the_machine_are_refused(tmp_path, capsys):
+    import torch
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    out = tmp_path / "v.mp4"
+    assert main([*BASE, "--frames", "2", "--gpus", str(have + 1), "--out", str(out)]) != 0
+    assert f"--gpus {have + 1}" in capsys.readouterr().err and not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == []

@@ -35,7 +35,7 @@ EXAMPLES = """examples:
 # there is no work directory, preview or TIFF option.
 NAMES = tuple(f.name for f in declared() if f.metadata["group"] in ("model", "canvas")
               or f.name in ("seed", "precision", "backend", "cpu_path", "bit_exact", "device", "threads",
-                            "memory_budget", "batch", "quiet", "resume", "restart"))
+                            "memory_budget", "batch", "quiet", "resume", "restart", "workers", "gpus"))
 _HELP = {
     "wrap": {"help": "a looping video: the canvas repeats horizontally every --period pixels, and the frame after "
                      "the last is the first (needs --pan DX,0 with DX dividing the period; the frames default to "
