@@ -465,6 +465,8 @@ class VideoStats:
     new_pixels: int
     tiles: int
     peak_rss: int
+    workers: int = 0  # worker processes (--workers, --gpus)
+    worker_rss: int = 0  # the largest peak RSS among them
 
     @property
     def video_seconds(self) -> float:
@@ -475,7 +477,9 @@ class VideoStats:
         return (f"{self.frames} frames, {self.video_seconds:.2f} s of video at {self.fps} fps, in {self.seconds:.1f} s "
                 f"({real:.2f}x real time, {self.frames / self.seconds:.1f} frames/s), "
                 f"{self.new_pixels / 1e6 / self.seconds:.2f} MP/s of new pixels ({self.tiles} tiles), "
-                f"peak RSS {self.peak_rss / 2**30:.2f} GiB")
+                f"peak RSS {self.peak_rss / 2**30:.2f} GiB" + (
+                    f" (+ {self.workers} workers, each at most {self.worker_rss / 2**30:.2f} GiB)" if self.workers
+                    else ""))
 
 
 def check_output(out: str) -> None:
@@ -691,8 +695,11 @@ def _render_video(av, torch, c, request, path, out, *, codec, fps, crf, command,
     finally:
         if bar is not None:
             bar.close()
+    import resource
+
     return VideoStats(sum(_frames(i, per, path.frames) for i in todo), fps, time.perf_counter() - start,
-                      band.new_pixels, band.rendered, peak_rss_bytes())
+                      band.new_pixels, band.rendered, peak_rss_bytes(), len(devices or ()),
+                      resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 if devices else 0)
 
 
 def tile_renderer(base: RenderRequest, model, device: str):
