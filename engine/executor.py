@@ -307,11 +307,13 @@ def distributed_env() -> tuple[int, int, int] | None:
 
 
 def _render_key(render: Render) -> str:
-    """The store's name for this render: its identity and its output."""
+    """The store's name for this render: its identity, its output and the torchrun job (a
+    store that outlives a job never hands the next one its flags)."""
     import hashlib
     import json
 
-    text = json.dumps({"identity": render.identity, "out": os.path.abspath(render.out)}, sort_keys=True, default=str)
+    text = json.dumps({"identity": render.identity, "out": os.path.abspath(render.out),
+                       "job": os.environ.get("TORCHELASTIC_RUN_ID")}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
