@@ -322,13 +322,13 @@ def test_ranks_claim_each_batch_once_and_a_missing_rank_is_named(tcp_store):
     heartbeat, within the timeout, naming the one that never came; claims never repeat."""
     from igan.engine import distributed
 
-    a0 = distributed.Ranks(distributed.connect(0, 5), 0, 3, "k", 1.5)
-    a1 = distributed.Ranks(distributed.connect(1, 5), 1, 3, "k", 1.5)
+    a0 = distributed.Ranks(distributed.connect(0, 5), 0, 3, "k", 1.0)
+    a1 = distributed.Ranks(distributed.connect(1, 5), 1, 3, "k", 1.0)
     try:
-        with pytest.raises(distributed.RankLost, match=r"rank\(s\) 2 of 3 did not join the render within 1.5 s "
+        with pytest.raises(distributed.RankLost, match=r"rank\(s\) 2 of 3 did not join the render within 1 s "
                                                        r"\(IGAN_RANK_TIMEOUT\)"):
             a0.gather()
-        a2 = distributed.Ranks(distributed.connect(2, 5), 2, 3, "k", 1.5)
+        a2 = distributed.Ranks(distributed.connect(2, 5), 2, 3, "k", 1.0)
         a0.nonces = {0: a0.nonce}
         a0.gather()
         a0.publish("go", todo=[1, 4, 5], tiles=7)
