@@ -76,6 +76,7 @@
   map.setZoom = (zoom, options) => zoomTo(zoom, null, options);
   map.setZoomAround = (where, zoom, options) =>
     zoomTo(zoom, where instanceof L.Point ? where : map.latLngToContainerPoint(where), options);
+  map.on("dragstart", () => { zoomTarget = null; });  // a drag during a zoom: the centre shown wins
   map.on("moveend", () => {
     if (zoomTarget) { exact = zoomTarget; zoomTarget = null; return; }
     exact = fromLatLng(map.getCenter());
