@@ -3,11 +3,11 @@
     tiles.py      the tile pyramid: keys, limits, the 2x box reduction, PNG bytes
     canvas.py     what is explored: seed, styles at canvas points, 360-degree period
     sources.py    where native tiles come from: the generator (batched) or an igan output file
-    scheduler.py  the render queue: one worker thread, batches of one canvas, cancellation
+    scheduler.py  the render queue: one worker thread, batches of one canvas, clients in turn, cancellation
     cache.py      the memory LRU and the on-disk tile cache
     service.py    a tile from the caches, the queue or its children; sharing; overload
     jobs.py       'render this view': igan-render processes, their progress and files
-    app.py        the HTTP interface (Starlette) and the page's static files
+    app.py        the HTTP interface (Starlette), the token, ETags, and the page's static files
     server.py     all of it built from the command line's options
 
 docs/serve.md is the user's guide.
