@@ -34,7 +34,7 @@ from .fusion import spec_from_options
 from .identity import request_identity
 from .provenance import igan_version
 from .renderer import peak_rss_bytes
-from .request import RenderRequest
+from .request import RenderRequest, cpu_count
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +244,16 @@ class TileBand:
                     self.tiles[key] = None  # rendered when the frame is cut
                 else:
                     self.tiles[key] = self.executor.submit(self.render_tile, *self._origin(key))
+
+    def prime(self, x: int, y: int, w: int, h: int, threads: int) -> None:
+        """Render the tiles of the frame at (x, y, w, h) now, `threads` at a time (before the
+        encoder starts, its cores are free: each tile on one torch thread, several tiles at
+        once, the bytes of one at a time)."""
+        keys = [k for k in sorted({self._key(gx, gy) for gx, gy in self._cells(x, y, w, h)}) if k not in self.tiles]
+        with ThreadPoolExecutor(max(1, min(threads, len(keys))), thread_name_prefix="igan-video-first") as pool:
+            for key, tile in zip(keys, pool.map(lambda k: self.render_tile(*self._origin(k)), keys)):
+                self.tiles[key] = tile
+                self._count()
 
     def frame(self, x: int, y: int, w: int, h: int, ahead=None) -> np.ndarray:
         """The frame whose window is (x, y, w, h); `ahead`: the top-left corner of a later
@@ -664,6 +674,8 @@ def _render_video(av, torch, c, request, path, out, *, codec, fps, crf, command,
 
             bar = tqdm(total=path.frames, initial=path.frames - sum(_frames(i, per, path.frames) for i in todo),
                        unit="frame", file=sys.stderr, desc="igan-video", dynamic_ncols=True)
+        if todo and not devices:  # the first frame's tiles on every core while the encoder waits
+            band.prime(*path.position(todo[0] * per), w, h, threads=cpu_count())
         try:
             for i in todo:
                 for k in range(i * per, i * per + _frames(i, per, path.frames)):
