@@ -23,7 +23,10 @@ Without --checkpoint (the default model of 0.4 on), `--extra-args "--cpu-path fa
 arguments 0.5's, metadata included (benchmarks/results/output-hashes.json).
 
 Some of these bytes are per CPU unless MKL and oneDNN are held to their AVX2 branch (igan does
-by default, engine/cpu.py::PINS; README, "Reproducibility"), so a file also records the CPU its
+by default, engine/cpu.py::PINS; README, "Reproducibility"), and even then MKL's GEMMs give
+other bytes on Intel CPUs with AVX-512 than on the AVX2 family (AVX2-only CPUs and AMD's):
+each such family has its own files, `<name>.<family>.json` (engine/cpu.py::bytes_family), and
+`--check` takes the file of this CPU's family by itself. A file also records the CPU its
 hashes were taken on (the "_cpu" entry: model, ISA flags, the effective MKL/oneDNN branches, the
 thread count), `--check` prints that CPU next to this one, and `--report MD` writes the outcome
 of every case with both CPUs. `--write` refuses to replace a file whose hashes differ (a file
@@ -164,6 +167,30 @@ def this_cpu() -> dict:
     return cpu.describe()
 
 
+def family_of(d: dict | None) -> str:
+    """The bytes family (cpu.bytes_family) of the CPU a file was recorded on; files from before
+    igan recorded CPUs come from the AVX2-only machine: "avx2"."""
+    return cpu.bytes_family(d) if d and "model" in d else "avx2"
+
+
+def family_file(path: str, here: dict) -> str:
+    """The file to check this CPU against: `path` when it was recorded on this CPU's bytes
+    family, else its sibling `<stem>.<family>.json` for this family when there is one (said)."""
+    mine, recorded = cpu.bytes_family(here), family_of(json.loads(Path(path).read_text()).get(CPU_KEY))
+    if mine == recorded:
+        return path
+    base = Path(path)
+    stem = base.stem.rsplit(".", 1)[0] if base.stem.endswith(f".{recorded}") else base.stem
+    sibling = base.with_name(f"{stem}.json" if mine == "avx2" else f"{stem}.{mine}.json")
+    if sibling.exists():
+        print(f"{path} holds the bytes of the {recorded!r} CPU family; this CPU is of the {mine!r} family: checking "
+              f"{sibling}", flush=True)
+        return str(sibling)
+    print(f"{path} holds the bytes of the {recorded!r} CPU family and none are recorded for this CPU's, {mine!r} "
+          f"(cpu.bytes_family): expect changes; record them with --write {sibling}", flush=True)
+    return path
+
+
 def _cpu_line(d: dict | None) -> str:
     if not d:
         return "not recorded"
@@ -213,6 +240,7 @@ def main(argv=None) -> int:
     here = this_cpu()
     print(f"this CPU: {_cpu_line(here)}", flush=True)
     if args.check:
+        args.check = family_file(args.check, here)
         want = json.loads(Path(args.check).read_text())
         print(f"recorded on: {_cpu_line(want.get(CPU_KEY))}", flush=True)
     if args.write and Path(args.write).exists() and not args.force:

@@ -141,6 +141,27 @@ def numerics(flags=None) -> dict:
     return out
 
 
+def bytes_family(d: dict | None = None) -> str:
+    """The family of CPUs on which igan's CPU paths compute the same bytes, as measured (its
+    name suffixes the output-hash files recorded on it, benchmarks/results/output-hashes*.json):
+
+    - "avx2": CPUs without AVX-512, and AMD's with it (MKL refuses a pinned branch there and
+      runs AUTO, whose kernels give the AVX2-only machine's bytes): every hash igan recorded
+      from 0.1 to 0.5 (an AVX2-only x86-64 and an AMD EPYC, Zen 4, agree byte for byte).
+    - "<vendor>-<isa level>" for an Intel CPU with AVX-512, e.g. "intel-amx" (a Xeon with
+      AMX, 2026-12-08): MKL honours the pinned AVX2 branch there, and its GEMMs give other
+      bytes; no MKL setting (AUTO, AVX2, AVX512, COMPATIBLE, MKL_ENABLE_INSTRUCTIONS=AVX2)
+      reproduces the "avx2" family's, so these CPUs have hashes of their own.
+    """
+    d = describe() if d is None else d
+    flags = set(d.get("isa_flags") or ())
+    vendor = (d.get("vendor") or "").lower()
+    if "avx512f" not in flags or "amd" in vendor:
+        return "avx2"
+    name = "intel" if "intel" in vendor else (vendor or "unknown")
+    return f"{name}-{d.get('isa_level') or isa_level(flags)}"
+
+
 def describe_flags() -> list[str]:
     present = set(_cpuinfo().get("flags", "").split())
     return [f for f in ISA_FLAGS if f in present]

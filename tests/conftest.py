@@ -71,3 +71,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if any(item.path.name == module and name in item.fixturenames for module, name in _SLOW_FIXTURES):
             item.add_marker(pytest.mark.slow)
+
+
+def recorded_hash(name: str, case: str) -> str:
+    """The sha256 benchmarks/output_hashes.py recorded for `case` in results file `name` (e.g.
+    "output-hashes-0.2.json") on this CPU's bytes family (cpu.bytes_family: the file itself for
+    "avx2", `<stem>.<family>.json` for another); skips, naming the CPU, where none was recorded."""
+    import json
+    from pathlib import Path
+
+    from igan.engine import cpu
+
+    family = cpu.bytes_family()
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / name
+    if family != "avx2":
+        path = path.with_name(f"{path.stem}.{family}.json")
+    if not path.exists():
+        pytest.skip(f"no output hashes recorded for this CPU's bytes family {family!r} ({cpu.summary()}): "
+                    f"record them with benchmarks/output_hashes.py --write {path.name}")
+    return json.loads(path.read_text())[case]

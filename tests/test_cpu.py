@@ -130,3 +130,31 @@ def test_stats_json_records_the_cpu(tmp_path):
     got = json.loads(stats.read_text())["cpu"]
     assert got["model"] == cpu.describe()["model"] and got["numerics"]["onednn_isa"]
     assert "aten_capability" in got["numerics"]  # asked in the rendering process, where torch is loaded
+
+
+AVX512 = ["sse4_2", "avx", "fma", "avx2", "avx512f", "avx512dq", "avx512bw", "avx512vl"]
+
+
+@pytest.mark.parametrize("vendor,flags,family", [
+    ("GenuineIntel", ["sse4_2", "avx", "fma", "avx2"], "avx2"),  # the AVX2-only machine of igan 0.1-0.4
+    ("AuthenticAMD", AVX512 + ["avx512_bf16"], "avx2"),  # MKL keeps AUTO on AMD: the AVX2 family's bytes
+    ("GenuineIntel", AVX512 + ["avx512_bf16", "amx_tile"], "intel-amx"),  # MKL honours the AVX2 pin: other bytes
+    ("GenuineIntel", AVX512, "intel-avx512"),  # not measured yet: a family of its own until it is
+])
+def test_bytes_family_groups_the_cpus_that_compute_the_same_bytes(vendor, flags, family):
+    d = {"vendor": vendor, "isa_flags": flags, "isa_level": cpu.isa_level(flags)}
+    assert cpu.bytes_family(d) == family
+
+
+def test_this_cpu_has_output_hashes_of_its_family_or_says_how_to_record_them():
+    """The tests that compare bytes with recorded hashes (conftest.recorded_hash) look for this
+    CPU's family's file; a family without one is named with the command that records it."""
+    from pathlib import Path
+
+    family = cpu.bytes_family()
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    name = "output-hashes-0.2.json" if family == "avx2" else f"output-hashes-0.2.{family}.json"
+    if not (results / name).exists():
+        pytest.skip(f"no hashes recorded for {family!r} yet")
+    recorded = json.loads((results / name).read_text())["_cpu"] if family != "avx2" else None
+    assert recorded is None or cpu.bytes_family(recorded) == family

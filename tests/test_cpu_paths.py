@@ -33,6 +33,7 @@ from igan.engine.errors import RequestError
 from igan.engine.provenance import CPU_PATH_RECORDED, CPU_PATHS, DEFAULT_CPU_PATH, read_metadata
 from igan.engine.request import RenderRequest, cpu_count
 from igan.engine.store import TileStore, work_dir_for
+from conftest import recorded_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMON = ["--device", "cpu", "--quiet", "--tile", "64"]
@@ -342,7 +343,7 @@ def test_fast_0_4_renders_the_bytes_igan_0_3_recorded(tmp_path):
     sample with the default model of 0.3 (landscapes-v1), without metadata, as
     benchmarks/output_hashes.py recorded it from 0.3 (with 2 threads: this path's bytes follow
     the thread count)."""
-    want = json.loads((ROOT / "benchmarks/results/output-hashes-0.3.json").read_text())["readme-default-sample"]
+    want = recorded_hash("output-hashes-0.3.json", "readme-default-sample")
     out = tmp_path / "s.png"
     _render(["--width", "1024", "--height", "256", "--seed", "1", "--device", "cpu", "--quiet", "--threads", "2",
              "--checkpoint", "builtin:landscapes-v1", "--cpu-path", "fast-0.4", "--no-metadata", "--out", out])
