@@ -26,6 +26,7 @@ import argparse
 import platform
 import random
 import re
+import shlex
 import shutil
 import signal
 import statistics
@@ -213,7 +214,7 @@ def main() -> None:
     lines = [f"# igan-serve under load: {args.clients} clients for {args.seconds:.0f} s — {date.today().isoformat()}", "",
              f"Machine: {cpu.summary()}, Python {platform.python_version()}. Server: `igan-serve --device {args.device} "
              f"--batch {args.batch}`, embedded model, fresh temporary cache. {args.note}".rstrip(), "",
-             f"Command: `{' '.join(['.venv/bin/python', 'benchmarks/serve_load.py'] + sys.argv[1:])}`", "",
+             f"Command: `{shlex.join(['.venv/bin/python', 'benchmarks/serve_load.py'] + sys.argv[1:])}`", "",
              f"Clients (threads of one process, loopback): {args.clients - 1} explorers and one zoomer, each with "
              f"{CONNECTIONS} connections and a {VIEW[0]} x {VIEW[1]} view. An explorer asks for the visible tiles it "
              "has not seen, waits for them, looks for 1 s, then pans one tile (or zooms out to 1:2 and back); the "
