@@ -163,6 +163,9 @@ def test_pan_zoom_and_render_this_view_in_chromium(chromium, server):
             {u.split(server.url)[1].split("?")[0] for u in first}
         client = page.evaluate("() => igan.client")
         assert all(u.endswith(f"?client={client}") for u in first)  # the page names itself: served in turn
+        page.reload()  # one id per tab, kept across reloads: the same tile URLs, from the browser's cache
+        _wait_drawn(page)
+        assert page.evaluate("() => igan.client") == client
 
         # 1b. zoomed in beyond 1:1 each canvas pixel is a sharp 2x2 square (no smoothing), and
         # zooming out again (keys) comes back to the same pixels

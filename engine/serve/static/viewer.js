@@ -4,13 +4,27 @@
 // and zoom -L the 1:2^L level; /tiles/<canvas>/<zoom>/<x>/<y>.png is Leaflet's own XYZ URL.
 // The state (seed, position, zoom, styles, 360-degree period) lives in the URL's hash.
 // Every URL starts with the server's root path (a reverse proxy's prefix: <body data-root>).
-// Tile URLs name this page load (?client=...): the server serves its clients in turn.
+// Tile URLs name this tab (?client=..., kept across reloads): the server serves its clients in turn.
 "use strict";
 
 (async function () {
   const TILE = 256;
   const ROOT = document.body.dataset.root || "";
-  const CLIENT = Array.from(crypto.getRandomValues(new Uint8Array(12)), (b) => b.toString(16).padStart(2, "0")).join("");
+  // One id per browser tab, kept across reloads (sessionStorage): a reload asks for the same
+  // tile URLs, which the browser's cache answers (immutable), while two tabs are two clients.
+  const CLIENT = (() => {
+    const made = () => Array.from(crypto.getRandomValues(new Uint8Array(12)),
+                                  (b) => b.toString(16).padStart(2, "0")).join("");
+    try {
+      const kept = sessionStorage.getItem("igan-client");
+      if (kept && /^[0-9a-f]{24}$/.test(kept)) return kept;
+      const id = made();
+      sessionStorage.setItem("igan-client", id);
+      return id;
+    } catch (e) {
+      return made(); // storage refused (a sandboxed frame): one id for this page load
+    }
+  })();
   const $ = (id) => document.getElementById(id);
   const info = await (await fetch(`${ROOT}/api/info`)).json();
   const toLatLng = (x, y) => L.latLng(-y, x);
