@@ -172,11 +172,13 @@ class TileStore:
 
     # ---- opening ------------------------------------------------------------------------------
     @classmethod
-    def create(cls, root: str | os.PathLike, request: dict, *, lease: bool = False) -> "TileStore | None":
+    def create(cls, root: str | os.PathLike, request: dict, *, lease: bool = False, tiles: bool = True,
+               folders: tuple[str, ...] = ()) -> "TileStore | None":
         """A fresh work directory for `request` (which must hold width, height, tile_height,
         tile_width), built under a staging name and renamed into place. With `lease`, its
         lease is held from the start. StoreExists if `root` exists; None if another process
-        created it at the same moment."""
+        created it at the same moment. `tiles=False`: no tile array (igan-video keeps its
+        segments in `folders` instead)."""
         import zarr
 
         root = Path(root)
@@ -188,16 +190,17 @@ class TileStore:
         try:
             held = Lease.take(stage, create=True)
             request = dict(request, store_version=STORE_VERSION)
-            (stage / "manifest").mkdir()
-            (stage / TMP).mkdir()
+            for folder in ("manifest", TMP, *folders):
+                (stage / folder).mkdir()
             write_atomic(stage / MARKER, json.dumps({"igan": igan_version(), "store_version": STORE_VERSION,
                                                       "request_sha256": request_digest(request)}, indent=1))
-            zarr.create_array(
-                store=str(stage / "tiles.zarr"), shape=(request["height"], request["width"], 3),
-                chunks=(request["tile_height"], request["tile_width"], 3), dtype="uint8",
-                chunk_key_encoding={"name": "default", "separator": "/"},
-                compressors=zarr.codecs.ZstdCodec(level=1), fill_value=0, config={"write_empty_chunks": True},
-                attributes={"igan": request})
+            if tiles:
+                zarr.create_array(
+                    store=str(stage / "tiles.zarr"), shape=(request["height"], request["width"], 3),
+                    chunks=(request["tile_height"], request["tile_width"], 3), dtype="uint8",
+                    chunk_key_encoding={"name": "default", "separator": "/"},
+                    compressors=zarr.codecs.ZstdCodec(level=1), fill_value=0, config={"write_empty_chunks": True},
+                    attributes={"igan": request})
             write_atomic(stage / "request.json", json.dumps(request, indent=1, sort_keys=True))
             try:
                 os.rename(stage, root)
@@ -207,7 +210,7 @@ class TileStore:
                 raise
             stage = None
             held.root = root
-            array = zarr.open_array(str(root / "tiles.zarr"), mode="r+")
+            array = zarr.open_array(str(root / "tiles.zarr"), mode="r+") if tiles else None
             store = cls(root, request, array, held if lease else None)
             if not lease:
                 held.release()

@@ -361,7 +361,8 @@ def open_work(out: Path, request: dict, count: int, *, resume: bool, restart: bo
     create, one another live process holds (naming it), unfinished work without --resume or
     --restart, and an existing `out`."""
     from .lease import Lease
-    from .store import FINISHED, STORE_VERSION, TileStore, finished_removals, is_work_dir, sweep_stale, work_dir_for
+    from .store import (FINISHED, STORE_VERSION, StoreExists, TileStore, finished_removals, is_work_dir, sweep_stale,
+                        work_dir_for)
 
     root = work_dir_for(out)
     if not os.path.lexists(root) and os.path.lexists(out):
@@ -372,7 +373,10 @@ def open_work(out: Path, request: dict, count: int, *, resume: bool, restart: bo
     sweep_stale(root)
     while True:
         if not os.path.lexists(root):
-            store = _create_work(root, request)
+            try:
+                store = TileStore.create(root, request, lease=True, tiles=False, folders=(SEGMENTS,))
+            except StoreExists:
+                continue  # another process created it since we looked: look again (and name its owner)
             if store is not None:
                 return VideoWork(store, count)
             continue  # another process created it this instant: look again (and name its owner)
@@ -409,44 +413,6 @@ def open_work(out: Path, request: dict, count: int, *, resume: bool, restart: bo
         except BaseException:
             lease.release()
             raise
-
-
-def _create_work(root: Path, request: dict):
-    """A new work directory built under a staging name and renamed into place, its lease
-    held; None if another process created one at the same moment."""
-    import errno
-    import secrets
-    import shutil
-
-    from .lease import Lease
-    from .store import MARKER, STORE_VERSION, TMP, TileStore, request_digest, write_atomic
-
-    stage = root.with_name(f"{root.name}.new-{os.getpid()}-{secrets.token_hex(4)}")
-    stage.mkdir()
-    held = None
-    try:
-        held = Lease.take(stage, create=True)
-        request = dict(request, store_version=STORE_VERSION)
-        for folder in (SEGMENTS, TMP):
-            (stage / folder).mkdir()
-        write_atomic(stage / MARKER, json.dumps({"igan": igan_version(), "store_version": STORE_VERSION,
-                                                  "request_sha256": request_digest(request)}, indent=1))
-        write_atomic(stage / "request.json", json.dumps(request, indent=1, sort_keys=True))
-        try:
-            os.rename(stage, root)
-        except OSError as e:
-            if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                return None
-            raise
-        stage = None
-        held.root = root
-        store, held = TileStore(root, request, None, held), None
-        return store
-    finally:
-        if held is not None:
-            held.release()
-        if stage is not None:
-            shutil.rmtree(stage, ignore_errors=True)
 
 
 def _recipe_of(path: Path):
