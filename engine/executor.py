@@ -384,6 +384,9 @@ def run_torchrun(render: Render, runner) -> RenderStats | None:
                 raise RuntimeError(f"rank 0 could not open the output: {error}")
             if state == "finished":
                 return None
+            late = (failpoint("rank-late") or "-1:0").split(":")  # tests: "rank-late:<rank>:<seconds>"
+            if late[0] == str(rank):
+                time.sleep(float(late[1]))
             store = TileStore.open(root, render.identity)
             todo = [plan.tiles[i] for i in indices]
         store.writer(f"rank{rank}-e{ranks.epoch}-{os.getpid()}")
@@ -453,6 +456,18 @@ def run_torchrun(render: Render, runner) -> RenderStats | None:
                 elif now - all_left > 5.0:  # a grace for a filesystem slow to show the last lines
                     raise RuntimeError(f"tiles are missing from {str(store.root)!r} after every rank finished "
                                        f"(e.g. in row {assembler.next_row})")
+            # every tile is in: before the work directory goes, the other ranks leave (one slow
+            # to start has yet to open it and claim nothing), unless their heartbeat has stopped
+            deadline = time.monotonic() + timeout
+            while True:
+                working = set(ranks.still_working())
+                if not working or working <= {r for r, _ in ranks.silent()}:
+                    break
+                if time.monotonic() > deadline:
+                    log.warning(f"every tile is in, but rank(s) {', '.join(map(str, sorted(working)))} did not leave "
+                                f"within {timeout:g} s ({distributed.TIMEOUT_ENV}): finishing without them")
+                    break
+                time.sleep(0.05)
             counts = {}
             for name, n in reader.counts.items():
                 who = name.split("-")[0]

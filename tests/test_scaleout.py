@@ -242,6 +242,17 @@ def test_torchrun_a_slow_rank_takes_fewer_tiles(tmp_path, reference):
 
 
 @pytest.mark.slow
+def test_torchrun_a_rank_that_starts_late_finds_the_work_directory(tmp_path, reference):
+    """Rank 1 opens the work directory 8 s after rank 0 says go, when rank 0 has rendered every
+    tile by itself: rank 0 waits for it to leave before the directory goes, and both exit 0."""
+    out = tmp_path / "late.tif"
+    env = dict(os.environ, IGAN_FAILPOINT="rank-late:1:8")
+    done = subprocess.run(_torchrun(out), capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert out.read_bytes() == reference["tif"] and not work_dir_for(out).exists()
+
+
+@pytest.mark.slow
 def test_torchrun_a_killed_rank_costs_a_restart_not_the_render(tmp_path, reference):
     """The issue's repro: rank 1 SIGKILLed mid-render under --max-restarts; the restarted
     ranks resume the work directory by themselves and finish the one-process file."""
