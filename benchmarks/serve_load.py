@@ -25,12 +25,9 @@ from __future__ import annotations
 import argparse
 import platform
 import random
-import re
 import shlex
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,32 +38,18 @@ from pathlib import Path
 
 import httpx
 
+import serve_latency  # benchmarks/: this script's folder
+
 TILE = 256
 CONNECTIONS = 6  # a browser's connections per host over HTTP/1.1
 VIEW = (1024, 576)
 
 
-class Server:
-    def __init__(self, cache: Path, *args):
-        self.proc = subprocess.Popen([sys.executable, "-m", "igan.engine.cli.serve", "--port", "0", "--cache",
-                                      str(cache), *map(str, args)], stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        found = re.search(r"http://127\.0\.0\.1:\d+", line)
-        if not found:
-            self.proc.kill()
-            raise SystemExit(f"igan-serve did not start: {line!r}")
-        self.url = found.group(0)
+class Server(serve_latency.Server):
+    """igan-serve in a subprocess (benchmarks/serve_latency.py's), with its /api/stats."""
 
     def stats(self) -> dict:
-        return httpx.get(f"{self.url}/api/stats", timeout=30).json()
-
-    def close(self) -> None:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        return self.client.get("/api/stats", timeout=30).json()
 
 
 def visible(cx: int, cy: int, level: int) -> list[tuple[int, int]]:
