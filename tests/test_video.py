@@ -411,6 +411,19 @@ def test_from_refuses_a_recipe_out_of_its_schema(tmp_path, capsys, change, named
     assert not out.exists()
 
 
+def test_from_asks_before_a_recipe_s_huge_video(tmp_path, capsys):
+    recipe = _recorded(tmp_path)
+    crafted = tmp_path / "crafted.mkv"
+    _crafted(crafted, recipe | {"video": recipe["video"] | {"frames": 10**8}})
+    out = tmp_path / "x.mkv"
+    with pytest.raises(SystemExit) as done:
+        main(["--from", str(crafted), "--device", "cpu", "--quiet", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "--frames" in err and "100000000 frames" in err and not out.exists()
+    assert main(["--from", str(crafted), "--frames", "2", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    assert len(decode(out)) == 2
+
+
 def test_from_never_reads_a_style_map_the_recipe_names(tmp_path, capsys):
     recipe = _recorded(tmp_path, "--styles", "1,2")
     field = recipe["request"]["field"]

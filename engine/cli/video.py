@@ -180,6 +180,9 @@ def parse_args(argv: list[str] | None = None):
 # canvas comes from its request (engine/recipe.py: the same schema and rules as an image's).
 CAMERA = ("size", "frames", "fps", "start", "pan", "path", "period", "codec", "crf")
 _EXCLUSIVE = {"frames": "seconds", "path": "start", "start": "path"}
+# A recipe may ask for this many pixels of frames (about 4 minutes of 1080p at 30 fps) before
+# --from wants the length or size on the command line, as igan-render's --from does beyond 256 MP.
+FROM_PIXELS_UNASKED = 16 * 10**9
 
 
 def _from_recipe(args, given: set[str]):
@@ -195,6 +198,11 @@ def _from_recipe(args, given: set[str]):
     for name in CAMERA:
         if name not in given and _EXCLUSIVE.get(name) not in given:
             setattr(args, name, rec.camera[name])
+    (w, h), frames = rec.camera["size"], rec.camera["frames"]
+    if frames * w * h > FROM_PIXELS_UNASKED and not {"size", "frames", "seconds"} & given:
+        _refuse(f"--from {args.from_video!r} records {frames} frames of {w}x{h} ({frames * w * h / 1e9:.0f} "
+                f"gigapixels of frames), more than {FROM_PIXELS_UNASKED // 10**9}: give --frames or --seconds (and "
+                "--size) to choose the video's length and size")
     if rec.camera["crf"] is None and "crf" not in given:
         args.crf = 18
     if "wrap" not in given:
